@@ -1,0 +1,425 @@
+"""Class-wise robustness evaluation: clean, PGD, CW-PGD and AutoAttack, reported per class name.
+
+Why per sample: fairness claims live in the worst class, and a worst-class number is only
+trustworthy when the attacks agree. Every attack yields a per-sample robust flag, so the report can
+(1) give per-class accuracies keyed by class name, (2) combine attacks into a per-sample worst case
+and (3) check that AutoAttack never calls a sample robust where plain PGD already broke it (the
+project standard treats AutoAttack above PGD-20 as a bug to explain).
+
+Robust means "correct on the clean input and at the adversarial point", as in AutoAttack, so for
+every class clean >= PGD >= worst case on the same examples.
+
+Shapes: images (N, C, H, W) uint8; labels (N,) int64; pixels become [0, 1] floats batch by batch on
+the device. eps and step sizes are L-inf radii in [0, 1] pixel units.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import subprocess
+import time
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+import fairat
+from fairat.attacks import pgd_attack
+from fairat.config import EvalConfig, to_dict
+from fairat.io import atomic_path, write_json_atomic
+from fairat.metrics import accuracy_from_counts, classwise_counts, summarize
+
+log = logging.getLogger(__name__)
+
+ATTACK_ORDER = ("clean", "pgd", "cw", "autoattack", "worst_case")
+STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
+
+
+def stratified_indices(labels: torch.Tensor, per_class: int | None,
+                       num_classes: int) -> torch.Tensor:
+    """Indices of the first ``per_class`` examples of every class, in index order (all if None).
+
+    Deterministic: no RNG, so every attack and every rerun sees the same examples. A class with
+    fewer examples contributes all it has. Returns sorted int64 indices into ``labels``.
+    """
+    labels = torch.as_tensor(labels).reshape(-1).cpu()
+    if per_class is None:
+        return torch.arange(len(labels))
+    picked = [torch.nonzero(labels == c).reshape(-1)[:per_class] for c in range(num_classes)]
+    return torch.cat(picked).sort().values if picked else torch.zeros(0, dtype=torch.long)
+
+
+# ----------------------------------------------------------------------------- AutoAttack adapter
+
+def autoattack_settings(cfg: EvalConfig, num_classes: int) -> dict[str, Any]:
+    """The AutoAttack run ``cfg`` asks for, with target counts clamped to ``num_classes - 1``.
+
+    "standard" is the published configuration (APGD-CE 1 restart, APGD-T and FAB-T 9 targets,
+    Square 5000 queries) except for that clamp; "custom" runs ``cfg.autoattack_attacks`` with
+    ``cfg.apgd_restarts`` APGD-CE restarts (pyautoattack would default to 5) and
+    ``cfg.apgd_targets`` targets.
+    """
+    if cfg.autoattack == "none":
+        raise ValueError("evaluate.autoattack is 'none': there is no AutoAttack run to configure")
+    standard = cfg.autoattack == "standard"
+    attacks = list(STANDARD_ATTACKS if standard else cfg.autoattack_attacks)
+    if num_classes < 4 and any(a in attacks for a in ("apgd-t", "apgd-dlr", "fab-t")):
+        raise ValueError(f"AutoAttack {attacks} needs at least 4 classes for its DLR/targeted "
+                         f"attacks; the model has {num_classes}. Use version 'custom' with "
+                         "apgd-ce.")
+    targets = max(1, min(9 if standard else cfg.apgd_targets, num_classes - 1))
+    return {"version": cfg.autoattack, "attacks": attacks, "norm": "Linf", "eps": cfg.eps,
+            "apgd_restarts": 1 if standard else cfg.apgd_restarts, "apgd_targets": targets,
+            "fab_targets": targets, "seed": cfg.seed}
+
+
+@contextmanager
+def _quiet_logger(name: str, quiet: bool) -> Iterator[None]:
+    """Raise a logger to WARNING for the block (pyautoattack logs progress at INFO/DEBUG)."""
+    logger = logging.getLogger(name)
+    old = logger.level
+    if quiet:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
+def _rng_devices(device: torch.device) -> list[int]:
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+@torch.no_grad()
+def predict_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+                    batch_size: int) -> torch.Tensor:
+    """(N,) bool on the CPU: ``model(x).argmax(1) == y``, in batches on ``device``."""
+    out = [model(x[i:i + batch_size].to(device)).argmax(1).cpu() == y[i:i + batch_size].cpu()
+           for i in range(0, len(x), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+
+
+def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: EvalConfig,
+                   device: torch.device | str, verbose: bool = False) -> torch.Tensor:
+    """Per-sample robust flags under AutoAttack (pyautoattack), L-inf radius ``cfg.eps``.
+
+    Args:
+        model: maps [0, 1] inputs to logits; put it in eval mode first (AutoAttack assumes a
+            deterministic model).
+        x: (N, C, H, W) float in [0, 1], any device; made contiguous (APGD-T needs it).
+        y: (N,) int64 labels.
+        cfg: version, attacks, restarts, targets, seed and batch size (see autoattack_settings).
+        device: where the model runs; batches move there.
+        verbose: let pyautoattack log its progress.
+    Returns:
+        (N,) bool on the CPU: ``model(x_adv).argmax(1) == y``, computed here, not by pyautoattack.
+        The global torch RNG state is left as it was (pyautoattack reseeds it).
+    """
+    from pyautoattack import AutoAttack  # heavy, and only needed when AutoAttack runs
+
+    device = torch.device(device)
+    x = x.detach().float().contiguous()
+    y = y.detach().long().contiguous()
+    if len(x) == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    with torch.no_grad():
+        num_classes = model(x[:1].to(device)).shape[1]
+    plan = autoattack_settings(cfg, num_classes)
+    custom = cfg.autoattack == "custom"
+    with _quiet_logger("auto-attack", not verbose), \
+            torch.random.fork_rng(devices=_rng_devices(device)):
+        aa = AutoAttack(model, attacks=plan["attacks"] if custom else None, device=device,
+                        eps=cfg.eps, norm="Linf", seed=cfg.seed, version=cfg.autoattack)
+        aa.verbose = verbose
+        aa.apgd.n_restarts = plan["apgd_restarts"]
+        aa.apgd_targeted.n_target_classes = plan["apgd_targets"]
+        aa.fab.n_target_classes = plan["fab_targets"]
+        out = aa.run_standard_evaluation(x, y, batch_size=cfg.batch_size)
+    x_adv = (out[0] if isinstance(out, tuple) else out).detach()
+    linf = (x_adv.to(x.device) - x).abs().amax().item()
+    if linf > cfg.eps + 1e-5:
+        raise RuntimeError(f"AutoAttack returned points {linf:.6f} away in L-inf (eps {cfg.eps})")
+    return predict_correct(model, x_adv, y, device, cfg.batch_size)
+
+
+# ----------------------------------------------------------------------------- consistency
+
+def consistency_check(strong: Any, reference: Any, labels: Any, class_names: Sequence[str],
+                      strong_name: str = "autoattack",
+                      reference_name: str = "pgd") -> dict[str, Any] | None:
+    """Warning when ``strong`` calls samples robust that ``reference`` already broke, else None.
+
+    All three arrays cover the same examples: (N,) robust flags and (N,) labels. A stronger attack
+    should find every adversarial example the weaker one found; each such sample is counted (also
+    per class name), and accuracy above the reference's is flagged as an error.
+    """
+    s = np.asarray(torch.as_tensor(strong).cpu(), dtype=bool).reshape(-1)
+    r = np.asarray(torch.as_tensor(reference).cpu(), dtype=bool).reshape(-1)
+    y = np.asarray(torch.as_tensor(labels).cpu()).reshape(-1)
+    if not (len(s) == len(r) == len(y)):
+        raise ValueError(f"flag arrays differ in length: {len(s)}, {len(r)}, {len(y)}")
+    bad = s & ~r
+    if not bad.any():
+        return None
+    by_class, _ = classwise_counts(bad, y, len(class_names))
+    acc_s, acc_r = float(s.mean()), float(r.mean())
+    above = acc_s > acc_r
+    return {
+        "check": f"{strong_name}_robust_where_{reference_name}_succeeded",
+        "severity": "error" if above else "warning",
+        "attack": strong_name, "reference": reference_name, "n_examples": int(len(s)),
+        "n_disagreeing": int(bad.sum()),
+        "per_class_disagreeing": {n: int(c) for n, c in zip(class_names, by_class) if c},
+        "accuracy": acc_s, "reference_accuracy": acc_r, "accuracy_above_reference": bool(above),
+        "message": (f"{strong_name} says {int(bad.sum())} of {len(s)} examples are robust although "
+                    f"{reference_name} found adversarial examples for them"
+                    + (f"; {strong_name} accuracy {acc_s:.2%} is ABOVE {reference_name} "
+                       f"{acc_r:.2%}: a bug to explain (attack or model setup)" if above else "")),
+    }
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def _attack_entry(flags: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str],
+                  settings: dict[str, Any]) -> dict[str, Any]:
+    hits, totals = classwise_counts(flags, labels, len(class_names))
+    per_class = accuracy_from_counts(hits, totals, class_names)
+    return {"per_class": per_class, "summary": summarize(per_class),
+            "accuracy": float(hits.sum()) / float(totals.sum()), "n": int(totals.sum()),
+            "counts": {"correct": dict(zip(class_names, map(int, hits))),
+                       "total": dict(zip(class_names, map(int, totals)))},
+            "settings": settings}
+
+
+def _pgd_settings(cfg: EvalConfig, loss: str) -> dict[str, Any]:
+    return {"eps": cfg.eps, "steps": cfg.pgd_steps, "step_size": cfg.pgd_step_size, "loss": loss,
+            "random_start": True, "restarts": 1, "track_best": True, "seed": cfg.seed}
+
+
+def _run_batched_attacks(model: nn.Module, images: torch.Tensor, idx: torch.Tensor,
+                         y: torch.Tensor, cfg: EvalConfig,
+                         device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Clean, PGD-CE and (if cfg.cw) PGD-CW robust flags for ``images[idx]``, batch by batch."""
+    names = ["clean", "pgd"] + (["cw"] if cfg.cw else [])
+    flags: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    seconds = dict.fromkeys(names, 0.0)
+    gens = {n: torch.Generator(device=device).manual_seed(cfg.seed) for n in ("pgd", "cw")}
+    for start in range(0, len(idx), cfg.batch_size):
+        x = images[idx[start:start + cfg.batch_size]].to(device).float().div_(255)
+        yb = y[start:start + cfg.batch_size].to(device)
+        t0 = time.perf_counter()
+        clean = predict_correct(model, x, yb, device, cfg.batch_size)
+        flags["clean"].append(clean)
+        seconds["clean"] += time.perf_counter() - t0
+        for name in names[1:]:
+            t0 = time.perf_counter()
+            with torch.enable_grad():
+                res = pgd_attack(model, x, yb, cfg.eps, cfg.pgd_step_size, cfg.pgd_steps,
+                                 loss="ce" if name == "pgd" else "cw", random_start=True,
+                                 generator=gens[name], track_best=True)
+            flags[name].append(res.correct.cpu() & clean)
+            seconds[name] += time.perf_counter() - t0
+    return {n: torch.cat(f) if f else torch.zeros(0, dtype=torch.bool)
+            for n, f in flags.items()}, seconds
+
+
+def evaluate(model: nn.Module, images_uint8: torch.Tensor, labels: torch.Tensor,
+             class_names: Sequence[str], cfg: EvalConfig, device: torch.device | str,
+             provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Class-wise clean / PGD / CW / AutoAttack report of ``model`` (JSON-ready dict).
+
+    Args:
+        model: maps [0, 1] inputs to logits; evaluated in eval mode (its mode is restored after).
+        images_uint8: (N, C, H, W) uint8 test images. labels: (N,) int labels.
+        class_names: name of label i at position i; every report key uses these names.
+        cfg: eps, subset sizes, PGD steps, AutoAttack version, seed, batch size.
+        device: where the model and the attacks run.
+        provenance: caller facts (model and data hashes, ...), merged with library versions, git
+            commit, seed and device type.
+    Returns:
+        {"attacks": {name: {per_class, summary, accuracy, n, counts, settings}}, "class_names",
+        "examples_per_class", "eps", "provenance", "consistency": [warnings], "seconds"}.
+    """
+    device = torch.device(device)
+    images, labels = torch.as_tensor(images_uint8), torch.as_tensor(labels).long().reshape(-1)
+    if images.dtype != torch.uint8 or images.dim() != 4 or len(images) != len(labels):
+        raise ValueError(f"images must be (N, C, H, W) uint8 matching {len(labels)} labels; got "
+                         f"{images.dtype} {tuple(images.shape)}")
+    class_names = [str(n) for n in class_names]
+    idx = stratified_indices(labels, cfg.examples_per_class, len(class_names))
+    y = labels[idx]
+    was_training = model.training
+    model.eval()
+    try:
+        flags, seconds = _run_batched_attacks(model, images, idx, y, cfg, device)
+        attacks = {"clean": _attack_entry(flags["clean"], y, class_names, {})}
+        attacks["pgd"] = _attack_entry(flags["pgd"], y, class_names, _pgd_settings(cfg, "ce"))
+        if "cw" in flags:
+            attacks["cw"] = _attack_entry(flags["cw"], y, class_names, _pgd_settings(cfg, "cw"))
+        pos = torch.arange(len(idx))  # positions within the evaluated subset
+        consistency: list[dict[str, Any]] = []
+        if cfg.autoattack != "none":
+            pos = stratified_indices(y, cfg.autoattack_per_class, len(class_names))
+            x_aa = images[idx[pos]].float().div_(255)
+            t0 = time.perf_counter()
+            flags["autoattack"] = run_autoattack(model, x_aa, y[pos], cfg, device)
+            seconds["autoattack"] = time.perf_counter() - t0
+            settings = autoattack_settings(cfg, len(class_names))
+            settings["examples_per_class"] = cfg.autoattack_per_class
+            attacks["autoattack"] = _attack_entry(flags["autoattack"], y[pos], class_names,
+                                                  settings)
+            for ref in ("pgd", "cw"):
+                if ref in flags:
+                    warning = consistency_check(flags["autoattack"], flags[ref][pos], y[pos],
+                                                class_names, "autoattack", ref)
+                    if warning is not None:
+                        log.warning("CONSISTENCY %s: %s", warning["severity"].upper(),
+                                    warning["message"])
+                        consistency.append(warning)
+    finally:
+        model.train(was_training)
+    run = [n for n in flags]
+    worst = torch.stack([flags[n] if n == "autoattack" else flags[n][pos] for n in run]).all(0)
+    attacks["worst_case"] = _attack_entry(worst, y[pos], class_names, {
+        "attacks": run, "examples": "autoattack subset" if "autoattack" in flags else "all"})
+    _, totals = classwise_counts(torch.ones_like(y, dtype=torch.bool), y, len(class_names))
+    for name in ("pgd", "autoattack", "worst_case"):
+        if name in attacks:
+            s = attacks[name]["summary"]
+            log.info("%s: average %.2f%%, worst %.2f%% (%s)", name, 100 * s["average"],
+                     100 * s["worst"], s["worst_class"])
+    return {"attacks": attacks, "class_names": class_names,
+            "examples_per_class": dict(zip(class_names, map(int, totals))), "eps": cfg.eps,
+            "provenance": _provenance(provenance, cfg, device), "consistency": consistency,
+            "seconds": {n: round(s, 4) for n, s in seconds.items()}}
+
+
+# ----------------------------------------------------------------------------- provenance
+
+def _package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    """``git rev-parse HEAD`` of the repository holding the fairat package, or None."""
+    cwd = Path(fairat.__file__).resolve().parent if cwd is None else cwd
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                             text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def _provenance(extra: dict[str, Any] | None, cfg: EvalConfig,
+                device: torch.device) -> dict[str, Any]:
+    """Caller facts plus measured ones; a measured value wins unless it is unknown (None)."""
+    measured = {
+        "python": platform.python_version(), "torch": torch.__version__,
+        "torchvision": _package_version("torchvision"),
+        "pyautoattack": _package_version("pyautoattack"), "fairat": fairat.__version__,
+        "git_commit": git_commit(), "seed": cfg.seed, "device": device.type,
+        "eval_config": to_dict(cfg),
+    }
+    merged = dict(extra or {})
+    for key, value in measured.items():
+        if value is not None or key not in merged:
+            merged[key] = value
+    return merged
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def write_report(report: dict[str, Any], json_path: str | Path) -> None:
+    """Write the report as key-sorted JSON, atomically; NaN or infinity is a ValueError."""
+    write_json_atomic(json_path, report)
+
+
+def _present_attacks(report: dict[str, Any]) -> list[str]:
+    attacks = report["attacks"]
+    return [a for a in ATTACK_ORDER if a in attacks] + [a for a in attacks if a not in ATTACK_ORDER]
+
+
+def plot_classwise(report: dict[str, Any], png_path: str | Path) -> None:
+    """Grouped bar chart: classes on x, one bar per attack; legend gives average and worst class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, attacks = report["class_names"], _present_attacks(report)
+    width = 0.8 / len(attacks)
+    fig, ax = plt.subplots(figsize=(min(40.0, 2 + len(names) * (0.3 + 0.12 * len(attacks))), 4.5))
+    for i, attack in enumerate(attacks):
+        entry = report["attacks"][attack]
+        s = entry["summary"]
+        xs = np.arange(len(names)) + (i - (len(attacks) - 1) / 2) * width
+        bars = ax.bar(xs, [100 * entry["per_class"][n] for n in names], width,
+                      label=f"{attack}: avg {100 * s['average']:.1f}%, "
+                            f"worst {100 * s['worst']:.1f}% ({s['worst_class']})")
+        ax.axhline(100 * s["average"], color=bars.patches[0].get_facecolor(), ls="--", lw=0.8)
+    tilt = len(names) > 10 or max(map(len, names)) * len(names) > 60  # labels would collide
+    ax.set_xticks(np.arange(len(names)), names, rotation=35 if tilt else 0,
+                  ha="right" if tilt else "center")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"Class-wise accuracy, L-inf eps = {report['eps'] * 255:.3g}/255 "
+                 f"(dashed: class average)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """Model-card Markdown: consistency warnings, per-class table, summary rows, provenance."""
+    names, attacks = report["class_names"], _present_attacks(report)
+    lines = ["# Class-wise robustness report", "",
+             f"L-inf eps = {report['eps'] * 255:.3g}/255 ({report['eps']:.5f}); "
+             f"accuracy in % per class (robust = correct on the clean and the attacked input).", ""]
+    lines += ["## Consistency", ""]
+    lines += ([f"- **{w['severity'].upper()}**: {_cell(w['message'])}"
+               for w in report["consistency"]]
+              or ["No consistency warnings: AutoAttack found every adversarial example PGD found."])
+    lines += ["", "## Accuracy by class (%)", "",
+              "| class | n | " + " | ".join(attacks) + " |",
+              "|---|---:|" + "---:|" * len(attacks)]
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    for name in names:
+        row = [pct(report["attacks"][a]["per_class"][name]) for a in attacks]
+        lines.append(f"| {_cell(name)} | {report['examples_per_class'][name]} | " + " | ".join(row)
+                     + " |")
+    summ = [report["attacks"][a]["summary"] for a in attacks]
+    lines.append("| **average** | | " + " | ".join(pct(s["average"]) for s in summ) + " |")
+    lines.append("| **worst** | | " + " | ".join(f"{pct(s['worst'])} ({_cell(s['worst_class'])})"
+                                                  for s in summ) + " |")
+    lines.append("| **gap** | | " + " | ".join(pct(s["gap"]) for s in summ) + " |")
+    n_all = sum(report["examples_per_class"].values())
+    subset = [a for a in attacks if report["attacks"][a]["n"] != n_all]
+    if subset:
+        lines += ["", f"Columns {', '.join(subset)} cover a per-class subset of the examples "
+                      f"(n = {', '.join(str(report['attacks'][a]['n']) for a in subset)}; "
+                      "per-class counts in the JSON report)."]
+    lines += ["", "## Attacks", ""]
+    for a in attacks:
+        entry, secs = report["attacks"][a], report["seconds"].get(a)
+        extra = f", {secs:.1f} s" if secs is not None else ""
+        lines.append(f"- **{a}**: {entry['n']} examples{extra}; settings `{entry['settings']}`")
+    lines += ["", "## Provenance", "", "| key | value |", "|---|---|"]
+    lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in sorted(report["provenance"].items())]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,104 @@
+"""Adversarial-training objectives that plug into the one training loop: PGD-AT and TRADES.
+
+FairAT is not a separate objective: it trains its base objective (``fairat.base``) on a batch that
+also holds augmented copies of hard examples (see :mod:`fairat.hard_examples`).
+
+Each step function crafts the attack with the model in eval mode (attack steps must not move
+BatchNorm statistics), then runs the training forward in train mode through ``train_model`` (the
+DDP wrapper when data-parallel) and returns per-sample losses; the loop reduces them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fairat.attacks import pgd_attack, trades_attack
+from fairat.config import TrainConfig
+
+
+@dataclass
+class Batch:
+    """One shard of a training batch, already augmented, in [0, 1] pixels.
+
+    ``targets`` is (N,) labels or (N, K) probability targets (mixing augmentations); ``labels`` is
+    always the (N,) hard label of the original example. ``noise`` is the attack's pre-drawn start.
+    """
+
+    x: torch.Tensor
+    targets: torch.Tensor
+    labels: torch.Tensor
+    noise: torch.Tensor
+
+
+@dataclass
+class StepOutput:
+    per_sample_loss: torch.Tensor  # (N,) training objective per example, with grad
+    logits_adv: torch.Tensor  # (N, K), detached
+    logits_clean: torch.Tensor | None  # (N, K) detached, when the method or score computed them
+
+
+StepFn = Callable[[nn.Module, nn.Module, Batch, TrainConfig, bool], StepOutput]
+
+
+def _set_mode(model: nn.Module, train: bool) -> None:
+    model.train(train)
+
+
+def pgd_at_step(attack_model: nn.Module, train_model: nn.Module, batch: Batch, cfg: TrainConfig,
+                need_clean: bool) -> StepOutput:
+    """Madry et al. (2018): minimise cross-entropy at the PGD adversarial example."""
+    a = cfg.attack
+    _set_mode(attack_model, False)
+    x_adv = pgd_attack(attack_model, batch.x, batch.targets, a.eps, a.step_size, a.steps,
+                       loss=a.loss, random_start=a.random_start, noise=batch.noise).x_adv
+    logits_clean = None
+    if need_clean:  # only for the clean_ce hardness score: one extra no-grad forward
+        with torch.no_grad():
+            logits_clean = attack_model(batch.x)
+    _set_mode(train_model, True)
+    logits_adv = train_model(x_adv)
+    loss = F.cross_entropy(logits_adv.float(), batch.targets, reduction="none")
+    return StepOutput(loss, logits_adv.detach(), logits_clean)
+
+
+def trades_step(attack_model: nn.Module, train_model: nn.Module, batch: Batch, cfg: TrainConfig,
+                need_clean: bool) -> StepOutput:
+    """Zhang et al. (2019): CE(clean) + beta * KL(p(clean) || p(adv)), attack maximises the KL."""
+    a = cfg.attack
+    _set_mode(attack_model, False)
+    with torch.no_grad():
+        p_clean = F.softmax(attack_model(batch.x).float(), dim=1)
+    x_adv = trades_attack(attack_model, batch.x, p_clean, a.eps, a.step_size, a.steps,
+                          noise=batch.noise).x_adv
+    _set_mode(train_model, True)
+    # Two forwards, as in the reference implementation: each half normalised by its own batch
+    # statistics.
+    logits_clean = train_model(batch.x).float()
+    logits_adv = train_model(x_adv).float()
+    natural = F.cross_entropy(logits_clean, batch.targets, reduction="none")
+    robust = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits_clean, 1),
+                      reduction="none").sum(1)
+    return StepOutput(natural + cfg.trades_beta * robust, logits_adv.detach(), logits_clean.detach())
+
+
+METHODS: dict[str, StepFn] = {"pgd_at": pgd_at_step, "trades": trades_step}
+
+
+def step_for(cfg: TrainConfig) -> StepFn:
+    """The objective a run trains with: its method, or FairAT's base objective."""
+    name = cfg.fairat.base if cfg.method == "fairat" else cfg.method
+    return METHODS[name]
+
+
+def start_noise(cfg: TrainConfig, shape: torch.Size, gen: torch.Generator,
+                device: torch.device) -> torch.Tensor:
+    """The attack's random start for a whole (global) batch: uniform for PGD, normal for TRADES."""
+    name = cfg.fairat.base if cfg.method == "fairat" else cfg.method
+    if name == "trades":
+        return torch.randn(shape, generator=gen, device=device)
+    return torch.rand(shape, generator=gen, device=device)

@@ -1,0 +1,82 @@
+"""Pipeline steps, files in and files out: the one implementation behind the CLI, DVC and Kubeflow.
+
+Each step reads only its inputs and writes only its outputs (atomically), so an orchestrator can
+cache, retry or resume it. Paths are arguments, never hard-coded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fairat.checkpoint import load_model
+from fairat.config import Params
+from fairat.data import MANIFEST_NAME, load_prepared, prepare, save_prepared
+from fairat.distributed import init_distributed
+from fairat.evaluation import evaluate, plot_classwise, report_markdown, write_report
+from fairat.io import sha256_file, write_text_atomic
+from fairat.training import TrainPaths, TrainSummary, resolve_device, train
+
+
+def prepare_step(params: Params, out_dir: str | Path) -> dict[str, Any]:
+    """Load, validate and subset the data; write train/val/test .npz and manifest.json."""
+    data = prepare(params.data)
+    manifest = save_prepared(data, out_dir, params.data)
+    counts = {split: manifest["splits"][split]["n"] for split in manifest["splits"]}
+    print(f"prepared {params.data.source}: {counts} -> {out_dir}", flush=True)
+    return manifest
+
+
+def train_step(params: Params, data_dir: str | Path, paths: TrainPaths,
+               resume: bool = False) -> TrainSummary:
+    """Train ``params.train.method`` on prepared data; rank-aware under `torchrun`."""
+    data = load_prepared(data_dir)
+    device = resolve_device(params.train.device)
+    ctx = init_distributed(device.type)
+    if ctx.active and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(device)
+    summary = train(params.model, params.train, data, paths, resume=resume, ctx=ctx, device=device)
+    if ctx.is_main:
+        print(f"trained {params.train.method}: {summary.epochs} epochs, model from epoch "
+              f"{summary.chosen_epoch} ({summary.chosen_by}), "
+              f"{summary.examples_per_second:.1f} examples/s -> {paths.model}", flush=True)
+    return summary
+
+
+def evaluate_step(params: Params, data_dir: str | Path, model_path: str | Path,
+                  report_path: str | Path, plot_path: str | Path | None = None,
+                  markdown_path: str | Path | None = None) -> dict[str, Any]:
+    """Class-wise clean / PGD / CW / AutoAttack evaluation of a trained model on one split."""
+    cfg = params.evaluate
+    data = load_prepared(data_dir)
+    split = getattr(data, cfg.split)
+    if len(split) == 0:
+        raise ValueError(f"evaluate.split: the {cfg.split!r} split of {data_dir} is empty")
+    device = resolve_device(cfg.device)
+    model, meta = load_model(model_path, device)
+    if tuple(meta["class_names"]) != split.class_names:
+        raise ValueError(f"{model_path} was trained on classes {meta['class_names']}, but "
+                         f"{data_dir} holds {list(split.class_names)}")
+    manifest = json.loads((Path(data_dir) / MANIFEST_NAME).read_text())
+    provenance = {"model_sha256": sha256_file(model_path), "model_path": str(model_path),
+                  "model_epoch": meta.get("selected", {}).get("epoch", meta.get("epoch")),
+                  "model_selected_by": meta.get("selected", {}).get("by"),
+                  "train_config": meta.get("config"), "data_content_hash": manifest["content_hash"],
+                  "data_source": manifest["source"], "split": cfg.split}
+    report = evaluate(model, split.images, split.labels, split.class_names, cfg, device, provenance)
+    write_report(report, report_path)
+    if plot_path:
+        plot_classwise(report, plot_path)
+    if markdown_path:
+        write_text_atomic(markdown_path, report_markdown(report))
+    for name, entry in report["attacks"].items():
+        s = entry["summary"]
+        print(f"{name:>11}: average {100 * s['average']:5.1f}%  worst {100 * s['worst']:5.1f}% "
+              f"({s['worst_class']})  gap {100 * s['gap']:5.1f}", flush=True)
+    for warning in report["consistency"]:
+        print(f"WARNING: {warning['message']}", flush=True)
+    return report

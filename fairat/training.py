@@ -1,0 +1,426 @@
+"""The one training loop: PGD-AT, TRADES and FairAT, on CPU or GPU, single process or `torchrun`.
+
+Design:
+- Data stays as a uint8 tensor on the device; each batch is gathered, converted and augmented in
+  batched tensor ops (no DataLoader, no per-image Python).
+- Every epoch draws its randomness from generators seeded by (seed, epoch), so a run is repeatable
+  on CPU and a resumed run continues exactly where it stopped; the learning rate is a pure function
+  of training progress, so there is no scheduler state to lose.
+- Rank-aware: the epoch plan (order, hard-example copies, augmentation, attack start) is drawn for
+  the global batch on every rank, and each rank trains its slice, so N ranks see the same examples
+  as one process. Hard-example scores are all-gathered, metrics all-reduced, and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fairat.attacks import pgd_attack
+from fairat.augment import augment_hard, random_crop_flip
+from fairat.checkpoint import (load_checkpoint, model_file_payload, resume_mismatches,
+                               save_checkpoint)
+from fairat.config import ModelConfig, TrainConfig, to_dict
+from fairat.data import PreparedData, channel_stats
+from fairat.distributed import DistContext, all_gather_cat, all_reduce_sum, barrier
+from fairat.hard_examples import HardExampleTracker, example_scores
+from fairat.io import write_json_atomic, write_text_atomic
+from fairat.methods import Batch, start_noise, step_for
+from fairat.models import ModelSpec, build_model
+
+
+@dataclass(frozen=True)
+class TrainPaths:
+    """Where a run writes: the chosen model, its checkpoints folder, a JSON summary, a CSV history."""
+
+    model: Path
+    checkpoints: Path
+    metrics: Path
+    history: Path
+
+
+@dataclass
+class TrainSummary:
+    epochs: int
+    chosen_epoch: int
+    chosen_by: str
+    chosen_metrics: dict[str, Any]
+    seconds: float
+    examples_trained: int
+    examples_per_second: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' means CUDA when available, else CPU; asking for CUDA without one is an error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' was requested but no CUDA device is available")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_at(cfg: TrainConfig, progress: float) -> float:
+    """Learning rate at ``progress`` = epochs done (fractional) / total epochs, in [0, 1]."""
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    if cfg.schedule == "piecewise":
+        return cfg.lr * cfg.gamma ** sum(progress >= m for m in cfg.milestones)
+    return cfg.lr
+
+
+def epoch_generators(seed: int, epoch: int, device: torch.device) -> tuple[torch.Generator, ...]:
+    """(CPU generator for the plan, device generator for augmentation and attack starts)."""
+    base = seed * 1_000_003 + epoch * 7919
+    plan = torch.Generator().manual_seed(base)
+    dev = torch.Generator(device=device).manual_seed(base + 1)
+    return plan, dev
+
+
+def epoch_plan(n_train: int, hard: torch.Tensor, copies: int, batch_size: int, world_size: int,
+               gen: torch.Generator, max_batches: int | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Global batches for one epoch: every training index once plus ``copies`` of each hard one.
+
+    Returns a list of (indices, is_copy) per global batch. A final batch too small to give every
+    rank an example is merged into the previous one.
+    """
+    entries = torch.cat([torch.arange(n_train), hard.repeat(copies)])
+    is_copy = torch.cat([torch.zeros(n_train, dtype=torch.bool),
+                         torch.ones(hard.numel() * copies, dtype=torch.bool)])
+    order = torch.randperm(entries.numel(), generator=gen)
+    entries, is_copy = entries[order], is_copy[order]
+    batches = list(zip(entries.split(batch_size), is_copy.split(batch_size)))
+    if len(batches) > 1 and batches[-1][0].numel() < world_size:
+        (a, ca), (b, cb) = batches[-2], batches[-1]
+        batches[-2:] = [(torch.cat([a, b]), torch.cat([ca, cb]))]
+    return batches[:max_batches] if max_batches else batches
+
+
+def rank_slice(n: int, ctx: DistContext) -> slice:
+    """This rank's contiguous part of a global batch of ``n``."""
+    per = math.ceil(n / ctx.world_size)
+    return slice(min(ctx.rank * per, n), min((ctx.rank + 1) * per, n))
+
+
+class Trainer:
+    """Holds one run's state; :meth:`run` trains the remaining epochs."""
+
+    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, data: PreparedData,
+                 paths: TrainPaths, ctx: DistContext | None = None, device: torch.device | None = None):
+        self.model_cfg, self.cfg, self.data, self.paths = model_cfg, cfg, data, paths
+        self.ctx = ctx or DistContext()
+        self.device = device or resolve_device(cfg.device)
+        if cfg.checkpoint == "best" and len(data.val) == 0:
+            raise ValueError("train.checkpoint: 'best' is chosen on the validation split, which is "
+                             "empty; set data.val_per_class > 0 or train.checkpoint: last")
+        if cfg.batch_size < self.ctx.world_size:
+            raise ValueError(f"train.batch_size: {cfg.batch_size} is smaller than the world size "
+                             f"{self.ctx.world_size}")
+        train = data.train
+        mean, std = channel_stats(train)
+        self.spec = ModelSpec(train.images.shape[1], train.num_classes, train.images.shape[2],
+                              mean, std)
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(model_cfg.name, self.spec, model_cfg.width, model_cfg.depth)
+        self.model.to(self.device)
+        self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda")
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.train_model: nn.Module = self.model
+        if self.ctx.active:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            ids = [self.ctx.local_rank] if self.device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+        self.images = train.images.to(self.device)
+        self.labels = train.labels.to(self.device)
+        self.tracker = HardExampleTracker(self.labels, train.num_classes, cfg.fairat)
+        self.step_fn = step_for(cfg)
+        self.epoch = 0  # epochs completed
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"epoch": 0, "value": -math.inf}
+
+    # --- checkpoints ------------------------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        return {"model": to_dict(self.model_cfg), "train": to_dict(self.cfg)}
+
+    def state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "tracker": self.tracker.state_dict(),
+                "history": self.history, "best": self.best, "config": self.config_dict()}
+
+    def resume(self) -> bool:
+        """Load ``last.pt`` if present; refuse a checkpoint written with a different config."""
+        path = self.paths.checkpoints / "last.pt"
+        if not path.exists():
+            return False
+        state = load_checkpoint(path, self.device)
+        diff = resume_mismatches(state["config"], self.config_dict())
+        if diff:
+            raise ValueError(f"cannot resume from {path}: the config differs in {diff}; "
+                             "use the original params or start without --resume")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.tracker.load_state_dict(state["tracker"])
+        self.epoch, self.history, self.best = state["epoch"], state["history"], state["best"]
+        return True
+
+    # --- the loop ---------------------------------------------------------------------------
+    def run(self) -> TrainSummary:
+        start = time.perf_counter()
+        trained = 0
+        while self.epoch < self.cfg.epochs:
+            record = self.train_epoch(self.epoch)
+            trained += record["examples"]
+            record.update(self.validate())
+            self.epoch += 1
+            value = self._selection_value(record)
+            if value is not None and value > self.best["value"]:
+                self.best = {"epoch": self.epoch, "value": value}
+                if self.ctx.is_main:
+                    save_checkpoint(self.model_payload(), self.paths.checkpoints / "best.pt")
+            self.history.append(record)
+            if self.ctx.is_main:
+                save_checkpoint(self.state(), self.paths.checkpoints / "last.pt")
+                self._log_epoch(record)
+            barrier(self.ctx)
+        return self.finish(time.perf_counter() - start, trained)
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        cfg, ctx = self.cfg, self.ctx
+        fair = cfg.method == "fairat" and epoch >= cfg.fairat.warmup_epochs
+        every = cfg.fairat.rescore_every
+        if fair and every and (epoch - cfg.fairat.warmup_epochs) % every == 0:
+            self.rescore(epoch)
+        hard = self.tracker.select().cpu() if fair else torch.zeros(0, dtype=torch.long)
+        plan_gen, dev_gen = epoch_generators(cfg.seed, epoch, self.device)
+        batches = epoch_plan(len(self.data.train), hard, cfg.fairat.copies, cfg.batch_size,
+                             ctx.world_size, plan_gen, cfg.max_batches)
+        totals = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, n, correct, copies
+        t0 = time.perf_counter()
+        progress = self._progress(batches, epoch)
+        for i, (idx, is_copy) in enumerate(progress):
+            lr = lr_at(cfg, (epoch + i / len(batches)) / cfg.epochs)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            totals += self.train_batch(idx.to(self.device), is_copy.to(self.device), dev_gen)
+            if hasattr(progress, "set_postfix") and i % 10 == 0:
+                progress.set_postfix(loss=f"{totals[0] / max(totals[1], 1):.3f}",
+                                     adv_acc=f"{totals[2] / max(totals[1] - totals[3], 1):.3f}")
+        totals = all_reduce_sum(totals, ctx)
+        seconds = time.perf_counter() - t0
+        loss, n, correct, copies = totals.tolist()
+        names = self.data.train.class_names
+        return {"epoch": epoch + 1, "lr": lr_at(cfg, epoch / cfg.epochs),
+                "train_loss": loss / max(n, 1), "train_robust_acc": correct / max(n - copies, 1),
+                "examples": int(n), "hard_count": int(hard.numel()),
+                "hard_per_class": dict(zip(names, self.tracker.histogram(hard.to(self.device)))),
+                "seconds": seconds, "examples_per_second": n / max(seconds, 1e-9)}
+
+    def train_batch(self, idx: torch.Tensor, is_copy: torch.Tensor,
+                    gen: torch.Generator) -> torch.Tensor:
+        """Augment the global batch, train this rank's slice; returns [loss sum, n, correct, copies]."""
+        cfg, ctx = self.cfg, self.ctx
+        x = random_crop_flip(self.images[idx].float().div_(255), cfg.crop_padding, cfg.flip, gen)
+        labels = self.labels[idx]
+        targets: torch.Tensor = labels
+        if cfg.method == "fairat":
+            targets = F.one_hot(labels, self.spec.num_classes).float()
+            rows = is_copy.nonzero().squeeze(1)
+            if rows.numel():
+                xa, ya = augment_hard(x[rows], targets[rows], cfg.fairat.augment, gen,
+                                      cfg.fairat.strength)
+                x, targets = x.index_copy(0, rows, xa), targets.index_copy(0, rows, ya)
+        noise = start_noise(cfg, x.shape, gen, self.device)
+        part = rank_slice(idx.numel(), ctx)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        batch = Batch(x[part], targets[part], labels[part], noise[part])
+        need_clean = cfg.method == "fairat" and cfg.fairat.score == "clean_ce"
+        with self._autocast():
+            out = self.step_fn(self.model, self.train_model, batch, cfg, need_clean)
+        loss = out.per_sample_loss.sum() * (ctx.world_size / idx.numel())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        original = ~is_copy[part]
+        if cfg.method == "fairat":
+            scores = example_scores(cfg.fairat.score, out.logits_adv, out.logits_clean,
+                                    batch.targets)
+            self.tracker.update(all_gather_cat(idx[part][original], ctx),
+                                all_gather_cat(scores[original], ctx))
+        correct = (out.logits_adv.argmax(1) == batch.labels)[original].sum()
+        return torch.stack([out.per_sample_loss.detach().sum().double(),
+                            torch.tensor(float(batch.x.shape[0]), dtype=torch.float64, device=x.device),
+                            correct.double(), (~original).sum().double()])
+
+    def rescore(self, epoch: int) -> None:
+        """Optional full pass: replace every score by a fresh one from the current model.
+
+        Costs a forward pass per example (plus the attack for ``adv_ce``); off by default, since the
+        moving average of training losses already tracks hardness for free.
+        """
+        cfg = self.cfg
+        _, gen = epoch_generators(cfg.seed + 99991, epoch, self.device)
+        self.model.eval()
+        shard = torch.arange(len(self.data.train))[self.ctx.rank::self.ctx.world_size]
+        for idx in shard.split(512):
+            idx = idx.to(self.device)
+            x, y = self.images[idx].float().div_(255), self.labels[idx]
+            with self._autocast():
+                x_adv = x
+                if cfg.fairat.score != "clean_ce":
+                    a = cfg.attack
+                    x_adv = pgd_attack(self.model, x, y, a.eps, a.step_size, a.steps,
+                                       generator=gen).x_adv
+                with torch.no_grad():
+                    logits_adv = self.model(x_adv)
+            scores = example_scores(cfg.fairat.score, logits_adv, logits_adv, y)
+            gathered_idx = all_gather_cat(idx, self.ctx)
+            self.tracker.scores[gathered_idx] = all_gather_cat(scores, self.ctx)
+            self.tracker.seen[gathered_idx] = True
+
+    # --- validation and model choice --------------------------------------------------------
+    def validate(self) -> dict[str, Any]:
+        """Per-class clean and PGD accuracy on the validation split (this rank's shard, reduced)."""
+        val = self.data.val
+        if len(val) == 0:
+            return {}
+        a = self.cfg.attack
+        gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 12345)
+        k = val.num_classes
+        counts = torch.zeros(3, k, dtype=torch.float64, device=self.device)  # total, clean, robust
+        self.model.eval()
+        shard = torch.arange(len(val))[self.ctx.rank::self.ctx.world_size]
+        for idx in shard.split(256):
+            x = val.images[idx].to(self.device).float().div_(255)
+            y = val.labels[idx].to(self.device)
+            with self._autocast():
+                with torch.no_grad():
+                    clean = self.model(x).argmax(1) == y
+                res = pgd_attack(self.model, x, y, a.eps, a.step_size, self.cfg.val_attack_steps,
+                                 generator=gen, track_best=True)
+            for row, flags in enumerate((torch.ones_like(clean), clean, res.correct)):
+                counts[row] += torch.bincount(y[flags], minlength=k).double()
+        counts = all_reduce_sum(counts, self.ctx)
+        clean_pc = (counts[1] / counts[0]).tolist()
+        robust_pc = (counts[2] / counts[0]).tolist()
+        names = val.class_names
+        return {"val_clean_avg": sum(clean_pc) / k, "val_robust_avg": sum(robust_pc) / k,
+                "val_robust_worst": min(robust_pc),
+                "val_robust_worst_class": names[robust_pc.index(min(robust_pc))],
+                "val_clean_per_class": dict(zip(names, clean_pc)),
+                "val_robust_per_class": dict(zip(names, robust_pc))}
+
+    def _selection_value(self, record: dict[str, Any]) -> float | None:
+        if "val_robust_avg" not in record:
+            return None
+        metric = self.cfg.select_metric
+        if metric == "val_robust_sum":
+            return record["val_robust_avg"] + record["val_robust_worst"]
+        return record[metric]
+
+    def model_payload(self) -> dict[str, Any]:
+        return model_file_payload(self.model.state_dict(), self.model_cfg, self.spec,
+                                  self.data.train.class_names, self.epoch, self.config_dict())
+
+    def finish(self, seconds: float, trained: int) -> TrainSummary:
+        """Write model.pt (best or last epoch, as configured), the JSON summary and CSV history."""
+        use_best = self.cfg.checkpoint == "best" and self.best["epoch"] > 0
+        chosen = self.best["epoch"] if use_best else self.epoch
+        by = f"best {self.cfg.select_metric} on the validation split" if use_best else "last epoch"
+        record = next((r for r in self.history if r["epoch"] == chosen), {})
+        summary = TrainSummary(
+            epochs=self.epoch, chosen_epoch=chosen, chosen_by=by,
+            chosen_metrics={k: v for k, v in record.items() if k.startswith("val_")},
+            seconds=seconds, examples_trained=trained,
+            examples_per_second=trained / seconds if seconds > 0 else 0.0, history=self.history)
+        if self.ctx.is_main:
+            if use_best:
+                payload = load_checkpoint(self.paths.checkpoints / "best.pt", torch.device("cpu"))
+            else:
+                payload = self.model_payload()
+            payload["selected"] = {"epoch": chosen, "by": by}
+            save_checkpoint(payload, self.paths.model)
+            write_json_atomic(self.paths.metrics, summary_json(summary, self.cfg))
+            write_text_atomic(self.paths.history, history_csv(self.history))
+        barrier(self.ctx)
+        return summary
+
+    # --- small helpers ----------------------------------------------------------------------
+    def _autocast(self):
+        if not self.amp:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def _progress(self, batches: list, epoch: int):
+        if not (self.cfg.progress and self.ctx.is_main):
+            return batches
+        from tqdm import tqdm
+
+        return tqdm(batches, desc=f"epoch {epoch + 1}/{self.cfg.epochs} [{self.cfg.method}]",
+                    leave=False, dynamic_ncols=True)
+
+    def _log_epoch(self, r: dict[str, Any]) -> None:
+        val = (f" val clean {r['val_clean_avg']:.3f} robust {r['val_robust_avg']:.3f} "
+               f"worst {r['val_robust_worst']:.3f} ({r['val_robust_worst_class']})"
+               if "val_robust_avg" in r else "")
+        hard = f" hard {r['hard_count']}" if self.cfg.method == "fairat" else ""
+        print(f"epoch {r['epoch']}/{self.cfg.epochs} loss {r['train_loss']:.4f} "
+              f"adv acc {r['train_robust_acc']:.3f}{val}{hard} "
+              f"({r['examples_per_second']:.1f} ex/s)", flush=True)
+
+
+def train(model_cfg: ModelConfig, cfg: TrainConfig, data: PreparedData, paths: TrainPaths,
+          resume: bool = False, ctx: DistContext | None = None,
+          device: torch.device | None = None) -> TrainSummary:
+    """Train ``cfg.method`` on ``data``; write checkpoints, model, summary and history to ``paths``.
+
+    With ``resume``, continue from ``paths.checkpoints / 'last.pt'`` when it exists (the config must
+    match). Returns the run's summary.
+    """
+    trainer = Trainer(model_cfg, cfg, data, paths, ctx, device)
+    if resume and trainer.resume() and trainer.ctx.is_main:
+        print(f"resumed after epoch {trainer.epoch} from {paths.checkpoints / 'last.pt'}", flush=True)
+    return trainer.run()
+
+
+def summary_json(summary: TrainSummary, cfg: TrainConfig) -> dict[str, Any]:
+    last = summary.history[-1] if summary.history else {}
+    return {"method": cfg.method, "epochs": summary.epochs, "chosen_epoch": summary.chosen_epoch,
+            "chosen_by": summary.chosen_by, "chosen": summary.chosen_metrics,
+            "seconds": round(summary.seconds, 3), "examples_trained": summary.examples_trained,
+            "examples_per_second": round(summary.examples_per_second, 3),
+            "last": {k: v for k, v in last.items()
+                     if k in ("train_loss", "train_robust_acc", "val_clean_avg", "val_robust_avg",
+                              "val_robust_worst", "hard_count")}}
+
+
+def history_csv(history: list[dict[str, Any]]) -> str:
+    """Flat per-epoch table (nested per-class dicts become ``key/class`` columns) for DVC plots."""
+    rows = []
+    for record in history:
+        row: dict[str, Any] = {}
+        for key, value in record.items():
+            if isinstance(value, dict):
+                row.update({f"{key}/{name}": v for name, v in value.items()})
+            else:
+                row[key] = value
+        rows.append(row)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()

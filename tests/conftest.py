@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny real data (scikit-learn digits) and tiny models, CPU only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fairat.config import DataConfig
+from fairat.data import PreparedData, prepare
+from fairat.models import ModelSpec, build_model
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def digits() -> PreparedData:
+    """Digits with a 10-per-class validation split; the same object for the whole session."""
+    return prepare(DataConfig(source="digits", val_per_class=10, seed=0))
+
+
+@pytest.fixture
+def tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model("small_cnn", ModelSpec(1, 10, 8, (0.3,), (0.3,)), width=8).eval()
+
+
+@pytest.fixture(scope="session")
+def trained_model(digits) -> torch.nn.Module:
+    """A small CNN trained briefly on clean digits (about a second), so attacks have a slope."""
+    torch.manual_seed(0)
+    spec = ModelSpec(1, 10, 8, (0.3,), (0.3,))
+    model = build_model("small_cnn", spec, width=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x = digits.train.images.float() / 255
+    y = digits.train.labels
+    model.train()
+    for step in range(150):
+        idx = torch.randint(0, len(y), (64,), generator=torch.Generator().manual_seed(step))
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    return model.eval()

@@ -1,0 +1,52 @@
+import torch
+
+from fairat.config import FairATConfig
+from fairat.hard_examples import HardExampleTracker, example_scores
+
+
+def test_selection_picks_the_highest_scores_globally():
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+    tracker = HardExampleTracker(labels, 3, FairATConfig(hard_ratio=0.3))
+    scores = torch.tensor([0.1, 5.0, 0.2, 4.0, 0.3, 0.4, 3.0, 0.5, 0.6, 0.7])
+    tracker.update(torch.arange(10), scores)
+    assert tracker.select().tolist() == [1, 3, 6]
+    assert tracker.histogram(tracker.select()) == [1, 1, 1]
+
+
+def test_per_class_quota_takes_the_top_of_every_class():
+    labels = torch.tensor([0] * 10 + [1] * 10)
+    tracker = HardExampleTracker(labels, 2, FairATConfig(hard_ratio=0.2, per_class=True))
+    scores = torch.cat([torch.arange(10.0) + 100, torch.arange(10.0)])  # class 0 always harder
+    tracker.update(torch.arange(20), scores)
+    assert tracker.select().tolist() == [8, 9, 18, 19]
+    global_tracker = HardExampleTracker(labels, 2, FairATConfig(hard_ratio=0.2))
+    global_tracker.update(torch.arange(20), scores)
+    assert global_tracker.histogram(global_tracker.select()) == [4, 0]
+
+
+def test_scores_are_an_exponential_moving_average_and_unseen_are_not_eligible():
+    labels = torch.zeros(4, dtype=torch.long)
+    tracker = HardExampleTracker(labels, 1, FairATConfig(hard_ratio=1.0, score_ema=0.9))
+    tracker.update(torch.tensor([0, 1]), torch.tensor([1.0, 2.0]))
+    tracker.update(torch.tensor([0]), torch.tensor([11.0]))
+    assert torch.allclose(tracker.scores[:2], torch.tensor([2.0, 2.0]))
+    assert tracker.select().tolist() == [0, 1]  # 2 and 3 never scored
+
+
+def test_state_round_trip():
+    labels = torch.tensor([0, 1, 0, 1])
+    a = HardExampleTracker(labels, 2, FairATConfig(hard_ratio=0.5))
+    a.update(torch.arange(4), torch.tensor([1.0, 3.0, 2.0, 0.0]))
+    b = HardExampleTracker(labels, 2, FairATConfig(hard_ratio=0.5))
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a.select(), b.select())
+
+
+def test_example_scores_kinds():
+    logits = torch.tensor([[4.0, 0.0], [0.0, 0.0]])
+    y = torch.tensor([0, 0])
+    ce = example_scores("adv_ce", logits, None, y)
+    assert ce[1] > ce[0]
+    ent = example_scores("entropy", logits, None, y)
+    assert torch.isclose(ent[1], torch.log(torch.tensor(2.0)))
+    assert torch.equal(example_scores("clean_ce", logits, logits * 0, y), torch.full((2,), ce[1].item()))

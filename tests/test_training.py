@@ -1,0 +1,127 @@
+import json
+
+import pytest
+import torch
+
+from fairat.checkpoint import load_checkpoint, load_model, save_checkpoint
+from fairat.config import AttackConfig, FairATConfig, ModelConfig, TrainConfig
+from fairat.training import Trainer, TrainPaths, epoch_plan, lr_at, train
+
+MODEL = ModelConfig(name="small_cnn", width=8)
+
+
+def _cfg(method="pgd_at", epochs=2, **kw):
+    base = dict(method=method, epochs=epochs, batch_size=64, lr=0.05, crop_padding=1, flip=False,
+                attack=AttackConfig(eps=0.1, step_size=0.03, steps=2), val_attack_steps=2,
+                fairat=FairATConfig(warmup_epochs=1, hard_ratio=0.2), max_batches=4,
+                progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _paths(root):
+    return TrainPaths(root / "model.pt", root / "checkpoints", root / "train.json",
+                      root / "history.csv")
+
+
+@pytest.mark.parametrize("method", ["pgd_at", "trades", "fairat"])
+def test_each_method_trains_and_writes_its_outputs(method, digits, tmp_path):
+    summary = train(MODEL, _cfg(method), digits, _paths(tmp_path))
+    assert summary.epochs == 2 and len(summary.history) == 2
+    for name in ("model.pt", "train.json", "history.csv", "checkpoints/last.pt"):
+        assert (tmp_path / name).exists(), name
+    record = summary.history[-1]
+    assert set(record["val_robust_per_class"]) == set(digits.train.class_names)
+    assert 0 <= record["val_robust_avg"] <= record["val_clean_avg"] + 0.2
+    model, meta = load_model(tmp_path / "model.pt", torch.device("cpu"))
+    assert meta["selected"]["epoch"] == summary.chosen_epoch
+    assert model(digits.test.images[:4].float() / 255).shape == (4, 10)
+    assert json.loads((tmp_path / "train.json").read_text())["method"] == method
+
+
+def test_fairat_adds_hard_copies_after_warmup_and_logs_their_classes(digits, tmp_path):
+    summary = train(MODEL, _cfg("fairat", epochs=2, max_batches=None), digits, _paths(tmp_path))
+    first, second = summary.history
+    assert first["hard_count"] == 0
+    expected = round(0.2 * len(digits.train))
+    assert second["hard_count"] == expected
+    assert sum(second["hard_per_class"].values()) == expected
+    assert second["examples"] == len(digits.train) + expected
+
+
+def test_runs_are_repeatable_and_resume_continues_exactly(digits, tmp_path):
+    cfg = _cfg("fairat", epochs=3, checkpoint="last")
+    full = train(MODEL, cfg, digits, _paths(tmp_path / "full"))
+    train(MODEL, cfg, digits, _paths(tmp_path / "again"))
+    # A run killed after epoch 2 (its last.pt on disk), then resumed to epoch 3.
+    killed = tmp_path / "killed"
+    assert _train_epochs(cfg, digits, killed, stop_after=2) == 2
+    assert not (killed / "model.pt").exists()
+    resumed = train(MODEL, cfg, digits, _paths(killed), resume=True)
+    states = [load_checkpoint(root / "model.pt", torch.device("cpu"))["state_dict"]
+              for root in (tmp_path / "full", tmp_path / "again", killed)]
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
+        assert torch.equal(states[0][key], states[2][key]), key
+    assert resumed.epochs == 3
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
+    assert resumed.history[-1]["hard_per_class"] == full.history[-1]["hard_per_class"]
+
+
+def _train_epochs(cfg, data, root, stop_after):
+    """Train ``stop_after`` epochs of a longer run, as if the process were killed then."""
+    trainer = Trainer(MODEL, cfg, data, _paths(root))
+    for epoch in range(stop_after):
+        record = trainer.train_epoch(epoch)
+        record.update(trainer.validate())
+        trainer.epoch += 1
+        trainer.history.append(record)
+        save_checkpoint(trainer.state(), root / "checkpoints" / "last.pt")
+    return trainer.epoch
+
+
+def test_resume_refuses_a_different_config(digits, tmp_path):
+    train(MODEL, _cfg("pgd_at", epochs=1, checkpoint="last"), digits, _paths(tmp_path))
+    with pytest.raises(ValueError, match="train.lr"):
+        train(MODEL, _cfg("pgd_at", epochs=2, checkpoint="last", lr=0.2), digits, _paths(tmp_path),
+              resume=True)
+
+
+def test_best_checkpoint_needs_a_validation_split(digits, tmp_path):
+    from fairat.data import PreparedData
+
+    no_val = PreparedData(digits.train, digits.val.subset(torch.zeros(0, dtype=torch.long)),
+                          digits.test)
+    with pytest.raises(ValueError, match="val_per_class"):
+        train(MODEL, _cfg(checkpoint="best"), no_val, _paths(tmp_path))
+
+
+def test_schedules():
+    cfg = TrainConfig(lr=0.1, schedule="piecewise", milestones=(0.5, 0.75), gamma=0.1)
+    assert [round(lr_at(cfg, p), 6) for p in (0.0, 0.49, 0.5, 0.8)] == [0.1, 0.1, 0.01, 0.001]
+    cos = TrainConfig(lr=0.1, schedule="cosine")
+    assert lr_at(cos, 0.0) == pytest.approx(0.1) and lr_at(cos, 1.0) == pytest.approx(0.0)
+
+
+def test_epoch_plan_covers_every_example_once_plus_copies():
+    hard = torch.tensor([3, 7])
+    plan = epoch_plan(10, hard, copies=2, batch_size=4, world_size=1,
+                      gen=torch.Generator().manual_seed(0), max_batches=None)
+    idx = torch.cat([b[0] for b in plan])
+    copy = torch.cat([b[1] for b in plan])
+    assert sorted(idx[~copy].tolist()) == list(range(10))
+    assert sorted(idx[copy].tolist()) == [3, 3, 7, 7]
+
+
+def test_rescore_pass_refreshes_every_score(digits, tmp_path):
+    cfg = _cfg("fairat", epochs=2, checkpoint="last",
+               fairat=FairATConfig(warmup_epochs=1, rescore_every=1, score="clean_ce"))
+    trainer = Trainer(MODEL, cfg, digits, _paths(tmp_path))
+    trainer.train_epoch(0)  # max_batches=4: only some examples get a score from training
+    assert not bool(trainer.tracker.seen.all())
+    trainer.rescore(1)
+    assert bool(trainer.tracker.seen.all())
+    with torch.no_grad():
+        logits = trainer.model.eval()(digits.train.images[:5].float() / 255)
+    expected = torch.nn.functional.cross_entropy(logits, digits.train.labels[:5], reduction="none")
+    assert torch.allclose(trainer.tracker.scores[:5], expected, atol=1e-5)
