@@ -50,11 +50,11 @@ class DataConfig:
     seed: int = 0  # drives subset and validation-split choice
 
     def __post_init__(self) -> None:
-        _check_positive_or_none("data.train_per_class", self.train_per_class)
-        _check_positive_or_none("data.test_per_class", self.test_per_class)
-        _check(self.val_per_class >= 0, "data.val_per_class", self.val_per_class, "must be >= 0")
+        _check_positive_or_none("train_per_class", self.train_per_class)
+        _check_positive_or_none("test_per_class", self.test_per_class)
+        _check(self.val_per_class >= 0, "val_per_class", self.val_per_class, "must be >= 0")
         if self.source == "imagefolder" and not self.root:
-            raise ConfigError("data.root: required when data.source is 'imagefolder'")
+            raise ConfigError("root: required when data.source is 'imagefolder'")
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,8 @@ class ModelConfig:
     depth: int | None = None  # WRN depth (28); ignored elsewhere
 
     def __post_init__(self) -> None:
-        _check_positive_or_none("model.width", self.width)
-        _check_positive_or_none("model.depth", self.depth)
+        _check_positive_or_none("width", self.width)
+        _check_positive_or_none("depth", self.depth)
 
 
 @dataclass(frozen=True)
@@ -102,13 +102,13 @@ class FairATConfig:
     rescore_every: int = 0  # >0: full clean re-scoring pass every k epochs (off by default)
 
     def __post_init__(self) -> None:
-        _check(0 <= self.score_ema < 1, "fairat.score_ema", self.score_ema, "must lie in [0, 1)")
-        _check(0 < self.hard_ratio <= 1, "fairat.hard_ratio", self.hard_ratio, "must lie in (0, 1]")
-        _check(self.warmup_epochs >= 0, "fairat.warmup_epochs", self.warmup_epochs, "must be >= 0")
-        _check(self.copies >= 1, "fairat.copies", self.copies, "must be >= 1")
-        _check(len(self.augment) > 0, "fairat.augment", self.augment, "needs at least one name")
-        _check(0 <= self.strength <= 2, "fairat.strength", self.strength, "must lie in [0, 2]")
-        _check(self.rescore_every >= 0, "fairat.rescore_every", self.rescore_every, "must be >= 0")
+        _check(0 <= self.score_ema < 1, "score_ema", self.score_ema, "must lie in [0, 1)")
+        _check(0 < self.hard_ratio <= 1, "hard_ratio", self.hard_ratio, "must lie in (0, 1]")
+        _check(self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, "must be >= 0")
+        _check(self.copies >= 1, "copies", self.copies, "must be >= 1")
+        _check(len(self.augment) > 0, "augment", self.augment, "needs at least one name")
+        _check(0 <= self.strength <= 2, "strength", self.strength, "must lie in [0, 2]")
+        _check(self.rescore_every >= 0, "rescore_every", self.rescore_every, "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -140,18 +140,18 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        _check(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")
-        _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
-        _check(self.lr > 0, "train.lr", self.lr, "must be > 0")
-        _check(0 <= self.momentum < 1, "train.momentum", self.momentum, "must lie in [0, 1)")
-        _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
-        _check(all(0 < m < 1 for m in self.milestones), "train.milestones", self.milestones,
+        _check(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        _check(self.lr > 0, "lr", self.lr, "must be > 0")
+        _check(0 <= self.momentum < 1, "momentum", self.momentum, "must lie in [0, 1)")
+        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        _check(all(0 < m < 1 for m in self.milestones), "milestones", self.milestones,
                "must be fractions of the epochs in (0, 1)")
-        _check(self.trades_beta >= 0, "train.trades_beta", self.trades_beta, "must be >= 0")
-        _check(self.crop_padding >= 0, "train.crop_padding", self.crop_padding, "must be >= 0")
-        _check(self.val_attack_steps >= 0, "train.val_attack_steps", self.val_attack_steps,
+        _check(self.trades_beta >= 0, "trades_beta", self.trades_beta, "must be >= 0")
+        _check(self.crop_padding >= 0, "crop_padding", self.crop_padding, "must be >= 0")
+        _check(self.val_attack_steps >= 0, "val_attack_steps", self.val_attack_steps,
                "must be >= 0")
-        _check_positive_or_none("train.max_batches", self.max_batches)
+        _check_positive_or_none("max_batches", self.max_batches)
 
 
 @dataclass(frozen=True)
@@ -174,14 +174,14 @@ class EvalConfig:
     device: DeviceName = "auto"
 
     def __post_init__(self) -> None:
-        _check(0 <= self.eps <= 1, "evaluate.eps", self.eps, "must lie in [0, 1] (pixel units)")
-        _check_positive_or_none("evaluate.examples_per_class", self.examples_per_class)
-        _check_positive_or_none("evaluate.autoattack_per_class", self.autoattack_per_class)
-        _check(self.pgd_steps >= 0, "evaluate.pgd_steps", self.pgd_steps, "must be >= 0")
-        _check(self.batch_size >= 1, "evaluate.batch_size", self.batch_size, "must be >= 1")
-        _check(self.apgd_restarts >= 1, "evaluate.apgd_restarts", self.apgd_restarts, "must be >= 1")
+        _check(0 <= self.eps <= 1, "eps", self.eps, "must lie in [0, 1] (pixel units)")
+        _check_positive_or_none("examples_per_class", self.examples_per_class)
+        _check_positive_or_none("autoattack_per_class", self.autoattack_per_class)
+        _check(self.pgd_steps >= 0, "pgd_steps", self.pgd_steps, "must be >= 0")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        _check(self.apgd_restarts >= 1, "apgd_restarts", self.apgd_restarts, "must be >= 1")
         if self.autoattack == "custom":
-            _check(len(self.autoattack_attacks) > 0, "evaluate.autoattack_attacks",
+            _check(len(self.autoattack_attacks) > 0, "autoattack_attacks",
                    self.autoattack_attacks, "needs at least one attack for version 'custom'")
 
 
@@ -211,20 +211,19 @@ def from_dict(cls: type, raw: Mapping[str, Any] | None, prefix: str = "") -> Any
     (``train.attack.eps``), so a typo never silently falls back to a default.
     """
     raw = {} if raw is None else raw
+    where = prefix.rstrip(".") or "params"
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{prefix or 'params'}: expected a mapping, got {type(raw).__name__}")
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
     if unknown:
-        raise ConfigError(f"{prefix or 'params'}: unknown key(s) {unknown}; known: {sorted(names)}")
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
     values = {k: _coerce(hints[k], v, f"{prefix}{k}") for k, v in raw.items()}
     try:
         return cls(**values)
-    except ConfigError as err:
-        if prefix and not str(err).startswith(prefix):
-            raise ConfigError(f"{prefix}{err}") from None
-        raise
+    except ConfigError as err:  # checks name the bare field; add the section path
+        raise ConfigError(f"{prefix}{err}") from None
 
 
 def _coerce(hint: Any, value: Any, key: str) -> Any:

@@ -138,7 +138,10 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.train_model: nn.Module = self.model
         if self.ctx.active:
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            # GPU: BatchNorm statistics over the global batch, so N ranks train like one process.
+            # CPU (gloo): PyTorch's SyncBatchNorm is GPU-only; each rank normalises its own slice.
+            if self.device.type == "cuda":
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             ids = [self.ctx.local_rank] if self.device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,

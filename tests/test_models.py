@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+from fairat.checkpoint import load_checkpoint, load_model, model_file_payload, save_checkpoint
+from fairat.config import ModelConfig
+from fairat.models import ModelSpec, build_model
+
+class Evil:
+    """An arbitrary pickled object: loading it would run code, so weights_only must refuse it."""
+
+
+CIFAR = ModelSpec(3, 10, 32, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+
+
+@pytest.mark.parametrize("name, width, depth", [
+    ("small_cnn", 8, None), ("preact_resnet18", 4, None), ("wrn", 1, 10)])
+def test_architectures_map_pixels_to_logits(name, width, depth):
+    model = build_model(name, CIFAR, width, depth).eval()
+    x = torch.rand(2, 3, 32, 32)
+    assert model(x).shape == (2, 10)
+
+
+def test_normalization_lives_inside_the_model():
+    model = build_model("small_cnn", CIFAR, 8)
+    assert torch.allclose(model.normalize(torch.full((1, 3, 1, 1), 0.49))[0, 0], torch.zeros(1, 1))
+    assert "normalize.mean" in model.state_dict()
+
+
+def test_bad_architecture_names_and_depths():
+    with pytest.raises(ValueError, match="model.name"):
+        build_model("resnet50", CIFAR)
+    with pytest.raises(ValueError, match="6n \\+ 4"):
+        build_model("wrn", CIFAR, 1, 27)
+
+
+def test_model_file_round_trip_is_weights_only(tmp_path):
+    spec = ModelSpec(1, 10, 8, (0.3,), (0.3,))
+    model = build_model("small_cnn", spec, 8).eval()
+    payload = model_file_payload(model.state_dict(), ModelConfig("small_cnn", 8), spec,
+                                 tuple("0123456789"), 3, {"train": {}})
+    save_checkpoint(payload, tmp_path / "model.pt")
+    loaded, meta = load_model(tmp_path / "model.pt", torch.device("cpu"))
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.equal(loaded(x), model(x))
+    assert meta["epoch"] == 3 and meta["class_names"] == list("0123456789")
+
+
+def test_corrupt_or_foreign_files_are_refused(tmp_path):
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot load checkpoint"):
+        load_checkpoint(tmp_path / "bad.pt", torch.device("cpu"))
+    torch.save({"format": "other"}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a fairat model file"):
+        load_model(tmp_path / "other.pt", torch.device("cpu"))
+    torch.save({"x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="cannot load checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt", torch.device("cpu"))
