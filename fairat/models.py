@@ -39,6 +39,19 @@ class PixelSpaceModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(x))
 
+    def attack_view(self) -> nn.Module:
+        """An eval-mode equivalent of this model for crafting attacks, cheaper where possible.
+
+        Attacks need input gradients only, with BatchNorm in eval mode; an architecture whose
+        ``net`` offers ``attack_view()`` returns a copy with BatchNorm folded into the convolutions
+        (same outputs, fewer passes over memory). Build a fresh view after every optimizer step:
+        it holds detached copies of the current weights. Others return the model itself.
+        """
+        view = getattr(self.net, "attack_view", None)
+        if view is None:
+            return self
+        return nn.Sequential(self.normalize, view()).eval()
+
 
 def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
@@ -69,6 +82,51 @@ class SmallCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
         return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+    @torch.no_grad()
+    def attack_view(self) -> nn.Module:
+        """Eval-mode copy with each conv+BatchNorm folded into one biased conv (see PixelSpaceModel)."""
+        return _FoldedCNN(self)
+
+
+def _fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of one conv equal to conv followed by eval-mode BatchNorm."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    bias = bn.bias - bn.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    return (conv.weight * scale[:, None, None, None]).detach(), bias.detach()
+
+
+class _FoldedCNN(nn.Module):
+    """SmallCNN with BatchNorm folded away; only for eval-mode use (attacks)."""
+
+    def __init__(self, cnn: SmallCNN) -> None:
+        super().__init__()
+        self.ops: list[tuple[str, tuple[torch.Tensor, ...]]] = []
+        mods = list(cnn.features)
+        for i, mod in enumerate(mods):
+            if isinstance(mod, nn.Conv2d):
+                bn = mods[i + 1]
+                assert isinstance(bn, nn.BatchNorm2d), "SmallCNN convs are followed by BatchNorm"
+                self.ops.append(("conv", _fold_conv_bn(mod, bn)))
+            elif isinstance(mod, nn.ReLU):
+                self.ops.append(("relu", ()))
+            elif isinstance(mod, nn.MaxPool2d):
+                self.ops.append(("pool", ()))
+        self.head_weight = cnn.head.weight.detach()
+        self.head_bias = cnn.head.bias.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for kind, tensors in self.ops:
+            if kind == "conv":
+                x = F.conv2d(x, tensors[0], tensors[1], padding=1)
+            elif kind == "relu":
+                x = F.relu(x)
+            else:
+                x = F.max_pool2d(x, 2)
+        return F.linear(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1), self.head_weight,
+                        self.head_bias)
 
 
 class PreActBlock(nn.Module):

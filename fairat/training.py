@@ -251,8 +251,10 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         batch = Batch(x[part], targets[part], labels[part], noise[part])
         need_clean = cfg.method == "fairat" and cfg.fairat.score == "clean_ce"
+        # Attacks run on an eval-mode view with BatchNorm folded where the architecture allows it.
+        attack_model = self.model.attack_view()
         with self._autocast():
-            out = self.step_fn(self.model, self.train_model, batch, cfg, need_clean)
+            out = self.step_fn(attack_model, self.train_model, batch, cfg, need_clean)
         loss = out.per_sample_loss.sum() * (ctx.world_size / idx.numel())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -55,3 +55,26 @@ def test_corrupt_or_foreign_files_are_refused(tmp_path):
     torch.save({"x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(ValueError, match="cannot load checkpoint"):
         load_checkpoint(tmp_path / "evil.pt", torch.device("cpu"))
+
+
+def test_attack_view_matches_the_eval_model_and_its_input_gradients():
+    torch.manual_seed(0)
+    model = build_model("small_cnn", CIFAR, 8)
+    x = torch.rand(16, 3, 32, 32)
+    y = torch.randint(0, 10, (16,))
+    model.train()
+    for _ in range(3):  # move BatchNorm running statistics away from their initial values
+        model(torch.rand(16, 3, 32, 32))
+    model.eval()
+    view = model.attack_view()
+    assert view is not model
+    assert torch.allclose(view(x), model(x), atol=1e-5)
+    grads = []
+    for net in (model, view):
+        delta = torch.zeros_like(x, requires_grad=True)
+        loss = torch.nn.functional.cross_entropy(net(x + delta), y)
+        grads.append(torch.autograd.grad(loss, delta)[0])
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+    # Architectures with BatchNorm before convolutions have no cheaper view.
+    preact = build_model("preact_resnet18", CIFAR, 4)
+    assert preact.attack_view() is preact
