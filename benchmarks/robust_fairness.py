@@ -1,0 +1,163 @@
+"""Robust-fairness study: PGD-AT vs TRADES vs FairAT under one budget, cell by cell.
+
+One command runs one (method, seed) cell: prepare the shared data once, train (resumable from the
+cell's last checkpoint), evaluate class by class, and write ``<results>/<tag>.json``. Another
+aggregates whatever cells exist into a table and charts. Cells evaluated on the validation split
+(``--split val``) are for choosing FairAT's knobs; only ``--split test`` cells enter the final table.
+
+    python benchmarks/robust_fairness.py cell --params studies/cifar10-cpu.yaml --method fairat --seed 0
+    python benchmarks/robust_fairness.py aggregate --results results/cpu --out docs/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fairat.cli import parse_overrides
+from fairat.config import Params, load_params, to_dict, with_overrides
+from fairat.io import write_json_atomic
+
+METHODS = ("pgd_at", "trades", "fairat")
+
+
+def cell_tag(method: str, seed: int, split: str, variant: str) -> str:
+    base = f"{method}-seed{seed}" if not variant else f"{method}-{variant}-seed{seed}"
+    return base if split == "test" else f"val/{base}"
+
+
+def run_cell(params: Params, method: str, seed: int, work: Path, results: Path,
+             variant: str = "") -> dict[str, Any]:
+    """Train and evaluate one cell; returns (and writes atomically) its result record."""
+    from fairat import steps
+    from fairat.data import MANIFEST_NAME
+    from fairat.training import TrainPaths
+
+    params = with_overrides(params, {"train.method": method, "train.seed": seed,
+                                     "evaluate.seed": seed})
+    tag = cell_tag(method, seed, params.evaluate.split, variant)
+    data_dir = work / "data"
+    t0 = time.perf_counter()
+    if not (data_dir / MANIFEST_NAME).exists():
+        steps.prepare_step(params, data_dir)
+    manifest = json.loads((data_dir / MANIFEST_NAME).read_text())
+    if manifest["config"] != to_dict(params.data):
+        raise ValueError(f"{data_dir} was prepared with other data params; use another --work")
+    t1 = time.perf_counter()
+    cell = work / tag
+    paths = TrainPaths(cell / "model.pt", cell / "checkpoints", cell / "train.json",
+                       cell / "history.csv")
+    summary = steps.train_step(params, data_dir, paths, resume=True)
+    t2 = time.perf_counter()
+    report = steps.evaluate_step(params, data_dir, paths.model, cell / "eval.json",
+                                 cell / "eval.png")
+    t3 = time.perf_counter()
+    record = {
+        "tag": tag, "method": method, "seed": seed, "variant": variant,
+        "split": params.evaluate.split, "params": to_dict(params),
+        "train": {"epochs": summary.epochs, "chosen_epoch": summary.chosen_epoch,
+                  "chosen_by": summary.chosen_by, "seconds_this_session": summary.seconds,
+                  "examples_per_second": summary.examples_per_second,
+                  "history": summary.history},
+        "eval": {name: {"per_class": a["per_class"], "summary": a["summary"], "n": a["n"],
+                        "settings": a["settings"]} for name, a in report["attacks"].items()},
+        "consistency": report["consistency"], "eval_seconds": report["seconds"],
+        "provenance": report["provenance"],
+        "wall_seconds": {"prepare": t1 - t0, "train": t2 - t1, "evaluate": t3 - t2},
+    }
+    write_json_atomic(results / f"{tag}.json", record)
+    return record
+
+
+def _mean_sd(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1
+            else 0.0, "n": len(values)}
+
+
+def aggregate(results: Path, split: str = "test") -> dict[str, Any]:
+    """Mean and spread over seeds, per method and attack, from every cell file present."""
+    folder = results if split == "test" else results / "val"
+    cells = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))
+             if p.name != "summary.json"]
+    table: dict[str, Any] = {}
+    for cell in cells:
+        key = cell["method"] if not cell.get("variant") else f"{cell['method']}-{cell['variant']}"
+        table.setdefault(key, []).append(cell)
+    out: dict[str, Any] = {"split": split, "cells": [c["tag"] for c in cells], "methods": {}}
+    for key, group in table.items():
+        entry: dict[str, Any] = {"seeds": sorted(c["seed"] for c in group)}
+        for attack in group[0]["eval"]:
+            summaries = [c["eval"][attack]["summary"] for c in group if attack in c["eval"]]
+            per_class = [c["eval"][attack]["per_class"] for c in group if attack in c["eval"]]
+            entry[attack] = {
+                "average": _mean_sd([s["average"] for s in summaries]),
+                "worst": _mean_sd([s["worst"] for s in summaries]),
+                "gap": _mean_sd([s["gap"] for s in summaries]),
+                "per_class_mean": {k: statistics.fmean(pc[k] for pc in per_class)
+                                   for k in per_class[0]},
+            }
+        entry["train_wall_seconds"] = _mean_sd([c["wall_seconds"]["train"] for c in group])
+        entry["eval_wall_seconds"] = _mean_sd([c["wall_seconds"]["evaluate"] for c in group])
+        entry["train_examples_per_second"] = _mean_sd([c["train"]["examples_per_second"]
+                                                       for c in group])
+        out["methods"][key] = entry
+    return out
+
+
+def markdown_table(summary: dict[str, Any], attacks: tuple[str, ...]) -> str:
+    """Rows: methods; columns: average / worst per attack as mean +- sd over seeds (percent)."""
+    head = "| method | seeds | " + " | ".join(f"{a} avg | {a} worst" for a in attacks) + " |"
+    rule = "|" + "---|" * (2 + 2 * len(attacks))
+    rows = [head, rule]
+    for method, entry in summary["methods"].items():
+        cells = []
+        for a in attacks:
+            if a not in entry:
+                cells += ["-", "-"]
+                continue
+            for stat in ("average", "worst"):
+                m = entry[a][stat]
+                cells.append(f"{100 * m['mean']:.1f} ± {100 * m['sd']:.1f}")
+        rows.append(f"| {method} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("cell", help="train + evaluate one (method, seed) cell")
+    c.add_argument("--params", type=Path, required=True)
+    c.add_argument("--method", choices=METHODS, required=True)
+    c.add_argument("--seed", type=int, required=True)
+    c.add_argument("--variant", default="", help="name for a knob setting tried on validation")
+    c.add_argument("--work", type=Path, default=Path("runs/study-cpu"),
+                   help="data, checkpoints and per-cell outputs (not committed)")
+    c.add_argument("--results", type=Path, default=Path("results/cpu"),
+                   help="one JSON per finished cell (committed)")
+    c.add_argument("-S", "--set", dest="overrides", action="append", default=[])
+    a = sub.add_parser("aggregate", help="table over the cells present")
+    a.add_argument("--results", type=Path, default=Path("results/cpu"))
+    a.add_argument("--split", choices=("test", "val"), default="test")
+    args = parser.parse_args(argv)
+    if args.command == "cell":
+        params = load_params(args.params)
+        if args.overrides:
+            params = with_overrides(params, parse_overrides(args.overrides))
+        record = run_cell(params, args.method, args.seed, args.work, args.results, args.variant)
+        print(json.dumps(record["wall_seconds"]), flush=True)
+        return 0
+    summary = aggregate(args.results, args.split)
+    folder = args.results if args.split == "test" else args.results / "val"
+    write_json_atomic(folder / "summary.json", summary)
+    print(markdown_table(summary, ("clean", "pgd", "cw", "autoattack")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
