@@ -89,7 +89,7 @@ class SmallCNN(nn.Module):
         return _FoldedCNN(self)
 
 
-def _fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+def _fold_conv_bn(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     """Weight and bias of one conv equal to conv followed by eval-mode BatchNorm."""
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     bias = bn.bias - bn.running_mean * scale
@@ -108,7 +108,8 @@ class _FoldedCNN(nn.Module):
         for i, mod in enumerate(mods):
             if isinstance(mod, nn.Conv2d):
                 bn = mods[i + 1]
-                assert isinstance(bn, nn.BatchNorm2d), "SmallCNN convs are followed by BatchNorm"
+                # _BatchNorm also covers SyncBatchNorm (data-parallel training on GPUs).
+                assert isinstance(bn, nn.modules.batchnorm._BatchNorm), "conv must precede BN"
                 self.ops.append(("conv", _fold_conv_bn(mod, bn)))
             elif isinstance(mod, nn.ReLU):
                 self.ops.append(("relu", ()))

@@ -78,3 +78,10 @@ def test_attack_view_matches_the_eval_model_and_its_input_gradients():
     # Architectures with BatchNorm before convolutions have no cheaper view.
     preact = build_model("preact_resnet18", CIFAR, 4)
     assert preact.attack_view() is preact
+
+
+def test_attack_view_folds_synchronized_batchnorm_too():
+    model = build_model("small_cnn", CIFAR, 8)
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model).eval()
+    x = torch.rand(4, 3, 32, 32)
+    assert torch.allclose(synced.attack_view()(x), model.eval()(x), atol=1e-5)
