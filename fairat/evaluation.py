@@ -40,7 +40,7 @@ ATTACK_ORDER = ("clean", "pgd", "cw", "autoattack", "worst_case")
 STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
 
 
-def stratified_indices(labels: torch.Tensor, per_class: int | None,
+def first_per_class(labels: torch.Tensor, per_class: int | None,
                        num_classes: int) -> torch.Tensor:
     """Indices of the first ``per_class`` examples of every class, in index order (all if None).
 
@@ -253,7 +253,7 @@ def evaluate(model: nn.Module, images_uint8: torch.Tensor, labels: torch.Tensor,
         raise ValueError(f"images must be (N, C, H, W) uint8 matching {len(labels)} labels; got "
                          f"{images.dtype} {tuple(images.shape)}")
     class_names = [str(n) for n in class_names]
-    idx = stratified_indices(labels, cfg.examples_per_class, len(class_names))
+    idx = first_per_class(labels, cfg.examples_per_class, len(class_names))
     y = labels[idx]
     was_training = model.training
     model.eval()
@@ -266,7 +266,7 @@ def evaluate(model: nn.Module, images_uint8: torch.Tensor, labels: torch.Tensor,
         pos = torch.arange(len(idx))  # positions within the evaluated subset
         consistency: list[dict[str, Any]] = []
         if cfg.autoattack != "none":
-            pos = stratified_indices(y, cfg.autoattack_per_class, len(class_names))
+            pos = first_per_class(y, cfg.autoattack_per_class, len(class_names))
             x_aa = images[idx[pos]].float().div_(255)
             t0 = time.perf_counter()
             flags["autoattack"] = run_autoattack(model, x_aa, y[pos], cfg, device)

@@ -64,12 +64,12 @@ def report(model, data):
     return out
 
 
-def test_stratified_indices_first_k_in_index_order():
+def test_first_per_class_takes_the_first_k_in_index_order():
     labels = torch.tensor([2, 0, 1, 0, 2, 0, 1, 2, 2])
-    assert ev.stratified_indices(labels, 2, 3).tolist() == [0, 1, 2, 3, 4, 6]
-    assert ev.stratified_indices(labels, None, 3).tolist() == list(range(9))
+    assert ev.first_per_class(labels, 2, 3).tolist() == [0, 1, 2, 3, 4, 6]
+    assert ev.first_per_class(labels, None, 3).tolist() == list(range(9))
     # a class with fewer examples contributes what it has
-    assert ev.stratified_indices(labels, 3, 3).tolist() == [0, 1, 2, 3, 4, 5, 6, 7]
+    assert ev.first_per_class(labels, 3, 3).tolist() == [0, 1, 2, 3, 4, 5, 6, 7]
 
 
 def test_report_structure(report):
@@ -187,7 +187,7 @@ def test_autoattack_settings_clamp_and_restarts():
 
 def test_standard_autoattack_on_ten_examples(model, data, caplog):
     images, labels = data
-    idx = ev.stratified_indices(labels, 1, 10)
+    idx = ev.first_per_class(labels, 1, 10)
     # APGD-CE, APGD-T (9 targets), FAB-T, Square: about 1 s here on one CPU thread
     with caplog.at_level(logging.DEBUG, logger="auto-attack"):
         flags = ev.run_autoattack(model, images[idx].float() / 255, labels[idx],
