@@ -127,6 +127,62 @@ def markdown_table(summary: dict[str, Any], attacks: tuple[str, ...]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def plot_per_class(summary: dict[str, Any], attack: str, png: Path) -> None:
+    """Grouped bars: per-class robust accuracy (mean over seeds) of every method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fairat.io import atomic_path
+
+    methods = [m for m, e in summary["methods"].items() if attack in e]
+    if not methods:
+        return
+    classes = list(summary["methods"][methods[0]][attack]["per_class_mean"])
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        values = [100 * summary["methods"][method][attack]["per_class_mean"][c] for c in classes]
+        ax.bar([k + i * width for k in range(len(classes))], values, width, label=method)
+    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(classes))], classes)
+    ax.set_ylabel(f"{attack} accuracy (%)")
+    ax.set_title(f"Per-class {attack} accuracy, mean over seeds ({summary['split']} split)")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def plot_hard_examples(results: Path, png: Path) -> None:
+    """FairAT's hard examples per class over the epochs (first seed present)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fairat.io import atomic_path
+
+    cells = sorted(results.glob("fairat-seed*.json"))
+    if not cells:
+        return
+    cell = json.loads(cells[0].read_text())
+    history = cell["train"]["history"]
+    classes = list(history[0]["hard_per_class"])
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for c in classes:
+        ax.plot([r["epoch"] for r in history], [r["hard_per_class"][c] for r in history], label=c)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("hard examples")
+    ax.set_title(f"FairAT hard examples per class ({cell['tag']})")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -144,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("aggregate", help="table over the cells present")
     a.add_argument("--results", type=Path, default=Path("results/cpu"))
     a.add_argument("--split", choices=("test", "val"), default="test")
+    a.add_argument("--figures", type=Path, default=None,
+                   help="folder for the per-class and hard-example charts (e.g. docs/figures)")
     args = parser.parse_args(argv)
     if args.command == "cell":
         params = load_params(args.params)
@@ -156,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     folder = args.results if args.split == "test" else args.results / "val"
     write_json_atomic(folder / "summary.json", summary)
     print(markdown_table(summary, ("clean", "pgd", "cw", "autoattack")))
+    if args.figures:
+        plot_per_class(summary, "autoattack", args.figures / f"per_class_autoattack_{args.split}.png")
+        plot_hard_examples(folder, args.figures / "fairat_hard_examples.png")
     return 0
 
 
