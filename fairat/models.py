@@ -131,7 +131,8 @@ class _FoldedCNN(nn.Module):
 
 
 class PreActBlock(nn.Module):
-    """Pre-activation residual block (He et al., 2016), as used by Rice et al. for AT."""
+    """Pre-activation residual block (He et al., 2016): PreAct ResNet's block and, with wider
+    channels, WideResNet's (Zagoruyko & Komodakis, 2016), as used by Rice et al. for AT."""
 
     def __init__(self, c_in: int, c_out: int, stride: int) -> None:
         super().__init__()
@@ -170,25 +171,6 @@ class PreActResNet18(nn.Module):
         return self.linear(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 
 
-class WideBlock(nn.Module):
-    """WideResNet basic block (Zagoruyko & Komodakis, 2016), pre-activation form."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(c_in)
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.shortcut = (nn.Conv2d(c_in, c_out, 1, stride, bias=False) if c_in != c_out or stride != 1
-                         else None)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(x))
-        skip = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv2(F.relu(self.bn2(self.conv1(out))))
-        return out + skip
-
-
 class WideResNet(nn.Module):
     """WRN-depth-widen: (depth - 4) / 6 blocks per stage, channels 16, 16k, 32k, 64k."""
 
@@ -202,7 +184,7 @@ class WideResNet(nn.Module):
         blocks, c = [], channels[0]
         for stage, c_out in enumerate(channels[1:]):
             for i in range(n):
-                blocks.append(WideBlock(c, c_out, (1 if stage == 0 else 2) if i == 0 else 1))
+                blocks.append(PreActBlock(c, c_out, (1 if stage == 0 else 2) if i == 0 else 1))
                 c = c_out
         self.blocks = nn.Sequential(*blocks)
         self.bn = nn.BatchNorm2d(c)
