@@ -89,16 +89,18 @@ def trades_step(attack_model: nn.Module, train_model: nn.Module, batch: Batch, c
 METHODS: dict[str, StepFn] = {"pgd_at": pgd_at_step, "trades": trades_step}
 
 
-def step_for(cfg: TrainConfig) -> StepFn:
+def objective_name(cfg: TrainConfig) -> str:
     """The objective a run trains with: its method, or FairAT's base objective."""
-    name = cfg.fairat.base if cfg.method == "fairat" else cfg.method
-    return METHODS[name]
+    return cfg.fairat.base if cfg.method == "fairat" else cfg.method
+
+
+def step_for(cfg: TrainConfig) -> StepFn:
+    return METHODS[objective_name(cfg)]
 
 
 def start_noise(cfg: TrainConfig, shape: torch.Size, gen: torch.Generator,
                 device: torch.device) -> torch.Tensor:
     """The attack's random start for a whole (global) batch: uniform for PGD, normal for TRADES."""
-    name = cfg.fairat.base if cfg.method == "fairat" else cfg.method
-    if name == "trades":
+    if objective_name(cfg) == "trades":
         return torch.randn(shape, generator=gen, device=device)
     return torch.rand(shape, generator=gen, device=device)
