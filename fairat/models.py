@@ -9,6 +9,7 @@ Shapes: input (N, C, H, W) float in [0, 1]; output (N, num_classes) logits.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Sequence
 
 import torch
@@ -103,29 +104,25 @@ class _FoldedCNN(nn.Module):
 
     def __init__(self, cnn: SmallCNN) -> None:
         super().__init__()
-        self.ops: list[tuple[str, tuple[torch.Tensor, ...]]] = []
+        self.ops: list[Callable[[torch.Tensor], torch.Tensor]] = []
         mods = list(cnn.features)
         for i, mod in enumerate(mods):
             if isinstance(mod, nn.Conv2d):
                 bn = mods[i + 1]
                 # _BatchNorm also covers SyncBatchNorm (data-parallel training on GPUs).
                 assert isinstance(bn, nn.modules.batchnorm._BatchNorm), "conv must precede BN"
-                self.ops.append(("conv", _fold_conv_bn(mod, bn)))
+                weight, bias = _fold_conv_bn(mod, bn)
+                self.ops.append(partial(F.conv2d, weight=weight, bias=bias, padding=1))
             elif isinstance(mod, nn.ReLU):
-                self.ops.append(("relu", ()))
+                self.ops.append(F.relu)
             elif isinstance(mod, nn.MaxPool2d):
-                self.ops.append(("pool", ()))
+                self.ops.append(partial(F.max_pool2d, kernel_size=2))
         self.head_weight = cnn.head.weight.detach()
         self.head_bias = cnn.head.bias.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for kind, tensors in self.ops:
-            if kind == "conv":
-                x = F.conv2d(x, tensors[0], tensors[1], padding=1)
-            elif kind == "relu":
-                x = F.relu(x)
-            else:
-                x = F.max_pool2d(x, 2)
+        for op in self.ops:
+            x = op(x)
         return F.linear(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1), self.head_weight,
                         self.head_bias)
 
