@@ -31,6 +31,7 @@ SelectMetric = Literal["val_robust_avg", "val_robust_worst", "val_robust_sum"]
 AutoAttackVersion = Literal["standard", "custom", "none"]
 AutoAttackName = Literal["apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab"]
 DeviceName = Literal["auto", "cpu", "cuda"]
+GateAttack = Literal["worst_case", "autoattack", "pgd", "cw", "clean"]
 
 
 class ConfigError(ValueError):
@@ -186,6 +187,42 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    """Fairness gate: thresholds on one attack's class-wise robust accuracy, fractions in [0, 1].
+
+    ``attack: worst_case`` judges the per-example worst case over every attack that ran (the
+    strictest reading); ``None`` disables an optional threshold.
+    """
+
+    attack: GateAttack = "worst_case"
+    min_worst_class: float = 0.0  # robust accuracy of the weakest class
+    min_average: float | None = None  # mean of the per-class robust accuracies
+    max_gap: float | None = None  # best class minus worst class
+    split: Literal["test", "val"] = "test"  # the split the report must have been computed on
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.min_worst_class <= 1, "min_worst_class", self.min_worst_class,
+               "must lie in [0, 1] (a fraction)")
+        for key in ("min_average", "max_gap"):
+            value = getattr(self, key)
+            _check(value is None or 0 <= value <= 1, key, value, "must lie in [0, 1] or be null")
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    """MLflow tracking and registry names (the store itself comes from MLFLOW_TRACKING_URI)."""
+
+    enabled: bool = True  # False: no MLflow records from train/evaluate (register needs them)
+    experiment: str = "fairat"
+    model_name: str = "fairat"  # registered model that versions are created under
+
+    def __post_init__(self) -> None:
+        for key in ("experiment", "model_name"):
+            value = getattr(self, key)
+            _check(bool(value.strip()), key, value, "must be a non-empty name")
+
+
+@dataclass(frozen=True)
 class Params:
     """The whole params file: one section per stage."""
 
@@ -193,6 +230,8 @@ class Params:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
 
 
 def _check(ok: bool, key: str, value: Any, why: str) -> None:

@@ -17,7 +17,7 @@ from fairat.config import Params
 from fairat.data import MANIFEST_NAME, load_prepared, prepare, save_prepared
 from fairat.distributed import init_distributed
 from fairat.evaluation import evaluate, plot_classwise, report_markdown, write_report
-from fairat.io import sha256_file, write_text_atomic
+from fairat.io import sha256_file, write_json_atomic, write_text_atomic
 from fairat.training import TrainPaths, TrainSummary, resolve_device, train
 
 
@@ -80,3 +80,33 @@ def evaluate_step(params: Params, data_dir: str | Path, model_path: str | Path,
     for warning in report["consistency"]:
         print(f"WARNING: {warning['message']}", flush=True)
     return report
+
+
+def gate_step(params: Params, report_path: str | Path, model_path: str | Path,
+              out_path: str | Path) -> dict[str, Any]:
+    """Fairness gate on the evaluation report of the model at ``model_path``; writes the decision.
+
+    Fail-closed (see :mod:`fairat.gate`). Always writes ``out_path`` (also when blocked) and
+    returns the decision; the caller decides whether a block is an error (``fairat gate --strict``).
+    """
+    from fairat.gate import decide, load_report
+
+    report, problems = load_report(report_path)
+    model_path = Path(model_path)
+    model_sha = sha256_file(model_path) if model_path.is_file() else None
+    decision = decide(report, params.gate, model_sha)
+    if problems:  # a precise "missing" / "not JSON" replaces decide's generic "missing"
+        decision["reasons"] = problems + [r for r in decision["reasons"]
+                                          if r != "evaluation report is missing"]
+    if model_sha is None:
+        decision["reasons"].insert(0, f"model file {model_path} is missing")
+    decision["passed"] = not decision["reasons"]
+    decision["report_path"] = str(report_path)
+    decision["report_sha256"] = sha256_file(report_path) if Path(report_path).is_file() else None
+    write_json_atomic(out_path, decision)
+    verdict = "PASSED" if decision["passed"] else "BLOCKED"
+    print(f"fairness gate {verdict} ({params.gate.attack}, min worst class "
+          f"{params.gate.min_worst_class:.3f})", flush=True)
+    for reason in decision["reasons"]:
+        print(f"  - {reason}", flush=True)
+    return decision

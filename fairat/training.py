@@ -20,7 +20,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -116,8 +116,10 @@ class Trainer:
     """Holds one run's state; :meth:`run` trains the remaining epochs."""
 
     def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, data: PreparedData,
-                 paths: TrainPaths, ctx: DistContext | None = None, device: torch.device | None = None):
+                 paths: TrainPaths, ctx: DistContext | None = None, device: torch.device | None = None,
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None):
         self.model_cfg, self.cfg, self.data, self.paths = model_cfg, cfg, data, paths
+        self.on_epoch = on_epoch  # rank 0 only: e.g. live MLflow metrics; never changes training
         self.ctx = ctx or DistContext()
         self.device = device or resolve_device(cfg.device)
         if cfg.checkpoint == "best" and len(data.val) == 0:
@@ -197,6 +199,8 @@ class Trainer:
             if self.ctx.is_main:
                 save_checkpoint(self.state(), self.paths.checkpoints / "last.pt")
                 self._log_epoch(record)
+                if self.on_epoch is not None:
+                    self.on_epoch(record)
             barrier(self.ctx)
         return self.finish(time.perf_counter() - start, trained)
 
@@ -389,13 +393,15 @@ class Trainer:
 
 def train(model_cfg: ModelConfig, cfg: TrainConfig, data: PreparedData, paths: TrainPaths,
           resume: bool = False, ctx: DistContext | None = None,
-          device: torch.device | None = None) -> TrainSummary:
+          device: torch.device | None = None,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainSummary:
     """Train ``cfg.method`` on ``data``; write checkpoints, model, summary and history to ``paths``.
 
     With ``resume``, continue from ``paths.checkpoints / 'last.pt'`` when it exists (the config must
-    match). Returns the run's summary.
+    match). ``on_epoch(record)`` is called on rank 0 after each epoch's checkpoint is written.
+    Returns the run's summary.
     """
-    trainer = Trainer(model_cfg, cfg, data, paths, ctx, device)
+    trainer = Trainer(model_cfg, cfg, data, paths, ctx, device, on_epoch)
     if resume and trainer.resume() and trainer.ctx.is_main:
         print(f"resumed after epoch {trainer.epoch} from {paths.checkpoints / 'last.pt'}", flush=True)
     return trainer.run()
