@@ -1,0 +1,21 @@
+"""Evaluate: class-wise clean / PGD / CW / AutoAttack accuracy of the trained model."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def evaluate(params: str, data: Input[Dataset], model: Input[Model], report: Output[Artifact],
+             metrics: Output[Metrics], card: Output[Markdown], chart: Output[HTML]):
+    """Write ``eval.json`` and the chart PNG into ``report``; card and chart render in the UI.
+
+    Args:
+        params: ``key=value`` lines of the `evaluate` knobs.
+    """
+    from fairat.kfp_runtime import run_evaluate
+
+    for name, value in run_evaluate(params, data.path, model.path, report.path, card.path,
+                                    chart.path).items():
+        metrics.log_metric(name, value)

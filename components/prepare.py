@@ -1,0 +1,18 @@
+"""Prepare: load, validate and subset the data set named in the `data` knobs."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Output
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def prepare(params: str, data: Output[Dataset]):
+    """Write train/val/test .npz files and manifest.json into the ``data`` folder.
+
+    Args:
+        params: ``key=value`` lines of the `data` knobs (fairat.pipeline_params.knob_lines).
+    """
+    from fairat.kfp_runtime import run_prepare
+
+    run_prepare(params, data.path)

@@ -1,0 +1,26 @@
+"""Register: an MLflow run and model version, tagged with the gate decision."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def register(params: str, candidate: bool, data: Input[Dataset], model: Input[Model],
+             summary: Input[Artifact], report: Input[Artifact], decision: Input[Artifact],
+             card: Input[Markdown], registration: Output[Artifact]) -> str:
+    """Register the model; alias ``candidate`` only when the gate passed.
+
+    Args:
+        params: ``key=value`` lines of every knob (the MLflow run logs them all).
+        candidate: the gate branch this task sits in; checked against the decision file.
+    Returns:
+        The registered model version.
+    """
+    from fairat.kfp_runtime import run_register
+
+    record = run_register(params, candidate, data.path, model.path, summary.path, report.path,
+                          decision.path, card.path, registration.path)
+    registration.metadata.update({k: str(v) for k, v in record.items()})
+    return str(record["version"])

@@ -1,0 +1,25 @@
+"""Train: adversarial training (PGD-AT, TRADES or FairAT) on the prepared data, on GPUs."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def train(params: str, data: Input[Dataset], model: Output[Model], summary: Output[Artifact],
+          metrics: Output[Metrics], gpus_per_node: int = 1, num_nodes: int = 1):
+    """Write ``model.pt`` into ``model`` and ``train.json`` / ``train.csv`` into ``summary``.
+
+    Args:
+        params: ``key=value`` lines of the `model` and `train` knobs.
+        gpus_per_node: processes (GPUs) on this node; above 1, training runs under torchrun.
+        num_nodes: must be 1 here; multi-node jobs belong to the Kubeflow Trainer integration.
+    """
+    from fairat.kfp_runtime import run_train
+
+    for name, value in run_train(params, data.path, model.path, summary.path,
+                                 gpus_per_node, num_nodes).items():
+        metrics.log_metric(name, value)
+    model.metadata["framework"] = "pytorch"
+    model.metadata["file"] = "model.pt"

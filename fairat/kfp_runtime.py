@@ -1,0 +1,157 @@
+"""What the Kubeflow components run inside the project image: artifact folders in, step calls out.
+
+Why here and not in the components: a kfp component's body is shipped as source text and is hard to
+test, so each one is a single call into this module. This module only maps KFP artifact folders to
+the file names the CLI and DVC use (``model.pt``, ``eval.json``, ``gate.json`` ...) and calls
+:mod:`fairat.steps`; the ML and MLOps logic stays in the steps.
+
+Every ``params`` argument is the ``key=value`` text of :func:`fairat.pipeline_params.knob_lines`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fairat.config import to_dict
+from fairat.io import write_text_atomic
+from fairat.pipeline_params import params_from_lines
+
+# One name per file, shared with the CLI defaults and dvc.yaml.
+MODEL_FILE = "model.pt"
+TRAIN_JSON, TRAIN_CSV = "train.json", "train.csv"
+EVAL_JSON, EVAL_PNG = "eval.json", "eval_classwise.png"
+GATE_JSON = "gate.json"
+REGISTRATION_JSON = "registration.json"
+
+
+def run_prepare(params: str, data_dir: str) -> None:
+    from fairat.steps import prepare_step
+
+    prepare_step(params_from_lines(params), data_dir)
+
+
+def torchrun_command(params_file: Path, data_dir: str, model_dir: str, train_dir: str,
+                     checkpoints: Path, gpus_per_node: int) -> list[str]:
+    """`torch.distributed.run` launching `fairat train` with one process per GPU of this node."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={gpus_per_node}", "-m", "fairat", "train",
+            "--params", str(params_file), "--data", data_dir,
+            "--model", str(Path(model_dir) / MODEL_FILE), "--checkpoints", str(checkpoints),
+            "--metrics", str(Path(train_dir) / TRAIN_JSON),
+            "--history", str(Path(train_dir) / TRAIN_CSV)]
+
+
+def run_train(params: str, data_dir: str, model_dir: str, train_dir: str, gpus_per_node: int,
+              num_nodes: int) -> dict[str, float]:
+    """Train into ``model_dir/model.pt`` and ``train_dir/{train.json,train.csv}``.
+
+    ``gpus_per_node > 1`` launches single-node data parallelism through torchrun (the training loop
+    is rank-aware). More than one node needs the Kubeflow Trainer integration, which launches the
+    workers itself; this component refuses rather than silently training on one node.
+    Checkpoints go to a scratch folder: they are not part of the model artifact.
+    Returns the flat numbers of the training summary for a Metrics artifact.
+    """
+    if num_nodes != 1:
+        raise ValueError(f"num_nodes={num_nodes}: multi-node training runs through the Kubeflow "
+                         "Trainer integration, not this component; use num_nodes=1")
+    if gpus_per_node < 0:
+        raise ValueError(f"gpus_per_node={gpus_per_node} must be >= 0")
+    cfg = params_from_lines(params)
+    Path(model_dir).mkdir(parents=True, exist_ok=True)
+    Path(train_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="fairat-train-") as scratch:
+        checkpoints = Path(scratch) / "checkpoints"
+        if gpus_per_node > 1:
+            params_file = Path(scratch) / "params.yaml"
+            params_file.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            subprocess.run(torchrun_command(params_file, data_dir, model_dir, train_dir,
+                                            checkpoints, gpus_per_node), check=True)
+        else:
+            from fairat.steps import train_step
+            from fairat.training import TrainPaths
+
+            train_step(cfg, data_dir, TrainPaths(Path(model_dir) / MODEL_FILE, checkpoints,
+                                                 Path(train_dir) / TRAIN_JSON,
+                                                 Path(train_dir) / TRAIN_CSV))
+    summary = json.loads((Path(train_dir) / TRAIN_JSON).read_text())
+    return _flat_numbers(summary)
+
+
+def _flat_numbers(tree: Any, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a JSON tree as ``a_b_c`` -> float (booleans and lists skipped)."""
+    out: dict[str, float] = {}
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            out.update(_flat_numbers(value, f"{prefix}{key}_"))
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        out[prefix.rstrip("_")] = float(tree)
+    return out
+
+
+def run_evaluate(params: str, data_dir: str, model_dir: str, report_dir: str, card_path: str,
+                 chart_path: str) -> dict[str, float]:
+    """Class-wise evaluation into ``report_dir/{eval.json,eval_classwise.png}``.
+
+    Also writes the model card (Markdown) to ``card_path`` and an HTML page with the class-wise
+    chart embedded to ``chart_path``, both for the Kubeflow UI. Returns ``<attack>_<average|worst|
+    gap>`` fractions for a Metrics artifact.
+    """
+    from fairat.steps import evaluate_step
+
+    report_file, png = Path(report_dir) / EVAL_JSON, Path(report_dir) / EVAL_PNG
+    report = evaluate_step(params_from_lines(params), data_dir, Path(model_dir) / MODEL_FILE,
+                           report_file, png, card_path)
+    write_text_atomic(chart_path, _chart_page(Path(card_path).read_text(), png))
+    return {f"{name}_{key}": float(entry["summary"][key])
+            for name, entry in report["attacks"].items() for key in ("average", "worst", "gap")}
+
+
+def _chart_page(card_markdown: str, png: Path) -> str:
+    """Self-contained HTML: the chart inlined (the UI cannot fetch side files) above the card text."""
+    data = base64.b64encode(png.read_bytes()).decode("ascii")
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>fairat class-wise report"
+            "</title></head><body>"
+            f"<img alt='class-wise robust accuracy' src='data:image/png;base64,{data}'>"
+            f"<pre>{html.escape(card_markdown)}</pre></body></html>\n")
+
+
+def run_gate(params: str, report_dir: str, model_dir: str, gate_dir: str) -> dict[str, Any]:
+    """Fairness gate on ``report_dir/eval.json`` into ``gate_dir/gate.json``; returns the decision."""
+    from fairat.steps import gate_step
+
+    return gate_step(params_from_lines(params), Path(report_dir) / EVAL_JSON,
+                     Path(model_dir) / MODEL_FILE, Path(gate_dir) / GATE_JSON)
+
+
+def run_register(params: str, candidate: bool, data_dir: str, model_dir: str, train_dir: str,
+                 report_dir: str, gate_dir: str, card_path: str, out_dir: str) -> dict[str, Any]:
+    """Register the model in MLflow; the alias follows the gate file, checked against the branch.
+
+    ``candidate`` says which branch of the pipeline's gate condition called this. A branch that
+    disagrees with the decision file it was handed is a wiring bug, and registering anyway could
+    mislabel a model, so it stops.
+    """
+    from fairat.steps import register_step
+
+    gate_file = Path(gate_dir) / GATE_JSON
+    passed = bool(json.loads(gate_file.read_text())["passed"])
+    if passed != candidate:
+        raise RuntimeError(f"{gate_file} says passed={passed} but the pipeline took the "
+                           f"candidate={candidate} branch")
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        print("MLFLOW_TRACKING_URI is not set: registering in the default store "
+              "sqlite:///mlruns/mlflow.db under the working folder", flush=True)
+    return register_step(params_from_lines(params), Path(model_dir) / MODEL_FILE,
+                         Path(report_dir) / EVAL_JSON, gate_file, Path(train_dir) / TRAIN_JSON,
+                         data_dir, Path(out_dir) / REGISTRATION_JSON,
+                         plot_path=Path(report_dir) / EVAL_PNG, card_path=card_path)

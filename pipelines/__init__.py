@@ -1,0 +1,1 @@
+"""The Kubeflow pipeline definition (`fairat_pipeline.py`) and its committed compiled YAML."""

@@ -1,0 +1,147 @@
+"""The fairat Kubeflow pipeline: prepare -> train -> evaluate -> gate -> register, as in dvc.yaml.
+
+Wiring only. Every `params.yaml` knob is a pipeline parameter (``train.attack.eps`` ->
+``train__attack__eps``, see :mod:`fairat.pipeline_params`) whose default is read from the params
+file when the pipeline is built, so the compiled YAML and the local pipeline share one source of
+truth. Each task receives only the knobs of the sections its step reads, so changing a gate
+threshold reuses the cached data, evaluation and (on the cluster) nothing else is recomputed
+needlessly.
+
+Three more run-time parameters size the training task: ``accelerator_type`` (the Kubernetes resource
+name, e.g. ``nvidia.com/gpu``), ``gpus_per_node`` (the accelerator limit, and the number of torchrun
+processes when above 1) and ``num_nodes`` (1 here; more nodes are the Kubeflow Trainer
+integration's job). kfp 2.17 accepts pipeline parameters for the accelerator type and limit.
+
+Compile-time settings (:class:`ClusterSettings`) hold what must never be a run parameter: the
+image and the names of the Kubernetes secrets that carry S3 and MLflow credentials.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kfp import compiler, dsl, kubernetes
+
+from components import IMAGE, evaluate, gate, prepare, register, train
+from fairat.config import Params, load_params
+from fairat.pipeline_params import Knob, knob_lines, knobs
+
+PIPELINE_NAME = "fairat"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PARAMS_FILE = REPO_ROOT / "params.yaml"
+COMPILED_FILE = Path(__file__).resolve().with_name("fairat_pipeline.yaml")
+
+# Which params sections each step reads (register logs the whole params tree to MLflow).
+SECTIONS = {"prepare": ("data",), "train": ("model", "train"), "evaluate": ("evaluate",),
+            "gate": ("gate",), "register": ("data", "model", "train", "evaluate", "gate", "track")}
+
+# Run-time sizing of the training task, beside the params.yaml knobs.
+RESOURCE_PARAMETERS = (("accelerator_type", str, "nvidia.com/gpu"),
+                       ("gpus_per_node", int, 1), ("num_nodes", int, 1))
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Compile-time cluster settings; secret *names* only, values live in the cluster.
+
+    Secrets (see docs/kubeflow.md for the kubectl commands that create them):
+        s3_secret: keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (optional: data or an MLflow
+            artifact store on S3 need it, a proxied MLflow server does not).
+        mlflow_secret: key MLFLOW_TRACKING_URI (required by train, which logs its epochs to an
+            MLflow run, and by register).
+        mlflow_auth_secret: keys MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD (optional).
+        endpoints_config_map: keys AWS_ENDPOINT_URL, MLFLOW_S3_ENDPOINT_URL (optional; MinIO etc.).
+    """
+
+    image: str = IMAGE
+    s3_secret: str = "fairat-s3"
+    mlflow_secret: str = "fairat-mlflow"
+    mlflow_auth_secret: str = "fairat-mlflow-auth"
+    endpoints_config_map: str = "fairat-endpoints"
+    train_retries: int = 2  # preempted or lost GPU nodes are the usual failure; retry with backoff
+
+
+def _with_s3(task: dsl.PipelineTask, settings: ClusterSettings) -> None:
+    kubernetes.use_secret_as_env(task, settings.s3_secret, {
+        "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}, optional=True)
+    kubernetes.use_config_map_as_env(task, settings.endpoints_config_map, {
+        "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
+        "MLFLOW_S3_ENDPOINT_URL": "MLFLOW_S3_ENDPOINT_URL"}, optional=True)
+
+
+def _with_mlflow(task: dsl.PipelineTask, settings: ClusterSettings) -> None:
+    kubernetes.use_secret_as_env(task, settings.mlflow_secret,
+                                 {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI"})
+    kubernetes.use_secret_as_env(task, settings.mlflow_auth_secret, {
+        "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"}, optional=True)
+
+
+def _signature(table: list[Knob]) -> inspect.Signature:
+    types = {"str": str, "int": int, "float": float, "bool": bool, "json": str}
+    P = inspect.Parameter
+    params = [P(k.name, P.POSITIONAL_OR_KEYWORD, default=k.default, annotation=types[k.kind])
+              for k in table]
+    params += [P(name, P.POSITIONAL_OR_KEYWORD, default=default, annotation=kind)
+               for name, kind, default in RESOURCE_PARAMETERS]
+    return inspect.Signature(params)
+
+
+def build_pipeline(params: Params, settings: ClusterSettings = ClusterSettings()) -> Any:
+    """The pipeline (a kfp GraphComponent) with parameter defaults taken from ``params``."""
+    table = knobs(params)
+    signature = _signature(table)
+
+    def fairat_pipeline(*args: Any) -> None:
+        values = dict(zip(signature.parameters, args))
+
+        def knob_text(step: str) -> str:
+            return knob_lines({k.key: values[k.name] for k in table
+                               if k.section in SECTIONS[step]})
+
+        data = prepare(params=knob_text("prepare")).set_caching_options(True)
+        trained = train(params=knob_text("train"), data=data.outputs["data"],
+                        gpus_per_node=values["gpus_per_node"], num_nodes=values["num_nodes"])
+        trained.set_caching_options(False)  # GPU training is not bitwise reproducible
+        trained.set_accelerator_type(values["accelerator_type"])
+        trained.set_accelerator_limit(values["gpus_per_node"])
+        trained.set_retry(num_retries=settings.train_retries, backoff_duration="60s",
+                          backoff_factor=2.0)
+        evaluated = evaluate(params=knob_text("evaluate"), data=data.outputs["data"],
+                             model=trained.outputs["model"]).set_caching_options(True)
+        decided = gate(params=knob_text("gate"), report=evaluated.outputs["report"],
+                       model=trained.outputs["model"]).set_caching_options(True)
+        common = dict(params=knob_text("register"), data=data.outputs["data"],
+                      model=trained.outputs["model"], summary=trained.outputs["summary"],
+                      report=evaluated.outputs["report"], decision=decided.outputs["decision"],
+                      card=evaluated.outputs["card"])
+        with dsl.If(decided.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
+            candidate = register(candidate=True, **common).set_display_name("register-candidate")
+        with dsl.Else(name="gate-blocked"):
+            blocked = register(candidate=False, **common).set_display_name("register-blocked")
+        _with_s3(data, settings)
+        for task in (trained, candidate, blocked):  # train logs its epochs to an MLflow run
+            _with_s3(task, settings)
+            _with_mlflow(task, settings)
+        for task in (candidate, blocked):
+            task.set_caching_options(False)  # a registration is a side effect, never a cache hit
+        for task in (data, trained, evaluated, decided, candidate, blocked):
+            task.set_container_image(settings.image)
+
+    fairat_pipeline.__signature__ = signature  # type: ignore[attr-defined]
+    fairat_pipeline.__doc__ = ("fairat: adversarial training (PGD-AT, TRADES, FairAT), class-wise "
+                               "robustness evaluation, fairness gate and MLflow registration.")
+    return dsl.pipeline(name=PIPELINE_NAME, description=fairat_pipeline.__doc__)(fairat_pipeline)
+
+
+def compile_pipeline(out_path: str | Path = COMPILED_FILE, params_file: str | Path = PARAMS_FILE,
+                     settings: ClusterSettings = ClusterSettings()) -> Path:
+    """Compile the pipeline with defaults from ``params_file`` into ``out_path`` (YAML IR)."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(load_params(params_file), settings), str(out_path))
+    return out_path
