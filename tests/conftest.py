@@ -9,6 +9,8 @@ from fairat.config import DataConfig
 from fairat.data import PreparedData, prepare
 from fairat.models import ModelSpec, build_model
 
+pytest_plugins = ["servers"]  # loopback S3, PostgreSQL and mlflow servers: tests/servers.py
+
 torch.set_num_threads(2)
 
 
