@@ -8,6 +8,7 @@ command at once with a message naming the key.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,7 +25,14 @@ Typical use, all driven by one params file:
   fairat prepare   # load + validate data, write data/prepared/{train,val,test}.npz + manifest
   fairat train     # adversarial training; writes models/model.pt and per-epoch metrics
   fairat evaluate  # class-wise clean/PGD/CW/AutoAttack report: metrics/eval.json + chart
-  fairat run       # all three in a row (the default params train on the bundled digits data)
+  fairat gate      # fairness gate on the report: metrics/gate.json (fail-closed)
+  fairat register  # MLflow model version with its evidence; alias `candidate` iff gate passed
+  fairat run       # all of the above in a row (the default params use the bundled digits data)
+  fairat models    # list registered versions, their gate results and class-wise numbers
+  fairat approve NAME VERSION --by YOU   # promote a candidate to `champion`
+
+`dvc repro` runs the same steps as a cached pipeline (dvc.yaml). MLflow's store is
+MLFLOW_TRACKING_URI when set, else sqlite:///mlruns/mlflow.db in the current folder.
 """
 
 
@@ -66,6 +74,56 @@ def _add_eval_outputs(p: argparse.ArgumentParser, with_model: bool) -> None:
                    help="markdown model card (default: %(default)s)")
 
 
+def _add_gate_outputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gate", default="metrics/gate.json", type=Path,
+                   help="fairness-gate decision JSON (default: %(default)s)")
+
+
+def _add_register_outputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--registered", default="metrics/registered.json", type=Path,
+                   help="registered model name / version / alias JSON (default: %(default)s)")
+
+
+def _add_registry_commands(sub: Any) -> None:
+    p = sub.add_parser("gate", help="fairness gate: pass or block the evaluated model",
+                       description="Judge the evaluation report against params `gate` "
+                                   "(fail-closed: missing, malformed or stale evidence blocks). "
+                                   "Writes the decision with every reason it failed.")
+    _add_common(p)
+    _add_eval_outputs(p, with_model=True)
+    _add_gate_outputs(p)
+    p.add_argument("--strict", action="store_true",
+                   help="exit with status 1 when the gate blocks (default: record and exit 0)")
+
+    p = sub.add_parser("register", help="register the model in MLflow with its evidence",
+                       description="Log the model (mlflow.pytorch) and its evidence, create a "
+                                   "model version tagged with the gate decision, and set alias "
+                                   "`candidate` only when the gate passed.")
+    _add_common(p)
+    _add_data(p)
+    _add_train_outputs(p)
+    _add_eval_outputs(p, with_model=False)
+    _add_gate_outputs(p)
+    _add_register_outputs(p)
+
+    p = sub.add_parser("approve", help="promote a registered version to alias `champion`",
+                       description="Refused, with the reasons, unless the version's tags show a "
+                                   "passed fairness gate on complete evidence.")
+    p.add_argument("model_name", help="registered model name (params `track.model_name`)")
+    p.add_argument("version", type=int, help="model version number")
+    p.add_argument("--by", required=True, help="who approves (recorded as a tag)")
+    p.add_argument("--note", default="", help="why (recorded as a tag)")
+
+    p = sub.add_parser("models", help="list registered versions with gate results",
+                       description="Versions of a registered model, their aliases, gate verdict "
+                                   "and class-wise robust accuracy, for the approver.")
+    p.add_argument("model_name", nargs="?", default=None,
+                   help="registered model name (default: params `track.model_name`)")
+    p.add_argument("--params", default="params.yaml", type=Path,
+                   help="params file naming the model when none is given (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fairat", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,12 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p)
     _add_eval_outputs(p, with_model=True)
 
-    p = sub.add_parser("run", help="prepare, train and evaluate in one go",
-                       description="The whole local job with the default output layout.")
+    p = sub.add_parser("run", help="prepare, train, evaluate, gate and register in one go",
+                       description="The whole local job with the default output layout "
+                                   "(register only when params `track.enabled`).")
     _add_common(p)
     _add_data(p)
     _add_train_outputs(p)
     _add_eval_outputs(p, with_model=False)
+    _add_gate_outputs(p)
+    _add_register_outputs(p)
+    _add_registry_commands(sub)
     return parser
 
 
@@ -123,35 +185,86 @@ def load_cli_params(args: argparse.Namespace) -> Params:
     return with_overrides(params, overrides) if overrides else params
 
 
-def run_command(args: argparse.Namespace) -> None:
+def _print_models(rows: list[dict[str, Any]], name: str) -> None:
+    if not rows:
+        print(f"no versions of {name!r} are registered")
+        return
+    print(f"{'version':>7}  {'aliases':<20} {'gate':<6} {'worst':>6} {'class':<12} "
+          f"{'average':>7}  approved by")
+    for r in rows:
+        gate = {"true": "passed", "false": "FAILED"}.get(r.get("gate_passed", ""), "?")
+        worst, avg = r.get("worst_class_robust") or "-", r.get("average_robust") or "-"
+        print(f"{r['version']:>7}  {','.join(r['aliases']) or '-':<20} {gate:<6} "
+              f"{worst[:6]:>6} {r.get('worst_class', '-')[:12]:<12} {avg[:7]:>7}  "
+              f"{r.get('approved_by', '-')}")
+        if r.get("gate_passed") != "true" and r.get("gate_reasons"):
+            for reason in json.loads(r["gate_reasons"]):
+                print(f"{'':9}blocked: {reason}")
+
+
+def run_registry_command(args: argparse.Namespace) -> int:
+    from fairat import registry
+
+    if args.command == "approve":
+        result = registry.approve(args.model_name, args.version, args.by, args.note)
+        print(f"approved {result['model_name']} version {result['version']} as "
+              f"{result['alias']} (by {result['approved_by']} at {result['approved_at']})")
+        return 0
+    name = args.model_name or load_params(args.params).track.model_name
+    rows = registry.list_versions(name)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_models(rows, name)
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the pipeline command(s) ``args`` names; returns the exit status."""
     # Imported here so `fairat --help` and bad-params errors answer without loading torch.
     from fairat import steps
     from fairat.training import TrainPaths
 
+    if args.command in ("approve", "models"):
+        return run_registry_command(args)
     params = load_cli_params(args)
-    if args.command in ("prepare", "run"):
+    stages = {"run": ("prepare", "train", "evaluate", "gate", "register")}.get(
+        args.command, (args.command,))
+    if args.command == "run" and not params.track.enabled:
+        stages = stages[:-1]
+    if "prepare" in stages:
         steps.prepare_step(params, args.out if args.command == "prepare" else args.data)
-    if args.command in ("train", "run"):
+    if "train" in stages:
         paths = TrainPaths(args.model, args.checkpoints, args.metrics, args.history)
         steps.train_step(params, args.data, paths, resume=args.resume)
-    if args.command in ("evaluate", "run"):
+    if "evaluate" in stages:
         steps.evaluate_step(params, args.data, args.model, args.report, args.plot, args.card)
+        metrics = getattr(args, "metrics", Path("metrics/train.json"))
+        steps.track_evaluation_step(params, metrics, args.report, [args.plot, args.card])
+    if "gate" in stages:
+        decision = steps.gate_step(params, args.report, args.model, args.gate)
+        if getattr(args, "strict", False) and not decision["passed"]:
+            return 1
+    if "register" in stages:
+        steps.register_step(params, args.model, args.report, args.gate, args.metrics, args.data,
+                            args.registered, args.plot, args.card)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from fairat.data import DataError
+    from fairat.registry import RegistryError
 
     try:
-        run_command(args)
-    except (ConfigError, DataError, ValueError, FileNotFoundError) as err:
+        return run_command(args)
+    except (ConfigError, DataError, RegistryError, ValueError, FileNotFoundError) as err:
         print(f"fairat {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"fairat {args.command}: interrupted; rerun with --resume to continue training",
               file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

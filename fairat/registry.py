@@ -1,0 +1,280 @@
+"""MLflow at the edge: tracking of training and evaluation, model registration, approval.
+
+Why one module: only this file imports mlflow, so the engine runs (and is tested) without a
+tracking store, and the store is chosen in one place: ``MLFLOW_TRACKING_URI`` when set (a team's
+``mlflow server``), else an SQLite database under ``mlruns/`` (the model registry works with no
+server; artifacts land under ``mlruns/`` too).
+
+Promotion is two-step and evidence-bound: ``register`` creates a model version tagged with the gate
+decision and its numbers and sets the alias ``candidate`` only when the gate passed; ``approve``
+moves ``champion`` to a version only when its tags prove a passed gate on complete evidence, and
+records who approved it and when. Secrets never reach MLflow: only params-file values, metrics,
+hashes and report files are logged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+CANDIDATE, CHAMPION = "candidate", "champion"
+TAG = "fairat."  # prefix of every tag this project sets
+EVIDENCE_TAGS = ("gate_passed", "gate_attack", "worst_class_robust", "average_robust",
+                 "model_sha256", "data_content_hash", "report_sha256")
+
+
+class RegistryError(RuntimeError):
+    """Tracking or registry failure, or a refused approval; the message says what and why."""
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the local SQLite store (its folder is created)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if uri:
+        return uri
+    Path("mlruns").mkdir(exist_ok=True)
+    return DEFAULT_TRACKING_URI
+
+
+def _mlflow():
+    """Import mlflow lazily (slow import; only tracking needs it) and point it at the store."""
+    import logging
+
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    mlflow.set_tracking_uri(tracking_uri())
+    return mlflow
+
+
+def _client():
+    from mlflow.tracking import MlflowClient
+
+    _mlflow()
+    return MlflowClient()
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"attack": {"eps": 0.1}}}`` -> ``{"train.attack.eps": 0.1}`` (lists kept whole)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def numeric_metrics(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Finite numbers of a (nested) record, keyed ``a.b`` (per-class dicts become ``key.class``)."""
+    return {k: float(v) for k, v in flatten(record, prefix).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+# ----------------------------------------------------------------------------- tracking
+
+@contextmanager
+def training_run(params_dict: dict[str, Any], experiment: str,
+                 run_name: str) -> Iterator[tuple[str, Callable[[dict[str, Any]], None]]]:
+    """Open an MLflow run for one training; yields (run_id, on_epoch callback).
+
+    The run logs every params value (flattened keys) up front and each epoch's numbers live with
+    ``step = epoch``. An exception inside marks the run FAILED. A tracking error while training
+    is reported once and does not stop the training (the record can be re-logged later).
+    """
+    mlflow = _mlflow()
+    try:
+        mlflow.set_experiment(experiment)
+        run = mlflow.start_run(run_name=run_name)
+    except Exception as err:  # mlflow raises many types (connection, DB); name the store
+        raise RegistryError(f"cannot open an MLflow run at {tracking_uri()}: {err}") from err
+    warned = False
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        nonlocal warned
+        try:
+            mlflow.log_metrics(numeric_metrics(record), step=int(record["epoch"]))
+        except Exception as err:  # keep training; say so once
+            if not warned:
+                print(f"WARNING: MLflow logging failed ({err}); training continues", flush=True)
+                warned = True
+
+    status = "FAILED"
+    try:
+        mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, tuple)) else v
+                           for k, v in flatten(params_dict).items()})
+        mlflow.set_tags({f"{TAG}stage": "train", f"{TAG}method": params_dict["train"]["method"]})
+        yield run.info.run_id, on_epoch
+        status = "FINISHED"
+    finally:
+        mlflow.end_run(status=status)
+
+
+def log_evaluation(run_id: str, report: dict[str, Any], files: list[Path]) -> None:
+    """Class-wise numbers of ``report`` as metrics, plus report / chart / card files, on ``run_id``."""
+    mlflow = _mlflow()
+    metrics: dict[str, float] = {}
+    for attack, entry in report["attacks"].items():
+        metrics.update(numeric_metrics(entry["summary"], f"test.{attack}."))
+        metrics.update(numeric_metrics(entry["per_class"], f"test.{attack}.class."))
+    try:
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_metrics(metrics)
+            for path in files:
+                if path.is_file():
+                    mlflow.log_artifact(str(path), artifact_path="evaluation")
+    except Exception as err:
+        raise RegistryError(f"cannot log the evaluation to MLflow run {run_id} at "
+                            f"{tracking_uri()}: {err}") from err
+
+
+# ----------------------------------------------------------------------------- registration
+
+def version_tags(decision: dict[str, Any], report: dict[str, Any] | None,
+                 manifest: dict[str, Any], model_sha256: str, report_sha256: str | None,
+                 git_commit: str | None) -> dict[str, str]:
+    """The evidence a version carries, as MLflow tags (strings): gate verdict and its numbers."""
+    measured = decision.get("measured") or {}
+    tags = {
+        "gate_passed": str(bool(decision["passed"])).lower(),
+        "gate_attack": decision["attack"],
+        "gate_reasons": json.dumps(decision["reasons"])[:5000],
+        "worst_class_robust": "" if measured.get("worst") is None else f"{measured['worst']:.6f}",
+        "worst_class": str(measured.get("worst_class", "")),
+        "average_robust": "" if measured.get("average") is None else f"{measured['average']:.6f}",
+        "robust_gap": "" if measured.get("gap") is None else f"{measured['gap']:.6f}",
+        "model_sha256": model_sha256,
+        "report_sha256": report_sha256 or "",
+        "data_content_hash": str(manifest.get("content_hash", "")),
+        "data_source": str(manifest.get("source", "")),
+        "git_commit": git_commit or "",
+    }
+    if report is not None:
+        per_class = report["attacks"].get(decision["attack"], {}).get("per_class", {})
+        tags["classwise_robust"] = json.dumps({k: round(v, 4) for k, v in per_class.items()})
+    return {f"{TAG}{k}": v for k, v in tags.items()}
+
+
+def register_model(model: Any, example: Any, model_name: str, run_id: str | None,
+                   params_dict: dict[str, Any], experiment: str, tags: dict[str, str],
+                   files: list[Path], passed: bool) -> dict[str, Any]:
+    """Log ``model`` (mlflow.pytorch, with signature and input example) and register a version.
+
+    ``run_id``: the training run to attach to; None (tracking was off, or the run is not in this
+    store) opens a new run that records the params. The alias ``candidate`` moves to the new
+    version only when ``passed``. Returns {model_name, version, run_id, alias, passed, model_uri}.
+    """
+    import mlflow.pytorch
+    from mlflow.models import infer_signature
+
+    mlflow = _mlflow()
+    client = _client()
+    if run_id is not None:
+        try:
+            client.get_run(run_id)
+        except Exception:  # the run lives in another store (e.g. train ran elsewhere)
+            run_id = None
+    try:
+        if run_id is None:
+            mlflow.set_experiment(experiment)
+            run_cm = mlflow.start_run(run_name="register")
+        else:
+            run_cm = mlflow.start_run(run_id=run_id)
+        with run_cm as run:
+            if run_id is None:
+                mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, tuple)) else v
+                                   for k, v in flatten(params_dict).items()})
+            mlflow.set_tags(tags)
+            for path in files:
+                if path.is_file():
+                    mlflow.log_artifact(str(path), artifact_path="evidence")
+            import torch
+
+            with torch.no_grad():
+                output = model(torch.as_tensor(example)).numpy()
+            info = mlflow.pytorch.log_model(model, name="model",
+                                            signature=infer_signature(example, output),
+                                            input_example=example)
+            run_id = run.info.run_id
+        version = mlflow.register_model(info.model_uri, model_name)
+        for key, value in tags.items():
+            client.set_model_version_tag(model_name, version.version, key, value)
+        client.set_model_version_tag(model_name, version.version, f"{TAG}run_id", run_id)
+        if passed:
+            client.set_registered_model_alias(model_name, CANDIDATE, version.version)
+    except RegistryError:
+        raise
+    except Exception as err:
+        raise RegistryError(f"registering {model_name!r} at {tracking_uri()} failed: {err}") from err
+    return {"model_name": model_name, "version": int(version.version), "run_id": run_id,
+            "alias": CANDIDATE if passed else None, "passed": passed,
+            "model_uri": info.model_uri}
+
+
+# ----------------------------------------------------------------------------- approval
+
+def approval_problems(tags: dict[str, str]) -> list[str]:
+    """Why a version with these tags must not become champion ([] = it may)."""
+    problems = [f"evidence tag {TAG}{key} is missing" for key in EVIDENCE_TAGS
+                if not tags.get(f"{TAG}{key}")]
+    passed = tags.get(f"{TAG}gate_passed")
+    if passed is not None and passed != "true":
+        reasons = tags.get(f"{TAG}gate_reasons", "[]")
+        try:
+            listed = "; ".join(json.loads(reasons))
+        except (json.JSONDecodeError, TypeError):
+            listed = reasons
+        problems.insert(0, f"the fairness gate did not pass: {listed or 'no reasons recorded'}")
+    return problems
+
+
+def approve(model_name: str, version: int, by: str, note: str = "") -> dict[str, Any]:
+    """Promote ``version`` to alias ``champion`` if its evidence shows a passed gate.
+
+    Raises RegistryError listing every reason when it refuses (nothing changes then).
+    """
+    if not by.strip():
+        raise RegistryError("approve: --by must name the approver")
+    client = _client()
+    try:
+        mv = client.get_model_version(model_name, str(version))
+    except Exception as err:
+        raise RegistryError(f"model {model_name!r} version {version} not found at "
+                            f"{tracking_uri()}: {err}") from err
+    problems = approval_problems(dict(mv.tags))
+    if problems:
+        raise RegistryError(f"refusing to approve {model_name} version {version}:\n  - "
+                            + "\n  - ".join(problems))
+    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for key, value in {"approved_by": by.strip(), "approved_at": when, "approval_note": note}.items():
+        client.set_model_version_tag(model_name, str(version), f"{TAG}{key}", value)
+    client.set_registered_model_alias(model_name, CHAMPION, str(version))
+    return {"model_name": model_name, "version": int(version), "alias": CHAMPION,
+            "approved_by": by.strip(), "approved_at": when}
+
+
+def list_versions(model_name: str) -> list[dict[str, Any]]:
+    """Every version of ``model_name`` with its aliases, gate verdict and class-wise summary."""
+    client = _client()
+    try:
+        versions = client.search_model_versions(f"name = '{model_name}'")
+        aliases = client.get_registered_model(model_name).aliases if versions else {}
+    except Exception as err:
+        raise RegistryError(f"cannot list {model_name!r} at {tracking_uri()}: {err}") from err
+    by_version: dict[str, list[str]] = {}
+    for alias, v in aliases.items():
+        by_version.setdefault(str(v), []).append(alias)
+    rows = []
+    for mv in sorted(versions, key=lambda m: int(m.version)):
+        tags = dict(mv.tags)
+        rows.append({"version": int(mv.version), "aliases": sorted(by_version.get(str(mv.version), [])),
+                     **{k[len(TAG):]: v for k, v in tags.items() if k.startswith(TAG)}})
+    return rows
