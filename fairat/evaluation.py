@@ -9,6 +9,14 @@ project standard treats AutoAttack above PGD-20 as a bug to explain).
 Robust means "correct on the clean input and at the adversarial point", as in AutoAttack, so for
 every class clean >= PGD >= worst case on the same examples.
 
+Scale-out: under `torchrun` every rank attacks its own blocks of examples (fixed blocks of
+``batch_size``, dealt round-robin) and the per-sample flags are all-gathered, so each rank builds
+the same report from every example. PGD and CW draw each block's random start from a generator
+seeded by the block's number, so the flags (and the per-class counts) equal a one-process run's
+exactly, whatever the world size. AutoAttack runs pyautoattack on each rank's shard; its own random
+restarts are seeded per call, so its flags can differ from a one-process run on the few examples
+whose outcome depends on the random start (see docs/scale-out.md).
+
 Shapes: images (N, C, H, W) uint8; labels (N,) int64; pixels become [0, 1] floats batch by batch on
 the device. eps and step sizes are L-inf radii in [0, 1] pixel units.
 """
@@ -31,6 +39,7 @@ from torch import nn
 import fairat
 from fairat.attacks import pgd_attack
 from fairat.config import EvalConfig, to_dict
+from fairat.distributed import DistContext, all_gather_cat, all_reduce_max, block_shard
 from fairat.io import atomic_path, write_json_atomic
 from fairat.metrics import accuracy_from_counts, classwise_counts, summarize
 
@@ -203,36 +212,70 @@ def _pgd_settings(cfg: EvalConfig, loss: str) -> dict[str, Any]:
             "random_start": True, "restarts": 1, "track_best": True, "seed": cfg.seed}
 
 
+def _flags_by_block(n: int, ctx: DistContext, device: torch.device, block: int, names: list[str],
+                    run: Any) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Per-sample flags for positions ``range(n)``: ``run(block_number, positions)`` on this
+    rank's blocks, gathered from every rank into position order. ``run`` returns
+    ({name: (len,) bool flags}, {name: seconds}) for every name in ``names``; the seconds
+    reported are the slowest rank's. Collectives run on ``device`` (NCCL needs GPU tensors)."""
+    flags: dict[str, list[torch.Tensor]] = {}
+    seconds: dict[str, float] = {}
+    done: list[torch.Tensor] = []
+    for number, pos in block_shard(n, block, ctx):
+        block_flags, block_seconds = run(number, pos)
+        for name, f in block_flags.items():
+            flags.setdefault(name, []).append(f.cpu())
+            seconds[name] = seconds.get(name, 0.0) + block_seconds.get(name, 0.0)
+        done.append(pos)
+    out = {}
+    pos = torch.cat(done) if done else torch.zeros(0, dtype=torch.long)
+    pos_all = all_gather_cat(pos.to(device), ctx).cpu()
+    for name in names:
+        mine = torch.cat(flags[name]) if name in flags else torch.zeros(0, dtype=torch.bool)
+        full = torch.zeros(n, dtype=torch.bool)
+        full[pos_all] = all_gather_cat(mine.to(device, torch.uint8), ctx).cpu().bool()
+        out[name] = full
+    wall = all_reduce_max(torch.tensor([seconds.get(k, 0.0) for k in names], dtype=torch.float64,
+                                       device=device), ctx)
+    return out, dict(zip(names, wall.tolist()))
+
+
 def _run_batched_attacks(model: nn.Module, images: torch.Tensor, idx: torch.Tensor,
-                         y: torch.Tensor, cfg: EvalConfig,
-                         device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """Clean, PGD-CE and (if cfg.cw) PGD-CW robust flags for ``images[idx]``, batch by batch."""
-    names = ["clean", "pgd"] + (["cw"] if cfg.cw else [])
-    flags: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    seconds = dict.fromkeys(names, 0.0)
-    gens = {n: torch.Generator(device=device).manual_seed(cfg.seed) for n in ("pgd", "cw")}
-    for start in range(0, len(idx), cfg.batch_size):
-        x = images[idx[start:start + cfg.batch_size]].to(device).float().div_(255)
-        yb = y[start:start + cfg.batch_size].to(device)
+                         y: torch.Tensor, cfg: EvalConfig, device: torch.device,
+                         ctx: DistContext) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Clean, PGD-CE and (if cfg.cw) PGD-CW robust flags for ``images[idx]``, block by block.
+
+    Block ``b`` (positions ``b * batch_size ...``) starts PGD from noise drawn by a generator
+    seeded with (seed, b), so a flag depends on the example and the seed, not on the world size.
+    """
+    names = ["pgd"] + (["cw"] if cfg.cw else [])
+
+    def run(block: int, pos: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        x = images[idx[pos]].to(device).float().div_(255)
+        yb = y[pos].to(device)
         t0 = time.perf_counter()
         clean = predict_correct(model, x, yb, device, cfg.batch_size)
-        flags["clean"].append(clean)
-        seconds["clean"] += time.perf_counter() - t0
-        for name in names[1:]:
+        flags, seconds = {"clean": clean}, {"clean": time.perf_counter() - t0}
+        for k, name in enumerate(names):
             t0 = time.perf_counter()
+            gen = torch.Generator(device=device).manual_seed(
+                (cfg.seed * 1_000_003 + block) * 2 + k)
+            noise = torch.rand(x.shape, generator=gen, device=device, dtype=x.dtype)
             with torch.enable_grad():
                 res = pgd_attack(model, x, yb, cfg.eps, cfg.pgd_step_size, cfg.pgd_steps,
                                  loss="ce" if name == "pgd" else "cw", random_start=True,
-                                 generator=gens[name], track_best=True)
-            flags[name].append(res.correct.cpu() & clean)
-            seconds[name] += time.perf_counter() - t0
-    return {n: torch.cat(f) if f else torch.zeros(0, dtype=torch.bool)
-            for n, f in flags.items()}, seconds
+                                 noise=noise, track_best=True)
+            flags[name] = res.correct.cpu() & clean
+            seconds[name] = time.perf_counter() - t0
+        return flags, seconds
+
+    return _flags_by_block(len(idx), ctx, device, cfg.batch_size, ["clean"] + names, run)
 
 
 def evaluate(model: nn.Module, images_uint8: torch.Tensor, labels: torch.Tensor,
              class_names: Sequence[str], cfg: EvalConfig, device: torch.device | str,
-             provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+             provenance: dict[str, Any] | None = None,
+             ctx: DistContext | None = None) -> dict[str, Any]:
     """Class-wise clean / PGD / CW / AutoAttack report of ``model`` (JSON-ready dict).
 
     Args:
@@ -242,12 +285,15 @@ def evaluate(model: nn.Module, images_uint8: torch.Tensor, labels: torch.Tensor,
         cfg: eps, subset sizes, PGD steps, AutoAttack version, seed, batch size.
         device: where the model and the attacks run.
         provenance: caller facts (model and data hashes, ...), merged with library versions, git
-            commit, seed and device type.
+            commit, seed, device type and world size.
+        ctx: under `torchrun`, this rank's place; every rank must call, each attacks its own
+            blocks, and every rank returns the same report (the caller lets rank 0 write it).
     Returns:
         {"attacks": {name: {per_class, summary, accuracy, n, counts, settings}}, "class_names",
         "examples_per_class", "eps", "provenance", "consistency": [warnings], "seconds"}.
     """
     device = torch.device(device)
+    ctx = ctx or DistContext()
     images, labels = torch.as_tensor(images_uint8), torch.as_tensor(labels).long().reshape(-1)
     if images.dtype != torch.uint8 or images.dim() != 4 or len(images) != len(labels):
         raise ValueError(f"images must be (N, C, H, W) uint8 matching {len(labels)} labels; got "
@@ -258,7 +304,7 @@ def evaluate(model: nn.Module, images_uint8: torch.Tensor, labels: torch.Tensor,
     was_training = model.training
     model.eval()
     try:
-        flags, seconds = _run_batched_attacks(model, images, idx, y, cfg, device)
+        flags, seconds = _run_batched_attacks(model, images, idx, y, cfg, device, ctx)
         attacks = {"clean": _attack_entry(flags["clean"], y, class_names, {})}
         attacks["pgd"] = _attack_entry(flags["pgd"], y, class_names, _pgd_settings(cfg, "ce"))
         if "cw" in flags:
@@ -267,10 +313,10 @@ def evaluate(model: nn.Module, images_uint8: torch.Tensor, labels: torch.Tensor,
         consistency: list[dict[str, Any]] = []
         if cfg.autoattack != "none":
             pos = first_per_class(y, cfg.autoattack_per_class, len(class_names))
-            x_aa = images[idx[pos]].float().div_(255)
-            t0 = time.perf_counter()
-            flags["autoattack"] = run_autoattack(model, x_aa, y[pos], cfg, device)
-            seconds["autoattack"] = time.perf_counter() - t0
+            aa_flags, aa_seconds = _autoattack_sharded(model, images, idx[pos], y[pos], cfg,
+                                                       device, ctx)
+            flags["autoattack"] = aa_flags
+            seconds["autoattack"] = aa_seconds
             settings = autoattack_settings(cfg, len(class_names))
             settings["examples_per_class"] = cfg.autoattack_per_class
             attacks["autoattack"] = _attack_entry(flags["autoattack"], y[pos], class_names,
@@ -297,8 +343,22 @@ def evaluate(model: nn.Module, images_uint8: torch.Tensor, labels: torch.Tensor,
                      100 * s["worst"], s["worst_class"])
     return {"attacks": attacks, "class_names": class_names,
             "examples_per_class": dict(zip(class_names, map(int, totals))), "eps": cfg.eps,
-            "provenance": _provenance(provenance, cfg, device), "consistency": consistency,
+            "provenance": _provenance(provenance, cfg, device, ctx), "consistency": consistency,
             "seconds": {n: round(s, 4) for n, s in seconds.items()}}
+
+
+def _autoattack_sharded(model: nn.Module, images: torch.Tensor, idx: torch.Tensor, y: torch.Tensor,
+                        cfg: EvalConfig, device: torch.device,
+                        ctx: DistContext) -> tuple[torch.Tensor, float]:
+    """AutoAttack flags for ``images[idx]``: one pyautoattack run per rank on its contiguous
+    shard (balanced sizes), flags gathered in position order; seconds of the slowest rank."""
+    n = len(idx)
+    lo, hi = ctx.rank * n // ctx.world_size, (ctx.rank + 1) * n // ctx.world_size
+    t0 = time.perf_counter()
+    mine = run_autoattack(model, images[idx[lo:hi]].float().div_(255), y[lo:hi], cfg, device)
+    seconds = all_reduce_max(torch.tensor([time.perf_counter() - t0], dtype=torch.float64,
+                                          device=device), ctx)
+    return all_gather_cat(mine.to(device, torch.uint8), ctx).cpu().bool(), float(seconds.item())
 
 
 # ----------------------------------------------------------------------------- provenance
@@ -321,14 +381,15 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
     return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
-def _provenance(extra: dict[str, Any] | None, cfg: EvalConfig,
-                device: torch.device) -> dict[str, Any]:
+def _provenance(extra: dict[str, Any] | None, cfg: EvalConfig, device: torch.device,
+                ctx: DistContext) -> dict[str, Any]:
     """Caller facts plus measured ones; a measured value wins unless it is unknown (None)."""
     measured = {
         "python": platform.python_version(), "torch": torch.__version__,
         "torchvision": _package_version("torchvision"),
         "pyautoattack": _package_version("pyautoattack"), "fairat": fairat.__version__,
         "git_commit": git_commit(), "seed": cfg.seed, "device": device.type,
+        "world_size": ctx.world_size,
         "eval_config": to_dict(cfg),
     }
     merged = dict(extra or {})

@@ -8,7 +8,10 @@ Design:
   of training progress, so there is no scheduler state to lose.
 - Rank-aware: the epoch plan (order, hard-example copies, augmentation, attack start) is drawn for
   the global batch on every rank, and each rank trains its slice, so N ranks see the same examples
-  as one process. Hard-example scores are all-gathered, metrics all-reduced, and only rank 0 writes.
+  as one process. BatchNorm statistics cover the global batch (SyncBatchNorm on GPU, our
+  GlobalBatchNorm2d on CPU), so N ranks train the model one process would, up to float rounding.
+  Hard-example scores are all-gathered, metrics all-reduced, and only rank 0 writes. Nothing in a
+  checkpoint depends on the world size, so a run saved by N ranks resumes on M.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -32,7 +36,8 @@ from fairat.checkpoint import (load_checkpoint, model_file_payload, resume_misma
                                save_checkpoint)
 from fairat.config import ModelConfig, TrainConfig, to_dict
 from fairat.data import PreparedData, channel_stats
-from fairat.distributed import DistContext, all_gather_cat, all_reduce_sum, barrier
+from fairat.distributed import (DistContext, all_gather_cat, all_reduce_sum, barrier,
+                                block_shard, global_batchnorm)
 from fairat.hard_examples import HardExampleTracker, example_scores
 from fairat.io import write_json_atomic, write_text_atomic
 from fairat.methods import Batch, start_noise, step_for
@@ -87,12 +92,20 @@ def epoch_generators(seed: int, epoch: int, device: torch.device) -> tuple[torch
     return plan, dev
 
 
+def block_generator(seed: int, block: int, device: torch.device) -> torch.Generator:
+    """Generator for one fixed block of examples (validation, rescoring, evaluation attacks)."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + block)
+
+
 def epoch_plan(n_train: int, hard: torch.Tensor, copies: int, batch_size: int, world_size: int,
                gen: torch.Generator, max_batches: int | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Global batches for one epoch: every training index once plus ``copies`` of each hard one.
 
-    Returns a list of (indices, is_copy) per global batch. A final batch too small to give every
-    rank an example is merged into the previous one.
+    Returns a list of (indices, is_copy) per global batch. A final batch smaller than
+    ``batch_size // 16`` is merged into the previous one (a sliver of a batch makes a noisy step),
+    and so is one too small to give every rank an example. The plan therefore does not depend on
+    the world size as long as ``world_size <= batch_size // 16`` (8 ranks at batch 128), which is
+    what lets a checkpoint resume exactly on a different number of ranks.
     """
     entries = torch.cat([torch.arange(n_train), hard.repeat(copies)])
     is_copy = torch.cat([torch.zeros(n_train, dtype=torch.bool),
@@ -100,16 +113,16 @@ def epoch_plan(n_train: int, hard: torch.Tensor, copies: int, batch_size: int, w
     order = torch.randperm(entries.numel(), generator=gen)
     entries, is_copy = entries[order], is_copy[order]
     batches = list(zip(entries.split(batch_size), is_copy.split(batch_size)))
-    if len(batches) > 1 and batches[-1][0].numel() < world_size:
+    if len(batches) > 1 and batches[-1][0].numel() < max(batch_size // 16, world_size):
         (a, ca), (b, cb) = batches[-2], batches[-1]
         batches[-2:] = [(torch.cat([a, b]), torch.cat([ca, cb]))]
     return batches[:max_batches] if max_batches else batches
 
 
 def rank_slice(n: int, ctx: DistContext) -> slice:
-    """This rank's contiguous part of a global batch of ``n``."""
-    per = math.ceil(n / ctx.world_size)
-    return slice(min(ctx.rank * per, n), min((ctx.rank + 1) * per, n))
+    """This rank's contiguous part of a global batch of ``n``: sizes differ by at most one, so
+    no rank is left empty while ``n >= world_size``."""
+    return slice(ctx.rank * n // ctx.world_size, (ctx.rank + 1) * n // ctx.world_size)
 
 
 class Trainer:
@@ -140,10 +153,10 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.train_model: nn.Module = self.model
         if self.ctx.active:
-            # GPU: BatchNorm statistics over the global batch, so N ranks train like one process.
-            # CPU (gloo): PyTorch's SyncBatchNorm is GPU-only; each rank normalises its own slice.
-            if self.device.type == "cuda":
-                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            # BatchNorm statistics over the global batch, so N ranks train like one process:
+            # PyTorch's SyncBatchNorm on GPU; on CPU (gloo, where SyncBatchNorm refuses to run)
+            # GlobalBatchNorm2d. Both keep BatchNorm2d's state-dict keys.
+            self.model = global_batchnorm(self.model, self.device.type)
             ids = [self.ctx.local_rank] if self.device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
@@ -281,16 +294,19 @@ class Trainer:
         moving average of training losses already tracks hardness for free.
         """
         cfg = self.cfg
-        _, gen = epoch_generators(cfg.seed + 99991, epoch, self.device)
         self.model.eval()
-        shard = torch.arange(len(self.data.train))[self.ctx.rank::self.ctx.world_size]
-        for idx in shard.split(512):
+        blocks = block_shard(len(self.data.train), 512, self.ctx)
+        # Every rank runs the same number of collectives, even one with a block fewer.
+        rounds = math.ceil(len(self.data.train) / (512 * self.ctx.world_size))
+        for i in range(rounds):
+            block, idx = blocks[i] if i < len(blocks) else (-1, torch.zeros(0, dtype=torch.long))
             idx = idx.to(self.device)
             x, y = self.images[idx].float().div_(255), self.labels[idx]
             with self._autocast():
                 x_adv = x
-                if cfg.fairat.score != "clean_ce":
+                if cfg.fairat.score != "clean_ce" and idx.numel():
                     a = cfg.attack
+                    gen = block_generator(cfg.seed + 99991, epoch * 100_003 + block, self.device)
                     x_adv = pgd_attack(self.model, x, y, a.eps, a.step_size, a.steps,
                                        generator=gen).x_adv
                 with torch.no_grad():
@@ -307,12 +323,13 @@ class Trainer:
         if len(val) == 0:
             return {}
         a = self.cfg.attack
-        gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 12345)
         k = val.num_classes
         counts = torch.zeros(3, k, dtype=torch.float64, device=self.device)  # total, clean, robust
         self.model.eval()
-        shard = torch.arange(len(val))[self.ctx.rank::self.ctx.world_size]
-        for idx in shard.split(256):
+        # Blocks of 256 dealt round-robin to ranks, each with its own seeded attack start: the
+        # per-example results, hence the counts, do not depend on the world size.
+        for block, idx in block_shard(len(val), 256, self.ctx):
+            gen = block_generator(self.cfg.seed + 12345, block, self.device)
             x = val.images[idx].to(self.device).float().div_(255)
             y = val.labels[idx].to(self.device)
             with self._autocast():
@@ -374,7 +391,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def _progress(self, batches: list, epoch: int):
-        if not (self.cfg.progress and self.ctx.is_main):
+        # A bar only on a terminal: piped into DVC or Kubeflow logs it is just noise.
+        if not (self.cfg.progress and self.ctx.is_main and sys.stderr.isatty()):
             return batches
         from tqdm import tqdm
 
