@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gate_outputs(p)
     _add_register_outputs(p)
     _add_registry_commands(sub)
+    from fairat.kubeflow import add_parser as add_pipeline_parser  # light: kfp loads on use
+
+    add_pipeline_parser(sub)
     return parser
 
 
@@ -252,6 +255,10 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if args.command == "pipeline":  # Kubeflow compile/submit: needs neither torch nor MLflow
+        from fairat.kubeflow import main as pipeline_main
+
+        return pipeline_main(args)
     args = build_parser().parse_args(argv)
     from fairat.data import DataError
     from fairat.registry import RegistryError

@@ -1,0 +1,384 @@
+"""Kubeflow: knob mapping, the compiled IR, a local run through kfp.local, and a real SDK round trip.
+
+The submit tests talk to a stand-in KFP API server on 127.0.0.1 that answers the v2beta1 REST calls
+the kfp client makes (healthz, experiment lookup and creation, run creation) and records them, so
+the whole client stack (kfp.Client -> kfp_server_api -> urllib3 -> HTTP) really runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+import yaml
+
+from fairat.config import ConfigError, load_params, to_dict, with_overrides
+from fairat.pipeline_params import knob_lines, knobs, key_of, params_from_lines, pipeline_arguments
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = load_params(REPO / "params.yaml")
+
+
+# ---------------------------------------------------------------- knobs <-> pipeline parameters
+
+def _as_backend_text(knob, value):
+    """What a KFP backend substitutes into a string: numbers as doubles, bools lower-case."""
+    if knob.kind == "bool":
+        return "true" if value else "false"
+    if knob.kind in ("int", "float"):
+        return repr(float(value))
+    return value
+
+
+def test_every_knob_round_trips_through_pipeline_text():
+    table = knobs(PARAMS)
+    assert {k.key for k in table} >= {"train.attack.eps", "train.fairat.augment", "gate.max_gap"}
+    assert all(key_of(k.name) == k.key and "." not in k.name for k in table)
+    text = knob_lines({k.key: _as_backend_text(k, k.default) for k in table})
+    assert params_from_lines(text) == PARAMS
+
+
+def test_nullable_and_list_knobs_are_json_text():
+    kinds = {k.key: (k.kind, k.default) for k in knobs(PARAMS)}
+    assert kinds["train.milestones"] == ("json", "[0.5, 0.75]")
+    assert kinds["data.train_per_class"] == ("json", "null")
+    assert kinds["model.width"] == ("json", "16")
+    assert kinds["train.epochs"] == ("int", 30) and kinds["train.flip"] == ("bool", False)
+    assert kinds["train.method"] == ("str", "fairat")
+
+
+def test_decoded_values_are_validated_like_the_cli():
+    with pytest.raises(ConfigError, match="train.attack.eps"):
+        params_from_lines("train.attack.eps=-0.5")
+    with pytest.raises(ConfigError, match="train.epochs: expected an integer"):
+        params_from_lines("train.epochs=2.5")
+    with pytest.raises(ConfigError, match="known key"):
+        params_from_lines("train.epochz=3")
+    assert params_from_lines("train.fairat.augment=[cutout]").train.fairat.augment == ("cutout",)
+
+
+# ---------------------------------------------------------------- the compiled IR
+
+@pytest.fixture(scope="module")
+def ir(tmp_path_factory):
+    from fairat.kubeflow import compile_to
+
+    out = compile_to(tmp_path_factory.mktemp("ir") / "fairat_pipeline.yaml", REPO / "params.yaml")
+    return out.read_text()
+
+
+def test_committed_yaml_matches_the_python_definition(ir):
+    committed = (REPO / "pipelines" / "fairat_pipeline.yaml").read_text()
+    assert ir == committed, ("pipelines/fairat_pipeline.yaml is stale: run "
+                             "`fairat pipeline compile` and commit the result")
+
+
+def _spec(ir):
+    """The pipeline document (the second YAML document is the Kubernetes platform spec)."""
+    return next(yaml.safe_load_all(ir))
+
+
+def test_parameter_defaults_equal_params_yaml(ir):
+    inputs = _spec(ir)["root"]["inputDefinitions"]["parameters"]
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for knob in knobs(PARAMS):
+        default = inputs[knob.name]["defaultValue"]
+        value = json.loads(default) if knob.kind == "json" else default
+        expected = raw
+        for part in knob.key.split("."):
+            expected = expected[part]
+        assert value == expected, knob.key
+    assert set(inputs) == {k.name for k in knobs(PARAMS)} | {
+        "accelerator_type", "gpus_per_node", "num_nodes"}
+
+
+def test_every_task_runs_the_project_image_without_installing_packages(ir):
+    from components import IMAGE
+
+    executors = _spec(ir)["deploymentSpec"]["executors"]
+    assert set(executors) == {"exec-prepare", "exec-train", "exec-evaluate", "exec-gate",
+                              "exec-register", "exec-register-2"}
+    for name, ex in executors.items():
+        assert ex["container"]["image"] == IMAGE, name
+        assert "pip install" not in " ".join(ex["container"]["command"]), name
+        assert "from fairat.kfp_runtime import" in ex["container"]["command"][-1], name
+
+
+def test_train_requests_gpus_and_retries(ir):
+    spec = _spec(ir)
+    resources = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
+    assert "pipelinechannel--accelerator_type" in resources["accelerator"]["resourceType"]
+    assert "pipelinechannel--gpus_per_node" in resources["accelerator"]["resourceCount"]
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["train"]["retryPolicy"]["maxRetryCount"] == 2
+    caching = {name: t.get("cachingOptions", {}).get("enableCache", False)
+               for name, t in tasks.items() if name != "condition-branches-1"}
+    assert caching == {"prepare": True, "train": False, "evaluate": True, "gate": True}
+
+
+def test_registration_as_candidate_only_inside_the_gate_condition(ir):
+    components = _spec(ir)["components"]
+    branches = components["comp-condition-branches-1"]["dag"]["tasks"]
+    passed = branches["condition-2"]["triggerPolicy"]["condition"]
+    blocked = branches["condition-3"]["triggerPolicy"]["condition"]
+    assert passed == "inputs.parameter_values['pipelinechannel--gate-Output'] == true"
+    assert blocked == f"!({passed})"
+    candidate = components["comp-condition-2"]["dag"]["tasks"]["register"]
+    assert candidate["inputs"]["parameters"]["candidate"]["runtimeValue"]["constant"] is True
+    assert candidate["taskInfo"]["name"] == "register-candidate"
+    other = components["comp-condition-3"]["dag"]["tasks"]["register-2"]
+    assert other["inputs"]["parameters"]["candidate"]["runtimeValue"]["constant"] is False
+    assert not candidate.get("cachingOptions", {}).get("enableCache", False)
+
+
+def test_gate_and_evaluation_numbers_are_metrics_artifacts(ir):
+    components = _spec(ir)["components"]
+    for comp in ("comp-gate", "comp-evaluate", "comp-train"):
+        outputs = components[comp]["outputDefinitions"]["artifacts"]
+        assert outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics", comp
+    evaluate_out = components["comp-evaluate"]["outputDefinitions"]["artifacts"]
+    assert evaluate_out["card"]["artifactType"]["schemaTitle"] == "system.Markdown"
+    assert evaluate_out["chart"]["artifactType"]["schemaTitle"] == "system.HTML"
+    gate_out = components["comp-gate"]["outputDefinitions"]["parameters"]
+    assert gate_out["Output"]["parameterType"] == "BOOLEAN"
+
+
+def test_credentials_come_from_secrets_never_from_parameters(ir):
+    spec = yaml.safe_load_all(ir)
+    pipeline, platform = list(spec)
+    params = pipeline["root"]["inputDefinitions"]["parameters"]
+    assert not [p for p in params if any(w in p.lower() for w in
+                                         ("secret", "password", "token", "access_key", "mlflow"))]
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    envs = {name: {m["envVar"] for s in ex.get("secretAsEnv", []) for m in s["keyToEnv"]}
+            for name, ex in executors.items()}
+    creds = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_URI"}
+    for name in ("exec-train", "exec-register", "exec-register-2"):
+        assert creds <= envs[name], name
+    required = [s["secretName"] for ex in executors.values() for s in ex["secretAsEnv"]
+                if not s["optional"]]
+    assert set(required) == {"fairat-mlflow"}
+    # the only credential-looking strings in the whole file are env/key *names*
+    for line in ir.splitlines():
+        if "AWS_SECRET_ACCESS_KEY" in line or "MLFLOW_TRACKING_PASSWORD" in line:
+            assert line.split(":", 1)[-1].strip() in ("AWS_SECRET_ACCESS_KEY",
+                                                       "MLFLOW_TRACKING_PASSWORD"), line
+
+
+def test_pipeline_and_components_import_without_torch():
+    code = ("import sys, pipelines.fairat_pipeline, components, fairat.kubeflow; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'mlflow')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_cluster_settings_retarget_image_and_secrets(tmp_path):
+    from fairat.kubeflow import cluster_settings, compile_to
+
+    settings = cluster_settings({"image": "registry.example/fairat:abc", "mlflow_secret": "ml",
+                                 "s3_secret": None})
+    text = compile_to(tmp_path / "p.yaml", REPO / "params.yaml", settings).read_text()
+    assert "registry.example/fairat:abc" in text and "ghcr.io/fairat" not in text
+    assert "secretName: ml\n" in text and "secretName: fairat-s3" in text
+
+
+# ---------------------------------------------------------------- component runtime guards
+
+def test_train_refuses_multi_node_and_launches_torchrun_per_gpu(tmp_path):
+    from fairat.kfp_runtime import run_train, torchrun_command
+
+    with pytest.raises(ValueError, match="Kubeflow Trainer"):
+        run_train("", str(tmp_path), str(tmp_path / "m"), str(tmp_path / "s"), 1, 2)
+    cmd = torchrun_command(tmp_path / "p.yaml", "d", "m", "s", tmp_path / "c", 4)
+    assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
+    assert cmd[5:8] == ["-m", "fairat", "train"] and "m/model.pt" in cmd
+
+
+def test_register_refuses_a_branch_that_disagrees_with_the_gate(tmp_path):
+    from fairat.kfp_runtime import run_register
+
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "gate.json").write_text(json.dumps({"passed": False}))
+    with pytest.raises(RuntimeError, match="candidate=True branch"):
+        run_register("", True, "d", "m", "s", "r", str(tmp_path / "g"), "c", str(tmp_path / "o"))
+
+
+# ---------------------------------------------------------------- local run through kfp.local
+
+TINY = {"data.val_per_class": 5, "model.width": 8, "train.epochs": 2, "train.max_batches": 4,
+        "train.batch_size": 64, "train.attack.steps": 2, "train.val_attack_steps": 2,
+        "train.fairat.warmup_epochs": 1, "train.progress": False, "train.device": "cpu",
+        "evaluate.examples_per_class": 5, "evaluate.pgd_steps": 3, "evaluate.autoattack": "none",
+        "evaluate.device": "cpu", "gate.min_worst_class": 0.0, "track.model_name": "fairat-kfp"}
+
+
+@pytest.mark.slow
+def test_pipeline_runs_end_to_end_with_kfp_local(tmp_path, monkeypatch):
+    from kfp import local
+
+    from pipelines.fairat_pipeline import build_pipeline
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)  # the components' working folder: keep strays out of the repo
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+    arguments = {**pipeline_arguments(with_overrides(PARAMS, TINY)), "gpus_per_node": 0}
+    task = build_pipeline(PARAMS)(**arguments)
+    assert task is not None
+
+    (run_dir,) = (tmp_path / "root").iterdir()
+    registered = json.loads((run_dir / "register" / "registration" / "registration.json")
+                            .read_text())
+    assert registered["passed"] is True and registered["alias"] == "candidate"
+    assert not (run_dir / "register-2").exists()  # the blocked branch did not run
+    decision = json.loads((run_dir / "gate" / "decision" / "gate.json").read_text())
+    assert decision["passed"] is True and decision["thresholds"]["min_worst_class"] == 0.0
+    for path in ("prepare/data/manifest.json", "train/model/model.pt", "train/summary/train.json",
+                 "evaluate/report/eval.json", "evaluate/report/eval_classwise.png",
+                 "evaluate/card", "evaluate/chart"):
+        assert (run_dir / path).exists(), path
+    assert "# Class-wise robustness report" in (run_dir / "evaluate" / "card").read_text()
+
+    from mlflow import MlflowClient
+
+    version = MlflowClient().get_model_version_by_alias("fairat-kfp", "candidate")
+    assert version.version == registered["version"]
+
+
+# ---------------------------------------------------------------- submission: a real SDK round trip
+
+class _StandInKFP(BaseHTTPRequestHandler):
+    """Answers the KFP v2beta1 calls `create_run_from_pipeline_package` makes; records them."""
+
+    calls: list[tuple[str, str, dict, object]] = []
+
+    def _reply(self, body: dict, status: int = 200) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _record(self, body: object = None) -> tuple[str, dict]:
+        url = urlparse(self.path)
+        query = parse_qs(url.query)
+        self.calls.append((self.command, url.path, query, body))
+        return url.path, query
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+        path, _ = self._record()
+        if path == "/apis/v2beta1/healthz":
+            self._reply({"multi_user": False, "commit_sha": "stand-in"})
+        elif path == "/apis/v2beta1/experiments":
+            self._reply({"experiments": [], "total_size": 0})  # none yet: the client creates it
+        else:
+            self._reply({"error": f"unexpected GET {path}"}, 404)
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        path, _ = self._record(body)
+        if path == "/apis/v2beta1/experiments":
+            self._reply({"experiment_id": "exp-1", "display_name": body["display_name"]})
+        elif path == "/apis/v2beta1/runs":
+            self._reply({"run_id": "run-1", "experiment_id": body["experiment_id"],
+                         "display_name": body["display_name"], "state": "PENDING"})
+        else:
+            self._reply({"error": f"unexpected POST {path}"}, 404)
+
+    def log_message(self, *args) -> None:  # keep pytest output clean
+        pass
+
+
+@pytest.fixture
+def stand_in_kfp():
+    _StandInKFP.calls = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _StandInKFP)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}", _StandInKFP.calls
+    server.shutdown()
+    server.server_close()
+
+
+def test_submit_sends_the_pipeline_and_overridden_parameters(stand_in_kfp, tmp_path, monkeypatch,
+                                                             capsys):
+    from fairat.cli import main
+
+    host, calls = stand_in_kfp
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.config/kfp context from the machine
+    code = main(["pipeline", "submit", "--host", host, "--params", str(REPO / "params.yaml"),
+                 "--experiment", "fairness", "--run-name", "nightly",
+                 "-S", "train.epochs=3", "-S", "train.fairat.augment=[cutout]",
+                 "--gpus-per-node", "4"])
+    assert code == 0, capsys.readouterr().err
+    assert "submitted run run-1" in capsys.readouterr().out
+
+    routes = [(method, path) for method, path, _, _ in calls]
+    assert ("POST", "/apis/v2beta1/experiments") in routes
+    experiment = next(body for method, path, _, body in calls
+                      if (method, path) == ("POST", "/apis/v2beta1/experiments"))
+    assert experiment["display_name"] == "fairness"
+    (run,) = [body for method, path, _, body in calls if (method, path) == ("POST",
+                                                                         "/apis/v2beta1/runs")]
+    assert run["display_name"] == "nightly" and run["experiment_id"] == "exp-1"
+    spec, platform = run["pipeline_spec"]["pipeline_spec"], run["pipeline_spec"]["platform_spec"]
+    assert spec["pipelineInfo"]["name"] == "fairat"
+    assert "exec-train" in spec["deploymentSpec"]["executors"]
+    secrets = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-register"]
+    assert "fairat-mlflow" in {s["secretName"] for s in secrets["secretAsEnv"]}
+    sent = run["runtime_config"]["parameters"]
+    assert sent["train__epochs"] == 3 and sent["train__fairat__augment"] == '["cutout"]'
+    assert sent["gpus_per_node"] == 4 and sent["train__attack__eps"] == PARAMS.train.attack.eps
+    assert set(sent) == {k.name for k in knobs(PARAMS)} | {"gpus_per_node"}
+    # the run's defaults are the submitted params too, so the UI shows what ran
+    defaults = spec["root"]["inputDefinitions"]["parameters"]
+    assert defaults["train__epochs"]["defaultValue"] == 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_submit_to_an_unreachable_host_names_it_and_exits_2(capsys):
+    from fairat.cli import main
+
+    host = f"http://127.0.0.1:{_free_port()}"
+    assert main(["pipeline", "submit", "--host", host, "--params",
+                 str(REPO / "params.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot reach Kubeflow Pipelines at {host}" in err and "Traceback" not in err
+
+
+def test_submit_refuses_multi_node_before_contacting_the_host(capsys):
+    from fairat.cli import main
+
+    assert main(["pipeline", "submit", "--host", "http://127.0.0.1:1", "--num-nodes", "2",
+                 "--params", str(REPO / "params.yaml")]) == 2
+    assert "Kubeflow Trainer" in capsys.readouterr().err
+
+
+def test_compile_command_writes_the_yaml(tmp_path):
+    from fairat.cli import main
+
+    out = tmp_path / "p.yaml"
+    assert main(["pipeline", "compile", "--out", str(out), "--params",
+                 str(REPO / "params.yaml")]) == 0
+    assert out.read_text() == (REPO / "pipelines" / "fairat_pipeline.yaml").read_text()
+
+
+def test_help_loads_neither_kfp_nor_torch():
+    code = ("import sys; from fairat.cli import build_parser; build_parser(); "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'kfp')]; "
+            "assert not bad, bad")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=env)
