@@ -7,13 +7,14 @@ cache, retry or resume it. Paths are arguments, never hard-coded.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fairat.checkpoint import load_model
-from fairat.config import Params
+from fairat.config import Params, to_dict
 from fairat.data import MANIFEST_NAME, load_prepared, prepare, save_prepared
 from fairat.distributed import init_distributed
 from fairat.evaluation import evaluate, plot_classwise, report_markdown, write_report
@@ -31,15 +32,33 @@ def prepare_step(params: Params, out_dir: str | Path) -> dict[str, Any]:
 
 
 def train_step(params: Params, data_dir: str | Path, paths: TrainPaths,
-               resume: bool = False) -> TrainSummary:
-    """Train ``params.train.method`` on prepared data; rank-aware under `torchrun`."""
+               resume: bool = False, track: bool | None = None) -> TrainSummary:
+    """Train ``params.train.method`` on prepared data; rank-aware under `torchrun`.
+
+    ``track`` (default ``params.track.enabled``): rank 0 logs params and per-epoch metrics to an
+    MLflow run and records its id in the metrics JSON as ``mlflow_run_id``.
+    """
     data = load_prepared(data_dir)
     device = resolve_device(params.train.device)
     ctx = init_distributed(device.type)
     if ctx.active and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
-    summary = train(params.model, params.train, data, paths, resume=resume, ctx=ctx, device=device)
+    if track is None:
+        track = params.track.enabled
+    if not (track and ctx.is_main):  # only rank 0 talks to MLflow
+        summary = train(params.model, params.train, data, paths, resume=resume, ctx=ctx,
+                        device=device)
+    else:
+        from fairat.registry import training_run
+
+        name = f"{params.train.method}-seed{params.train.seed}"
+        with training_run(to_dict(params), params.track.experiment, name) as (run_id, on_epoch):
+            summary = train(params.model, params.train, data, paths, resume=resume, ctx=ctx,
+                            device=device, on_epoch=on_epoch)
+        record = json.loads(Path(paths.metrics).read_text())
+        record["mlflow_run_id"] = run_id  # evaluate and register attach to this run
+        write_json_atomic(paths.metrics, record)
     if ctx.is_main:
         print(f"trained {params.train.method}: {summary.epochs} epochs, model from epoch "
               f"{summary.chosen_epoch} ({summary.chosen_by}), "
@@ -121,3 +140,76 @@ def gate_step(params: Params, report_path: str | Path, model_path: str | Path,
     for reason in decision["reasons"]:
         print(f"  - {reason}", flush=True)
     return decision
+
+
+def _run_id(train_metrics_path: str | Path | None) -> str | None:
+    """The MLflow run id the train step recorded, or None (tracking off / file missing)."""
+    if train_metrics_path is None or not Path(train_metrics_path).is_file():
+        return None
+    return json.loads(Path(train_metrics_path).read_text()).get("mlflow_run_id")
+
+
+def track_evaluation_step(params: Params, train_metrics_path: str | Path, report_path: str | Path,
+                          extra_files: list[str | Path] = ()) -> str | None:
+    """Log the evaluation report's class-wise numbers and files to the training's MLflow run.
+
+    Does nothing (returns None) when tracking is off or training recorded no run; else the run id.
+    """
+    run_id = _run_id(train_metrics_path)
+    is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 logs
+    if not params.track.enabled or run_id is None or not is_main:
+        return None
+    from fairat.registry import log_evaluation
+
+    report = json.loads(Path(report_path).read_text())
+    log_evaluation(run_id, report, [Path(report_path), *map(Path, extra_files)])
+    return run_id
+
+
+def register_step(params: Params, model_path: str | Path, report_path: str | Path,
+                  gate_path: str | Path, train_metrics_path: str | Path | None,
+                  data_dir: str | Path, out_path: str | Path, plot_path: str | Path | None = None,
+                  card_path: str | Path | None = None) -> dict[str, Any]:
+    """Register the trained model in MLflow with its evidence; alias ``candidate`` iff gate passed.
+
+    The gate decision is re-checked against the files at hand: a decision for another model file
+    (hash mismatch) or another report counts as failed, so a stale ``gate.json`` never promotes.
+    Writes ``out_path`` {model_name, version, run_id, alias, passed, model_uri} and returns it.
+    """
+    from fairat.evaluation import git_commit
+    from fairat.registry import register_model, version_tags
+
+    model_path, report_path, gate_path = Path(model_path), Path(report_path), Path(gate_path)
+    if not model_path.is_file():
+        raise FileNotFoundError(f"register: model file {model_path} is missing")
+    if not gate_path.is_file():
+        raise FileNotFoundError(f"register: gate decision {gate_path} is missing; run the gate")
+    decision = json.loads(gate_path.read_text())
+    model_sha = sha256_file(model_path)
+    report = json.loads(report_path.read_text()) if report_path.is_file() else None
+    report_sha = sha256_file(report_path) if report_path.is_file() else None
+    if decision.get("model_sha256") != model_sha:
+        decision["reasons"] = [*decision.get("reasons", []),
+                               f"gate decision is for model {decision.get('model_sha256')}, not "
+                               f"{model_sha}; re-run the gate"]
+    if decision.get("report_sha256") != report_sha:
+        decision["reasons"] = [*decision.get("reasons", []),
+                               "gate decision was made on another evaluation report; re-run it"]
+    passed = bool(decision.get("passed")) and not decision.get("reasons")
+    decision["passed"] = passed
+    manifest = json.loads((Path(data_dir) / MANIFEST_NAME).read_text())
+    tags = version_tags(decision, report, manifest, model_sha, report_sha, git_commit())
+    model, _ = load_model(model_path, torch.device("cpu"))
+    model.eval()
+    data = load_prepared(data_dir)
+    split = data.test if len(data.test) else data.train
+    example = split.images[:2].float().div(255).numpy()
+    files = [p for p in (report_path, gate_path, plot_path, card_path, model_path) if p]
+    record = register_model(model, example, params.track.model_name, _run_id(train_metrics_path),
+                            to_dict(params), params.track.experiment, tags,
+                            [Path(p) for p in files], passed)
+    write_json_atomic(out_path, record)
+    print(f"registered {record['model_name']} version {record['version']} "
+          f"(gate {'passed' if passed else 'FAILED'}; alias: {record['alias'] or 'none'})",
+          flush=True)
+    return record
