@@ -255,11 +255,11 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command == "pipeline":  # Kubeflow compile/submit: needs neither torch nor MLflow
         from fairat.kubeflow import main as pipeline_main
 
         return pipeline_main(args)
-    args = build_parser().parse_args(argv)
     from fairat.data import DataError
     from fairat.registry import RegistryError
 
