@@ -224,13 +224,12 @@ def run_registry_command(args: argparse.Namespace) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     """Run the pipeline command(s) ``args`` names; returns the exit status."""
-    # Imported here so `fairat --help` and bad-params errors answer without loading torch.
+    if args.command in ("approve", "models"):
+        return run_registry_command(args)
+    params = load_cli_params(args)  # bad params stop here, before torch is even imported
     from fairat import steps
     from fairat.training import TrainPaths
 
-    if args.command in ("approve", "models"):
-        return run_registry_command(args)
-    params = load_cli_params(args)
     stages = {"run": ("prepare", "train", "evaluate", "gate", "register")}.get(
         args.command, (args.command,))
     if args.command == "run" and not params.track.enabled:

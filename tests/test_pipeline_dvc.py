@@ -1,0 +1,188 @@
+"""End to end: `dvc repro` in a temporary copy of the repo, from data to a registered model.
+
+Covers the contract users rely on: every output appears, MLflow holds a version tagged with the
+gate decision, `candidate` is set only when the gate passed, a second `dvc repro` does nothing,
+changing a training param re-runs train and what follows only, a failing gate is refused by
+`fairat approve`, and bad params stop the pipeline at once with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fairat import registry
+from fairat.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+COPY = ["fairat", "params.yaml", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore",
+        "models/.gitignore"]
+TINY = {
+    "data": {"val_per_class": 5},
+    "model": {"width": 8},
+    "train": {"epochs": 2, "max_batches": 4, "batch_size": 64, "val_attack_steps": 2,
+              "progress": False, "attack": {"steps": 2}, "fairat": {"warmup_epochs": 1}},
+    "evaluate": {"examples_per_class": 5, "pgd_steps": 3, "autoattack": "none"},
+    "gate": {"min_worst_class": 0.0},
+}
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        if isinstance(value, dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _set_params(repo: Path, extra: dict) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump(_merge(params, extra), sort_keys=False))
+
+
+def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the default store: mlruns/ inside the repo copy
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _ran(result: subprocess.CompletedProcess) -> set[str]:
+    return {stage for stage in ("prepare", "train", "evaluate", "gate", "register")
+            if f"Running stage '{stage}'" in result.stdout}
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch) -> Path:
+    """A git + DVC repo holding this project's pipeline files and tiny params."""
+    dest = tmp_path / "repo"
+    for rel in COPY:
+        src, dst = REPO / rel, dest / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst)
+    _set_params(dest, TINY)
+    git_env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org",
+               "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org"}
+    for key, value in git_env.items():
+        monkeypatch.setenv(key, value)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    subprocess.run(["git", "commit", "-qm", "init"], cwd=dest, check=True)
+    monkeypatch.chdir(dest)  # registry.* reads the default store relative to the repo
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return dest
+
+
+def _versions(repo: Path) -> dict[int, dict]:
+    return {row["version"]: row for row in registry.list_versions("fairat-digits")}
+
+
+@pytest.mark.slow
+def test_dvc_repro_from_scratch_registers_and_caches(repo):
+    first = _dvc(repo, "repro")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert _ran(first) == {"prepare", "train", "evaluate", "gate", "register"}
+    for out in ("data/prepared/manifest.json", "models/model.pt", "models/checkpoints/last.pt",
+                "metrics/train.json", "plots/train.csv", "metrics/eval.json",
+                "plots/eval_classwise.png", "reports/model_card.md", "metrics/gate.json",
+                "metrics/registered.json", "dvc.lock", "mlruns/mlflow.db"):
+        assert (repo / out).exists(), out
+    gate = json.loads((repo / "metrics/gate.json").read_text())
+    registered = json.loads((repo / "metrics/registered.json").read_text())
+    assert gate["passed"] and registered["alias"] == "candidate" and registered["version"] == 1
+    version = _versions(repo)[1]
+    assert version["aliases"] == ["candidate"] and version["gate_passed"] == "true"
+    manifest = json.loads((repo / "data/prepared/manifest.json").read_text())
+    assert version["data_content_hash"] == manifest["content_hash"]
+    assert float(version["worst_class_robust"]) == pytest.approx(gate["measured"]["worst"], abs=1e-6)
+    # the training run holds params, per-epoch metrics, the evaluation and the model
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient().get_run(registered["run_id"])
+    assert run.data.params["train.method"] == "fairat"
+    assert "val_robust_avg" in run.data.metrics and "test.worst_case.worst" in run.data.metrics
+    assert len(MlflowClient().get_metric_history(run.info.run_id, "train_loss")) == 2
+
+    again = _dvc(repo, "repro")
+    assert again.returncode == 0 and _ran(again) == set(), again.stdout
+    assert json.loads((repo / "metrics/registered.json").read_text()) == registered
+
+    _set_params(repo, {"train": {"epochs": 3}})
+    changed = _dvc(repo, "repro")
+    assert changed.returncode == 0, changed.stdout + changed.stderr
+    assert _ran(changed) == {"train", "evaluate", "gate", "register"}
+    assert json.loads((repo / "metrics/registered.json").read_text())["version"] == 2
+    diff = _dvc(repo, "params", "diff", "--json")
+    epochs = json.loads(diff.stdout)["params.yaml"]["train.epochs"]
+    assert (epochs["old"], epochs["new"]) == (2, 3)
+
+
+@pytest.mark.slow
+def test_failing_gate_blocks_candidate_and_approval(repo, capsys):
+    _set_params(repo, {"gate": {"min_worst_class": 1.0}})
+    result = _dvc(repo, "repro")
+    assert result.returncode == 0, result.stdout + result.stderr  # recorded, not crashed
+    gate = json.loads((repo / "metrics/gate.json").read_text())
+    assert not gate["passed"] and "below min_worst_class" in gate["reasons"][0]
+    version = _versions(repo)[1]
+    assert version["gate_passed"] == "false" and version["aliases"] == []
+    assert main(["approve", "fairat-digits", "1", "--by", "alice"]) == 2
+    assert "fairness gate did not pass" in capsys.readouterr().err
+    assert _versions(repo)[1]["aliases"] == []
+
+    # lowering the threshold re-runs only gate and register; that version may be approved
+    _set_params(repo, {"gate": {"min_worst_class": 0.0}})
+    rerun = _dvc(repo, "repro")
+    assert _ran(rerun) == {"gate", "register"}, rerun.stdout
+    assert main(["approve", "fairat-digits", "2", "--by", "alice", "--note", "ok"]) == 0
+    approved = _versions(repo)[2]
+    assert approved["aliases"] == ["candidate", "champion"]
+    assert approved["approved_by"] == "alice" and approved["approval_note"] == "ok"
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert "candidate,champion" in listing and "blocked: worst-class" in listing
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key, value, message", [
+    ("train.attack.eps", -0.1, "train.attack.eps: -0.1 must lie in [0, 1]"),
+])
+def test_bad_params_stop_dvc_repro_at_once(repo, key, value, message):
+    section, *rest = key.split(".")
+    extra: dict = {}
+    node = extra.setdefault(section, {})
+    for part in rest[:-1]:
+        node = node.setdefault(part, {})
+    node[rest[-1]] = value
+    _set_params(repo, extra)
+    result = _dvc(repo, "repro")
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+    assert not (repo / "models/model.pt").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.attack.eps=-0.1", "train.attack.eps: -0.1 must lie in [0, 1]"),
+    ("train.method=sgd", "train.method"),
+    ("data.source=imagenet", "data.source"),
+])
+def test_bad_params_stop_every_command_with_the_key(tmp_path, monkeypatch, capsys, override,
+                                                   message):
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    for command in ("prepare", "train", "evaluate", "gate", "register"):
+        assert main([command, "-S", override]) == 2
+        err = capsys.readouterr().err
+        assert message in err and f"fairat {command}: error" in err
+    assert not any(tmp_path.glob("**/*.pt")) and not (tmp_path / "mlruns").exists()

@@ -1,0 +1,102 @@
+"""MLflow registry rules: stale gate decisions never promote; approval needs complete evidence."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fairat import registry
+from fairat.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["-S", "data.val_per_class=5", "-S", "model.width=8", "-S", "train.epochs=1",
+        "-S", "train.max_batches=3", "-S", "train.batch_size=64", "-S", "train.attack.steps=1",
+        "-S", "train.val_attack_steps=1", "-S", "train.progress=false",
+        "-S", "evaluate.examples_per_class=3", "-S", "evaluate.pgd_steps=2",
+        "-S", "evaluate.autoattack=none", "-S", "gate.min_worst_class=0",
+        "-S", "track.model_name=unit"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """One tiny `fairat run` (all five steps) in its own folder and SQLite store."""
+    path = tmp_path_factory.mktemp("registry")
+    shutil.copy(REPO / "params.yaml", path / "params.yaml")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(path)
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{path}/mlruns/mlflow.db")
+    (path / "mlruns").mkdir()
+    assert main(["run", *TINY]) == 0
+    yield path
+    mp.undo()
+
+
+@pytest.fixture
+def inside(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir}/mlruns/mlflow.db")
+    return workdir
+
+
+@pytest.mark.slow
+def test_run_registers_a_candidate_with_its_evidence(inside):
+    rows = {r["version"]: r for r in registry.list_versions("unit")}
+    assert rows[1]["aliases"] == ["candidate"]
+    assert not registry.approval_problems({f"fairat.{k}": v for k, v in rows[1].items()})
+
+
+@pytest.mark.slow
+def test_a_gate_decision_for_another_report_never_promotes(inside, capsys):
+    report = json.loads((inside / "metrics/eval.json").read_text())
+    report["consistency"] = [{"severity": "warning", "message": "edited after the gate"}]
+    (inside / "metrics/eval.json").write_text(json.dumps(report))  # gate.json is now stale
+    assert main(["register", *TINY]) == 0
+    record = json.loads((inside / "metrics/registered.json").read_text())
+    assert record["alias"] is None and not record["passed"]
+    rows = {r["version"]: r for r in registry.list_versions("unit")}
+    new = rows[record["version"]]
+    assert new["gate_passed"] == "false" and "another evaluation report" in new["gate_reasons"]
+    assert rows[1]["aliases"] == ["candidate"]  # the alias stays on the version that passed
+    assert main(["approve", "unit", str(record["version"]), "--by", "bob"]) == 2
+    assert "re-run it" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_approval_refuses_a_version_without_evidence(inside, capsys):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    source = client.get_model_version("unit", "1").source
+    bare = client.create_model_version("unit", source)  # registered by hand, no gate tags
+    assert main(["approve", "unit", str(bare.version), "--by", "bob"]) == 2
+    err = capsys.readouterr().err
+    assert "fairat.gate_passed is missing" in err and "fairat.model_sha256 is missing" in err
+    assert "champion" not in client.get_registered_model("unit").aliases
+
+
+def test_approve_needs_a_name_and_an_existing_version(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    assert main(["approve", "nothing", "1", "--by", "bob"]) == 2
+    assert "not found" in capsys.readouterr().err
+    with pytest.raises(registry.RegistryError, match="--by"):
+        registry.approve("nothing", 1, " ")
+
+
+def test_tracking_uri_prefers_the_environment(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert registry.tracking_uri() == "sqlite:///mlruns/mlflow.db"
+    assert (tmp_path / "mlruns").is_dir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert registry.tracking_uri() == "http://127.0.0.1:5000"
+
+
+def test_flatten_and_numeric_metrics():
+    tree = {"train": {"attack": {"eps": 0.1}, "augment": ["a", "b"]}, "flag": True}
+    assert registry.flatten(tree) == {"train.attack.eps": 0.1, "train.augment": ["a", "b"],
+                                      "flag": True}
+    record = {"epoch": 2, "val": {"cat": 0.5, "dog": float("nan")}, "ok": True, "name": "x"}
+    assert registry.numeric_metrics(record) == {"epoch": 2.0, "val.cat": 0.5}
