@@ -3,9 +3,8 @@
 Wiring only. Every `params.yaml` knob is a pipeline parameter (``train.attack.eps`` ->
 ``train__attack__eps``, see :mod:`fairat.pipeline_params`) whose default is read from the params
 file when the pipeline is built, so the compiled YAML and the local pipeline share one source of
-truth. Each task receives only the knobs of the sections its step reads, so changing a gate
-threshold reuses the cached data, evaluation and (on the cluster) nothing else is recomputed
-needlessly.
+truth. Each task receives only the knobs of the sections its step reads, so a cached step is reused
+when only other sections change (prepare, when training knobs change).
 
 Three more run-time parameters size the training task: ``accelerator_type`` (the Kubernetes resource
 name, e.g. ``nvidia.com/gpu``), ``gpus_per_node`` (the accelerator limit, and the number of torchrun
