@@ -1,0 +1,215 @@
+"""The training step as a Kubeflow Trainer ``TrainJob`` on the ``torch-distributed`` runtime.
+
+Why Kubeflow Trainer: the cluster's training operator starts one pod per node, wires the
+`torchrun` rendezvous (it sets ``PET_NNODES``, ``PET_NPROC_PER_NODE``, ``PET_NODE_RANK``,
+``PET_MASTER_ADDR``, ``PET_MASTER_PORT``, which torchrun reads as its own options) and restarts or
+fails the job as a whole. We only say which image runs which command on how many nodes with how many
+GPUs: ``torchrun -m fairat train ...``, the same CLI as everywhere else, with ``--resume`` so a
+retried job continues from its last checkpoint (checkpoints resume on any world size).
+
+Everything goes through the Kubeflow Python SDK (``kubeflow`` on PyPI): a ``CustomTrainerContainer``
+plus SDK options, submitted with ``TrainerClient().train(runtime="torch-distributed", ...)``.
+Credentials (S3, MLflow) reach the pods as environment variables *referencing* Kubernetes secrets
+(``valueFrom.secretKeyRef``) through an SDK ``RuntimePatch``; no secret value ever passes through
+this module. :func:`trainjob_manifest` renders the exact TrainJob the SDK would create, without a
+cluster, by running the SDK's own Kubernetes backend against a recorder instead of the API server.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+RUNTIME = "torch-distributed"  # Kubeflow Trainer's ClusterTrainingRuntime for PyTorch DDP
+NODE = "node"  # the runtime's replicated job and trainer container name
+
+# Environment variable -> (Kubernetes secret name, key in the secret). The defaults name the
+# secrets the deployment docs ask for; pass your own mapping to TrainJobSpec.secret_env.
+DEFAULT_SECRET_ENV: dict[str, tuple[str, str]] = {
+    "AWS_ACCESS_KEY_ID": ("fairat-s3", "AWS_ACCESS_KEY_ID"),
+    "AWS_SECRET_ACCESS_KEY": ("fairat-s3", "AWS_SECRET_ACCESS_KEY"),
+    "MLFLOW_TRACKING_PASSWORD": ("fairat-mlflow", "MLFLOW_TRACKING_PASSWORD"),
+}
+
+
+@dataclass(frozen=True)
+class TrainJobSpec:
+    """One distributed training run: where it runs and what `fairat train` reads and writes.
+
+    Paths are inside the trainer pods; ``work_dir`` should be a shared volume (``volume_claim``
+    mounted at ``mount_path``) so every node reads the prepared data and rank 0's checkpoints
+    survive a retried job.
+
+    Args:
+        image: the project image (the one every pipeline component runs in).
+        num_nodes: pods (nodes); the world size is ``num_nodes * gpus_per_node`` (or
+            ``num_nodes`` processes on CPU when ``gpus_per_node`` is 0).
+        gpus_per_node: ``nvidia.com/gpu`` requested per node; torchrun starts one rank per GPU.
+        cpu_per_node, memory_per_node: Kubernetes quantities ("8", "32Gi"); None = runtime default.
+        params_path: params YAML inside the pod. overrides: ``-S key=value`` pairs for this run.
+        data_dir, work_dir: prepared data in; model, checkpoints and metrics out under work_dir.
+        env: plain, non-secret environment (e.g. ``MLFLOW_TRACKING_URI``, ``AWS_ENDPOINT_URL``).
+        secret_env: variable -> (secret name, key): credentials by reference only.
+        volume_claim: PersistentVolumeClaim holding ``work_dir``/``data_dir``; None = none mounted.
+        resume: pass ``--resume`` (continue from ``checkpoints/last.pt`` after a retry).
+        name: TrainJob name; None lets the SDK pick one.
+        labels: extra TrainJob labels.
+    """
+
+    image: str
+    num_nodes: int = 1
+    gpus_per_node: int = 0
+    cpu_per_node: str | None = None
+    memory_per_node: str | None = None
+    params_path: str = "/workspace/params.yaml"
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    data_dir: str = "/workspace/data/prepared"
+    work_dir: str = "/workspace/run"
+    env: Mapping[str, str] = field(default_factory=dict)
+    secret_env: Mapping[str, tuple[str, str]] = field(
+        default_factory=lambda: dict(DEFAULT_SECRET_ENV))
+    volume_claim: str | None = None
+    mount_path: str = "/workspace"
+    resume: bool = True
+    name: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.image or ":" not in self.image.rsplit("/", 1)[-1] and "@" not in self.image:
+            raise ValueError(f"image: {self.image!r} needs an explicit tag or digest")
+        if self.num_nodes < 1:
+            raise ValueError(f"num_nodes: {self.num_nodes} must be >= 1")
+        if self.gpus_per_node < 0:
+            raise ValueError(f"gpus_per_node: {self.gpus_per_node} must be >= 0")
+        clash = set(self.env) & set(self.secret_env)
+        if clash:
+            raise ValueError(f"env and secret_env both set {sorted(clash)}")
+        for var in self.env:
+            if any(word in var.upper() for word in ("SECRET", "PASSWORD", "TOKEN", "KEY")):
+                raise ValueError(f"env: {var} looks like a credential; put it in secret_env "
+                                 "(a Kubernetes secret reference), never inline")
+
+
+def train_command(spec: TrainJobSpec) -> list[str]:
+    """``torchrun -m fairat train ...`` for every node; torchrun takes nodes, processes per node,
+    node rank and rendezvous from the ``PET_*`` variables the torch-distributed runtime sets."""
+    out = spec.work_dir.rstrip("/")
+    cmd = ["torchrun", "-m", "fairat", "train", "--params", spec.params_path,
+           "--data", spec.data_dir, "--model", f"{out}/model.pt",
+           "--checkpoints", f"{out}/checkpoints", "--metrics", f"{out}/train.json",
+           "--history", f"{out}/train.csv"]
+    if spec.resume:
+        cmd.append("--resume")
+    for key, value in spec.overrides.items():
+        cmd += ["-S", f"{key}={_yaml_scalar(value)}"]
+    return cmd
+
+
+def _yaml_scalar(value: Any) -> str:
+    """A value as `-S` parses it back (YAML): booleans/None spelled the YAML way, lists inline."""
+    import json
+
+    if isinstance(value, bool) or value is None or isinstance(value, (list, tuple)):
+        return json.dumps(list(value) if isinstance(value, tuple) else value)
+    return str(value)
+
+
+def trainjob_request(spec: TrainJobSpec) -> tuple[Any, list[Any]]:
+    """The SDK objects for ``TrainerClient().train(runtime=RUNTIME, trainer=..., options=...)``:
+    a ``CustomTrainerContainer`` and the options (command, labels, secret env, volume)."""
+    from kubeflow.trainer import CustomTrainerContainer
+    from kubeflow.trainer.options import Name
+    from kubeflow.trainer.options import kubernetes as opt
+
+    resources: dict[str, Any] = {}
+    if spec.gpus_per_node:
+        resources["gpu"] = str(spec.gpus_per_node)  # SDK: "gpu" -> nvidia.com/gpu; quantity string
+    if spec.cpu_per_node:
+        resources["cpu"] = spec.cpu_per_node
+    if spec.memory_per_node:
+        resources["memory"] = spec.memory_per_node
+    trainer = CustomTrainerContainer(image=spec.image, num_nodes=spec.num_nodes,
+                                     resources_per_node=resources or None,
+                                     env=dict(spec.env) or None)
+    options: list[Any] = [opt.TrainerCommand(command=train_command(spec)),
+                          opt.Labels(labels={"app.kubernetes.io/part-of": "fairat",
+                                             **spec.labels})]
+    if spec.name:
+        options.append(Name(name=spec.name))
+    secret_env = [{"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+                  for var, (secret, key) in spec.secret_env.items()]
+    mounts = ([{"name": "fairat-work", "mountPath": spec.mount_path}]
+              if spec.volume_claim else None)
+    volumes = ([{"name": "fairat-work",
+                 "persistentVolumeClaim": {"claimName": spec.volume_claim}}]
+               if spec.volume_claim else None)
+    if secret_env or volumes:
+        container = opt.ContainerPatch(name=NODE, env=secret_env or None, volume_mounts=mounts)
+        pod = opt.PodTemplatePatch(spec=opt.PodSpecPatch(containers=[container], volumes=volumes))
+        job = opt.ReplicatedJobPatch(name=NODE, template=opt.JobTemplatePatch(
+            spec=opt.JobSpecPatch(template=pod)))
+        options.append(opt.RuntimePatch(training_runtime_spec=opt.TrainingRuntimeSpecPatch(
+            template=opt.JobSetTemplatePatch(spec=opt.JobSetSpecPatch(replicated_jobs=[job])))))
+    return trainer, options
+
+
+def _offline_runtime(spec: TrainJobSpec) -> Any:
+    """The torch-distributed runtime as the SDK describes it after reading it from a cluster."""
+    from kubeflow.trainer import RuntimeKind, RuntimeTrainer, TrainerType
+    from kubeflow.trainer.types.types import Runtime
+
+    trainer = RuntimeTrainer(trainer_type=TrainerType.CUSTOM_TRAINER, framework="torch",
+                             image=spec.image)
+    return Runtime(name=RUNTIME, trainer=trainer, kind=RuntimeKind.CLUSTER_TRAINING_RUNTIME)
+
+
+def trainjob_manifest(spec: TrainJobSpec, namespace: str = "default") -> dict[str, Any]:
+    """The TrainJob body the SDK would POST for ``spec``, rendered with no cluster.
+
+    Runs the SDK's own ``KubernetesBackend.train`` (options, trainer CR, runtime patches) with the
+    runtime given as an object (so nothing is looked up) and a recorder in place of the
+    Kubernetes custom-objects API.
+    """
+    from kubeflow.trainer.backends.kubernetes.backend import KubernetesBackend
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.bodies: list[dict[str, Any]] = []
+
+        def create_namespaced_custom_object(self, group, version, ns, plural, body):
+            self.bodies.append({"group": group, "version": version, "namespace": ns,
+                                "plural": plural, "body": body})
+
+    class OfflineBackend(KubernetesBackend):
+        def __init__(self) -> None:  # no kube-config, no API server
+            self.namespace = namespace
+            self.custom_api = Recorder()
+
+    backend = OfflineBackend()
+    trainer, options = trainjob_request(spec)
+    backend.train(runtime=_offline_runtime(spec), trainer=trainer, options=options)
+    (call,) = backend.custom_api.bodies
+    return call["body"]
+
+
+def submit_trainjob(spec: TrainJobSpec, namespace: str | None = None, wait: bool = False,
+                    timeout_s: int = 24 * 3600) -> str:
+    """Create the TrainJob on the cluster in the current kube context; returns its name.
+
+    With ``wait``, block until it completes (a failed TrainJob raises, so a pipeline step
+    wrapping this fails too) and print the rank-0 node's logs.
+    """
+    from kubeflow.common.types import KubernetesBackendConfig
+    from kubeflow.trainer import TrainerClient
+
+    client = TrainerClient(backend_config=KubernetesBackendConfig(namespace=namespace))
+    trainer, options = trainjob_request(spec)
+    name = client.train(runtime=RUNTIME, trainer=trainer, options=options)
+    print(f"TrainJob {name}: {spec.num_nodes} node(s) x {spec.gpus_per_node or 'CPU'} "
+          f"({RUNTIME}): {shlex.join(train_command(spec))}", flush=True)
+    if wait:
+        client.wait_for_job_status(name, status={"Complete"}, timeout=timeout_s)
+        for line in client.get_job_logs(name):
+            print(line, end="" if line.endswith("\n") else "\n")
+    return name

@@ -1,0 +1,111 @@
+"""The Kubeflow Trainer TrainJob the project would create, rendered by the SDK without a cluster."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+
+from fairat.cli import build_parser, parse_overrides
+from fairat.trainjob import (RUNTIME, TrainJobSpec, submit_trainjob, train_command,
+                             trainjob_manifest, trainjob_request)
+
+IMAGE = "registry.example.com/fairat:0.3.1"
+
+
+def _spec(**kw) -> TrainJobSpec:
+    base = dict(image=IMAGE, num_nodes=2, gpus_per_node=8, cpu_per_node="32",
+                memory_per_node="200Gi", overrides={"train.epochs": 3, "train.amp": "auto",
+                                                    "train.fairat.augment": ("cutout", "cutmix"),
+                                                    "train.progress": False},
+                env={"MLFLOW_TRACKING_URI": "http://mlflow.fairat:5000"},
+                volume_claim="fairat-work", name="fairat-train-1")
+    base.update(kw)
+    return TrainJobSpec(**base)
+
+
+def _node_container(manifest: dict) -> dict:
+    (patch,) = manifest["spec"]["runtimePatches"]
+    (job,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert job["name"] == "node"
+    pod = job["template"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return {**container, "volumes": pod.get("volumes")}
+
+
+def test_manifest_targets_torch_distributed_with_nodes_gpus_image_and_command():
+    m = trainjob_manifest(_spec(), namespace="ml")
+    assert m["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and m["kind"] == "TrainJob"
+    assert m["metadata"]["name"] == "fairat-train-1"
+    assert m["metadata"]["labels"]["app.kubernetes.io/part-of"] == "fairat"
+    spec = m["spec"]
+    assert spec["runtimeRef"] == {"kind": "ClusterTrainingRuntime", "name": RUNTIME}
+    trainer = spec["trainer"]
+    assert trainer["numNodes"] == 2 and trainer["image"] == IMAGE
+    for side in ("limits", "requests"):
+        res = trainer["resourcesPerNode"][side]
+        assert res["nvidia.com/gpu"] == "8" and res["cpu"] == "32" and res["memory"] == "200Gi"
+    cmd = trainer["command"]
+    assert cmd[:4] == ["torchrun", "-m", "fairat", "train"]  # torchrun reads PET_* from the runtime
+    assert "--nproc_per_node" not in cmd and "--resume" in cmd
+    assert cmd[cmd.index("--checkpoints") + 1] == "/workspace/run/checkpoints"
+    assert trainer["env"] == [{"name": "MLFLOW_TRACKING_URI", "value": "http://mlflow.fairat:5000"}]
+    json.dumps(m)  # plain JSON, ready for kubectl or the API
+
+
+def test_command_parses_with_our_cli_and_keeps_override_values():
+    cmd = train_command(_spec())
+    args = build_parser().parse_args(cmd[3:])  # what `python -m fairat` sees after torchrun
+    assert args.command == "train" and args.resume
+    assert parse_overrides(args.overrides) == {"train.epochs": 3, "train.amp": "auto",
+                                               "train.fairat.augment": ["cutout", "cutmix"],
+                                               "train.progress": False}
+    assert shlex.split(shlex.join(cmd)) == cmd
+
+
+def test_credentials_come_from_secrets_by_reference_only():
+    m = trainjob_manifest(_spec(secret_env={"AWS_SECRET_ACCESS_KEY": ("s3-creds", "secret"),
+                                            "AWS_ACCESS_KEY_ID": ("s3-creds", "id")}))
+    container = _node_container(m)
+    env = {e["name"]: e for e in container["env"]}
+    assert env["AWS_SECRET_ACCESS_KEY"] == {
+        "name": "AWS_SECRET_ACCESS_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "secret"}}}
+    assert all("value" not in e for e in container["env"])  # never an inline value
+    assert container["volumeMounts"] == [{"name": "fairat-work", "mountPath": "/workspace"}]
+    assert container["volumes"] == [{"name": "fairat-work",
+                                     "persistentVolumeClaim": {"claimName": "fairat-work"}}]
+    with pytest.raises(ValueError, match="credential"):
+        _spec(env={"AWS_SECRET_ACCESS_KEY": "hunter2"}, secret_env={})
+
+
+def test_cpu_job_requests_no_gpus_and_single_node_is_allowed():
+    m = trainjob_manifest(_spec(num_nodes=1, gpus_per_node=0, cpu_per_node=None,
+                                memory_per_node=None, volume_claim=None, secret_env={}))
+    trainer = m["spec"]["trainer"]
+    assert trainer["numNodes"] == 1 and "resourcesPerNode" not in trainer
+    assert "runtimePatches" not in m["spec"]
+
+
+@pytest.mark.parametrize("kw, match", [({"image": "fairat"}, "tag"), ({"num_nodes": 0}, "num_nodes"),
+                                       ({"gpus_per_node": -1}, "gpus_per_node")])
+def test_spec_rejects_bad_values(kw, match):
+    with pytest.raises(ValueError, match=match):
+        _spec(**kw)
+
+
+def test_request_objects_are_the_sdk_types():
+    from kubeflow.trainer import CustomTrainerContainer
+    from kubeflow.trainer.options import Labels, Name, RuntimePatch, TrainerCommand
+
+    trainer, options = trainjob_request(_spec())
+    assert isinstance(trainer, CustomTrainerContainer) and trainer.num_nodes == 2
+    assert {type(o) for o in options} == {TrainerCommand, Labels, Name, RuntimePatch}
+
+
+def test_submit_without_a_cluster_fails_loudly(tmp_path, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(Exception):
+        submit_trainjob(_spec(), namespace="ml")
