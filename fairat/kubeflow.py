@@ -101,9 +101,10 @@ def submit(host: str, params: Params, experiment: str = "fairat", run_name: str 
                 str(package), arguments=arguments, run_name=run_name,
                 experiment_name=experiment, namespace=namespace, enable_caching=enable_caching)
         except kfp_server_api.ApiException as err:
-            body = (err.body or "").strip()[:500] if isinstance(err.body, str) else ""
+            body = err.body.decode("utf-8", "replace") if isinstance(err.body, bytes) \
+                else str(err.body or "")
             raise KubeflowError(f"Kubeflow Pipelines at {host} answered {err.status} "
-                                f"{err.reason}: {body}") from None
+                                f"{err.reason}: {body.strip()[:500]}") from None
         except (urllib3.exceptions.HTTPError, TimeoutError, OSError) as err:
             raise KubeflowError(f"cannot talk to Kubeflow Pipelines at {host}: {err}") from None
     run = result.run_info

@@ -258,6 +258,7 @@ class _StandInKFP(BaseHTTPRequestHandler):
     """Answers the KFP v2beta1 calls `create_run_from_pipeline_package` makes; records them."""
 
     calls: list[tuple[str, str, dict, object]] = []
+    refuse_runs = False  # True: answer run creation with a 403 like an unauthorised profile
 
     def _reply(self, body: dict, status: int = 200) -> None:
         data = json.dumps(body).encode()
@@ -287,6 +288,8 @@ class _StandInKFP(BaseHTTPRequestHandler):
         path, _ = self._record(body)
         if path == "/apis/v2beta1/experiments":
             self._reply({"experiment_id": "exp-1", "display_name": body["display_name"]})
+        elif path == "/apis/v2beta1/runs" and self.refuse_runs:
+            self._reply({"error": "user is not authorized in namespace", "code": 7}, 403)
         elif path == "/apis/v2beta1/runs":
             self._reply({"run_id": "run-1", "experiment_id": body["experiment_id"],
                          "display_name": body["display_name"], "state": "PENDING"})
@@ -300,6 +303,7 @@ class _StandInKFP(BaseHTTPRequestHandler):
 @pytest.fixture
 def stand_in_kfp():
     _StandInKFP.calls = []
+    _StandInKFP.refuse_runs = False
     server = ThreadingHTTPServer(("127.0.0.1", 0), _StandInKFP)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -341,6 +345,20 @@ def test_submit_sends_the_pipeline_and_overridden_parameters(stand_in_kfp, tmp_p
     # the run's defaults are the submitted params too, so the UI shows what ran
     defaults = spec["root"]["inputDefinitions"]["parameters"]
     assert defaults["train__epochs"]["defaultValue"] == 3
+
+
+def test_submit_reports_an_endpoint_error_with_status_and_body(stand_in_kfp, tmp_path,
+                                                               monkeypatch, capsys):
+    from fairat.cli import main
+
+    host, calls = stand_in_kfp
+    _StandInKFP.refuse_runs = True
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main(["pipeline", "submit", "--host", host, "--params",
+                 str(REPO / "params.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert f"Kubeflow Pipelines at {host} answered 403" in err and "not authorized" in err
+    assert ("POST", "/apis/v2beta1/runs") in [(m, p) for m, p, _, _ in calls]
 
 
 def _free_port() -> int:
