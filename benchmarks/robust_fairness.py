@@ -52,7 +52,7 @@ def run_cell(params: Params, method: str, seed: int, work: Path, results: Path,
     cell = work / tag
     paths = TrainPaths(cell / "model.pt", cell / "checkpoints", cell / "train.json",
                        cell / "history.csv")
-    summary = steps.train_step(params, data_dir, paths, resume=True)
+    summary = steps.train_step(params, data_dir, paths, resume=True, track=False)  # JSON is the record
     t2 = time.perf_counter()
     report = steps.evaluate_step(params, data_dir, paths.model, cell / "eval.json",
                                  cell / "eval.png")

@@ -95,7 +95,8 @@ class FairATConfig:
     score: ScoreKind = "adv_ce"  # per-example hardness signal, from losses training computes anyway
     score_ema: float = 0.9  # weight of the old score in the moving average
     hard_ratio: float = 0.2  # fraction of the training set selected as hard each epoch
-    per_class: bool = False  # False: global top-k; True: the same quota within every class
+    per_class: bool = False  # False: global top-k; True: a quota within every class (below)
+    class_power: float = 0.0  # per_class: quota ~ (class mean score)^power; 0 = equal fractions
     warmup_epochs: int = 5  # epochs of plain base training before selection starts
     copies: int = 1  # extra augmented views per hard example per epoch
     augment: tuple[AugmentName, ...] = ("autoaugment", "cutout", "cutmix")
@@ -106,6 +107,7 @@ class FairATConfig:
         _check(0 <= self.score_ema < 1, "score_ema", self.score_ema, "must lie in [0, 1)")
         _check(0 < self.hard_ratio <= 1, "hard_ratio", self.hard_ratio, "must lie in (0, 1]")
         _check(self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, "must be >= 0")
+        _check(0 <= self.class_power <= 16, "class_power", self.class_power, "must lie in [0, 16]")
         _check(self.copies >= 1, "copies", self.copies, "must be >= 1")
         _check(len(self.augment) > 0, "augment", self.augment, "needs at least one name")
         _check(0 <= self.strength <= 2, "strength", self.strength, "must lie in [0, 2]")

@@ -65,21 +65,45 @@ class HardExampleTracker:
     def select(self) -> torch.Tensor:
         """Indices (sorted) of the hard examples: the top ``hard_ratio`` by score.
 
-        Globally by default; with ``per_class`` every class contributes the same fraction of its
-        own examples. Examples never scored are not eligible. Ties break by lower index, so the
-        choice is deterministic.
+        Globally by default. With ``per_class`` each class gets a quota and contributes its own
+        hardest examples: equal fractions of every class (``class_power`` 0), or a budget of
+        ``hard_ratio * N`` split in proportion to each class's mean score raised to
+        ``class_power``, so the classes the model finds hardest get the most copies (why: a global
+        ranking spreads copies evenly and can miss the worst class). Examples never scored are not
+        eligible. Ties break by lower index, so the choice is deterministic.
         """
         eligible = self.seen.nonzero().squeeze(1)
         if eligible.numel() == 0:
             return eligible
         if not self.cfg.per_class:
             return self._top(eligible, round(self.cfg.hard_ratio * self.labels.shape[0]))
-        chosen = []
-        for c in range(self.num_classes):
-            members = eligible[self.labels[eligible] == c]
-            n_class = int((self.labels == c).sum())
-            chosen.append(self._top(members, round(self.cfg.hard_ratio * n_class)))
+        quotas = self.class_quotas(eligible)
+        chosen = [self._top(eligible[self.labels[eligible] == c], int(quotas[c]))
+                  for c in range(self.num_classes)]
         return torch.cat(chosen).sort().values
+
+    def class_quotas(self, eligible: torch.Tensor) -> torch.Tensor:
+        """(K,) int64 hard-example quota per class (see :meth:`select`)."""
+        sizes = torch.bincount(self.labels, minlength=self.num_classes).double()
+        if self.cfg.class_power == 0:
+            return torch.round(self.cfg.hard_ratio * sizes).long()
+        labels = self.labels[eligible]
+        sums = torch.zeros(self.num_classes, dtype=torch.float64, device=sizes.device)
+        sums.index_add_(0, labels, self.scores[eligible].double())
+        counts = torch.bincount(labels, minlength=self.num_classes).double()
+        mean = torch.where(counts > 0, sums / counts.clamp_min(1), torch.zeros_like(sums))
+        weights = mean.clamp_min(1e-12) ** self.cfg.class_power
+        budget = self.cfg.hard_ratio * float(sizes.sum())
+        quotas = torch.zeros_like(sizes)
+        open_ = sizes > 0
+        for _ in range(self.num_classes):  # a class capped at its size hands its excess on
+            left = budget - float(quotas.sum())
+            if left < 1 or not open_.any():
+                break
+            share = torch.where(open_, weights, torch.zeros_like(weights))
+            quotas = torch.minimum(quotas + torch.floor(left * share / share.sum()), sizes)
+            open_ = quotas < sizes
+        return quotas.long()
 
     def _top(self, candidates: torch.Tensor, k: int) -> torch.Tensor:
         k = min(max(k, 0), candidates.numel())

@@ -50,3 +50,27 @@ def test_example_scores_kinds():
     ent = example_scores("entropy", logits, None, y)
     assert torch.isclose(ent[1], torch.log(torch.tensor(2.0)))
     assert torch.equal(example_scores("clean_ce", logits, logits * 0, y), torch.full((2,), ce[1].item()))
+
+
+def test_class_power_gives_the_hardest_class_the_largest_quota():
+    labels = torch.tensor([0] * 10 + [1] * 10 + [2] * 10)
+    scores = torch.cat([torch.full((10,), 1.0), torch.full((10,), 2.0), torch.full((10,), 4.0)])
+    scores = scores + torch.arange(30) * 1e-3  # distinct, so the top within a class is defined
+    equal = HardExampleTracker(labels, 3, FairATConfig(hard_ratio=0.3, per_class=True))
+    weighted = HardExampleTracker(labels, 3, FairATConfig(hard_ratio=0.3, per_class=True,
+                                                          class_power=1.0))
+    for tracker in (equal, weighted):
+        tracker.update(torch.arange(30), scores)
+    assert equal.histogram(equal.select()) == [3, 3, 3]
+    # budget 9 split 1:2:4 -> floor(9/7), floor(18/7), floor(36/7) = 1, 2, 5
+    assert weighted.histogram(weighted.select()) == [1, 2, 5]
+    picked = weighted.select()
+    assert set(picked[labels[picked] == 2].tolist()) == set(range(25, 30))  # the class's hardest
+
+
+def test_class_power_quota_is_capped_at_the_class_size():
+    labels = torch.tensor([0] * 2 + [1] * 18)
+    tracker = HardExampleTracker(labels, 2, FairATConfig(hard_ratio=0.5, per_class=True,
+                                                         class_power=8.0))
+    tracker.update(torch.arange(20), torch.cat([torch.full((2,), 10.0), torch.full((18,), 1.0)]))
+    assert tracker.class_quotas(torch.arange(20)).tolist() == [2, 8]  # the excess moves on

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs the validation-split knob search (studies/cifar10-cpu-knobs.yaml) one cell after another;
+# a cell whose result file exists is skipped, a killed one resumes from its last checkpoint.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+cell() {  # method variant overrides...
+  local method=$1 variant=$2; shift 2
+  local tag="${method}${variant:+-$variant}-seed0"
+  [[ -f results/cpu-knobs/val/$tag.json ]] && { echo "skip $tag"; return; }
+  local args=()
+  for o in "$@"; do args+=(-S "$o"); done
+  "$PY" benchmarks/robust_fairness.py cell --params studies/cifar10-cpu-knobs.yaml --method "$method" \
+    --seed 0 ${variant:+--variant "$variant"} --work runs/knobs --results results/cpu-knobs "${args[@]}"
+}
+cell pgd_at ""
+cell fairat ""
+cell fairat pc-pow2 train.fairat.per_class=true train.fairat.class_power=2
+cell fairat pc-pow4 train.fairat.per_class=true train.fairat.class_power=4
+cell fairat pc-pow0 train.fairat.per_class=true
+cell trades ""
+cell fairat cleance train.fairat.score=clean_ce
