@@ -158,7 +158,10 @@ class Trainer:
             # GlobalBatchNorm2d. Both keep BatchNorm2d's state-dict keys.
             self.model = global_batchnorm(self.model, self.device.type)
             ids = [self.ctx.local_rank] if self.device.type == "cuda" else None
-            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            # Buffers need no broadcast: global BatchNorm gives every rank the same all-reduced
+            # statistics, so running stats stay identical (one collective per forward saved).
+            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
+                                                                   broadcast_buffers=False)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
         self.images = train.images.to(self.device)
