@@ -26,6 +26,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                            "each file atomically")
     pull.add_argument("url", metavar="S3_URL")
     pull.add_argument("local_dir", type=Path, metavar="LOCAL_DIR")
+    remote = actions.add_parser("dvc-remote", help="make S3_URL this DVC repo's default remote "
+                                                   "(endpoint into .dvc/config.local)")
+    remote.add_argument("url", metavar="S3_URL")
+    remote.add_argument("--name", default="storage", help="remote name (default: %(default)s)")
+    remote.add_argument("--repo", default=Path("."), type=Path,
+                        help="DVC repository root (default: current folder)")
     return p
 
 
@@ -36,9 +42,12 @@ def run(args: argparse.Namespace) -> int:
         if args.storage_action == "push":
             done = storage.push(args.local_dir, args.url)
             print(f"pushed {len(done)} files to {args.url}")
-        else:
+        elif args.storage_action == "pull":
             done = storage.pull(args.url, args.local_dir)
             print(f"pulled {len(done)} files into {args.local_dir}")
+        else:
+            storage.configure_dvc_remote(args.repo, args.url, args.name)
+            print(f"DVC remote {args.name!r} -> {args.url} (endpoint in .dvc/config.local)")
     except storage.StorageError as exc:
         print(f"fairat storage {args.storage_action}: {exc}", file=sys.stderr)
         return 1

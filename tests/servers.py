@@ -67,7 +67,7 @@ class Server:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(10)
+                self.proc.wait(5)  # uvicorn waits for idle keep-alive clients; do not linger
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
@@ -148,8 +148,13 @@ def _as_postgres(cmd: list[str]) -> list[str]:
 
 @dataclass
 class Postgres:
-    uri: str  # postgresql://user:password@127.0.0.1:port/db
+    uri: str  # postgresql://user:password@127.0.0.1:port/db (libpq form)
     port: int
+
+    @property
+    def sqlalchemy_uri(self) -> str:
+        """For MLflow: SQLAlchemy 2.1 maps bare ``postgresql://`` to psycopg 3, we ship psycopg2."""
+        return self.uri.replace("postgresql://", "postgresql+psycopg2://", 1)
 
 
 @pytest.fixture(scope="session")
@@ -209,7 +214,7 @@ def mlflow_server(postgres_server, s3_server, tmp_path_factory) -> Iterator[Mlfl
     url = f"http://127.0.0.1:{port}"
     artifacts = f"s3://{bucket}/mlflow"
     log = tmp_path_factory.mktemp("mlflow-server") / "mlflow-server.log"
-    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", postgres_server.uri,
+    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", postgres_server.sqlalchemy_uri,
            "--artifacts-destination", artifacts, "--host", "127.0.0.1", "--port", str(port),
            "--workers", "1"]
     server = start_server(cmd, f"{url}/health", log, env=env, timeout=90)

@@ -259,8 +259,16 @@ def dvc_repo(tmp_path) -> Path:
 
 
 def test_dvc_push_then_pull_restores_data(s3_env, dvc_repo):
+    import argparse
+
+    from fairat import storage_cli
+
     storage.ensure_bucket(s3_env)
-    storage.configure_dvc_remote(dvc_repo, f"s3://{s3_env}/dvcstore")
+    parser = argparse.ArgumentParser(prog="fairat")
+    storage_cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["storage", "dvc-remote", f"s3://{s3_env}/dvcstore",
+                              "--repo", str(dvc_repo)])
+    assert storage_cli.run(args) == 0  # = storage.configure_dvc_remote(repo, url)
     committed = (dvc_repo / ".dvc" / "config").read_text()
     local = (dvc_repo / ".dvc" / "config.local").read_text()
     assert f"s3://{s3_env}/dvcstore" in committed and "127.0.0.1" not in committed

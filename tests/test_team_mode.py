@@ -1,0 +1,126 @@
+"""Team mode: the pipeline against `mlflow server` with PostgreSQL as backend and S3 artifacts.
+
+What a team runs in production, on loopback: PostgreSQL (Debian's package, started by
+tests/servers.py in a throw-away cluster), moto's S3 server, and `mlflow server` serving artifacts
+from ``s3://<bucket>/mlflow``. The pipeline's processes get only ``MLFLOW_TRACKING_URI``: no S3
+endpoint or credentials, since the server proxies artifacts (credentials stay on the server).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _s3_keys(server, prefix: str = "mlflow/") -> list[str]:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=server.s3_endpoint, region_name="us-east-1",
+                          aws_access_key_id="fairat-test-key",
+                          aws_secret_access_key="fairat-test-secret")
+    keys: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=server.bucket,
+                                                                  Prefix=prefix):
+        keys.extend(obj["Key"] for obj in page.get("Contents", []))
+    return keys
+
+
+def _pg_names(uri: str, sql: str) -> set[str]:
+    import psycopg2
+
+    with psycopg2.connect(uri) as conn, conn.cursor() as cur:
+        cur.execute(sql)
+        return {row[0] for row in cur.fetchall()}
+
+
+def test_team_server_keeps_registry_in_postgres_and_artifacts_in_s3(mlflow_server,
+                                                                     postgres_server, tmp_path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_server.url)
+    exp = client.create_experiment(f"smoke-{uuid.uuid4().hex[:6]}")
+    run = client.create_run(exp)
+    note = tmp_path / "note.txt"
+    note.write_text("team mode")
+    client.log_artifact(run.info.run_id, str(note), artifact_path="evidence")
+    client.set_terminated(run.info.run_id)
+    name = f"smoke-model-{uuid.uuid4().hex[:6]}"
+    client.create_registered_model(name)
+    mv = client.create_model_version(name, f"runs:/{run.info.run_id}/evidence",
+                                     run_id=run.info.run_id)
+    client.set_registered_model_alias(name, "candidate", mv.version)
+
+    assert client.get_model_version_by_alias(name, "candidate").version == mv.version
+    assert name in _pg_names(postgres_server.uri, "SELECT name FROM registered_models")
+    assert run.info.run_id in _pg_names(postgres_server.uri, "SELECT run_uuid FROM runs")
+    assert any(k.endswith(f"{run.info.run_id}/artifacts/evidence/note.txt")
+               for k in _s3_keys(mlflow_server))
+
+
+def _fairat(cwd: Path, env: dict[str, str], *args: str) -> str:
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "fairat", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"fairat {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    print(f"fairat {args[0]}: {time.monotonic() - start:.1f} s")
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end_in_team_mode(mlflow_server, tmp_path):
+    """prepare -> train -> evaluate -> gate -> register against the team server, twice: a gate that
+    blocks (no alias) and one that passes (alias `candidate`); models land in the S3 bucket."""
+    from mlflow import MlflowClient
+
+    name = f"fairat-team-{uuid.uuid4().hex[:6]}"
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("AWS_") and k not in {"MLFLOW_S3_ENDPOINT_URL",
+                                                      "FAIRAT_S3_ENDPOINT_URL"}}
+    env["MLFLOW_TRACKING_URI"] = mlflow_server.url  # the only thing a team member's shell needs
+    tiny = ["-S", "train.epochs=1", "-S", "train.max_batches=2", "-S", "train.progress=false",
+            "-S", "evaluate.autoattack=none", "-S", "evaluate.cw=false",
+            "-S", f"track.model_name={name}", "-S", f"track.experiment={name}"]
+    _fairat(tmp_path, env, "prepare", *tiny)
+    _fairat(tmp_path, env, "train", *tiny)
+    _fairat(tmp_path, env, "evaluate", *tiny)
+
+    client = MlflowClient(tracking_uri=mlflow_server.url)
+    records = {}
+    for threshold in ("1.0", "0.0"):  # a worst class at 100% robust accuracy: blocks; 0: passes
+        gate = [*tiny, "-S", f"gate.min_worst_class={threshold}"]
+        _fairat(tmp_path, env, "gate", *gate)
+        _fairat(tmp_path, env, "register", *gate)
+        decision = json.loads((tmp_path / "metrics" / "gate.json").read_text())
+        record = json.loads((tmp_path / "metrics" / "registered.json").read_text())
+        records[threshold] = record
+        mv = client.get_model_version(name, str(record["version"]))
+        assert mv.tags["fairat.gate_passed"] == str(decision["passed"]).lower()
+        assert "fairat.worst_class_robust" in mv.tags and "fairat.model_sha256" in mv.tags
+        aliases = client.get_registered_model(name).aliases
+        if decision["passed"]:
+            assert aliases.get("candidate") == str(record["version"])
+        else:
+            assert aliases.get("candidate") != str(record["version"])
+        assert record["passed"] == decision["passed"]
+    assert records["1.0"]["passed"] is False and records["0.0"]["passed"] is True
+    assert client.get_registered_model(name).aliases == {"candidate":
+                                                         str(records["0.0"]["version"])}
+    # artifacts went through the server into the bucket: the logged models and the evidence
+    keys = _s3_keys(mlflow_server)
+    for record in records.values():
+        model_id = record["model_uri"].rsplit("/", 1)[-1]
+        assert any(model_id in k and k.endswith("/MLmodel") for k in keys), (model_id, keys)
+        assert any(f"{record['run_id']}/artifacts/evidence/eval.json" in k for k in keys)
+    run = client.get_run(records["0.0"]["run_id"])
+    logged = json.dumps([run.data.params, run.data.tags])
+    assert "fairat-test-secret" not in logged and "fairat-test-key" not in logged
