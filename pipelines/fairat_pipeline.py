@@ -51,14 +51,16 @@ class ClusterSettings:
             artifact store on S3 need it, a proxied MLflow server does not).
         mlflow_secret: key MLFLOW_TRACKING_URI (required by train, which logs its epochs to an
             MLflow run, and by register).
-        mlflow_auth_secret: keys MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD (optional).
+        mlflow_auth_secret: keys MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD, mounted as
+            optional (keys may be absent); by default the same secret as the tracking URI, so one
+            `fairat-mlflow` secret serves this pipeline and the Trainer TrainJob alike.
         endpoints_config_map: keys AWS_ENDPOINT_URL, MLFLOW_S3_ENDPOINT_URL (optional; MinIO etc.).
     """
 
     image: str = IMAGE
     s3_secret: str = "fairat-s3"
     mlflow_secret: str = "fairat-mlflow"
-    mlflow_auth_secret: str = "fairat-mlflow-auth"
+    mlflow_auth_secret: str = "fairat-mlflow"
     endpoints_config_map: str = "fairat-endpoints"
     train_retries: int = 2  # preempted or lost GPU nodes are the usual failure; retry with backoff
 
