@@ -1,4 +1,8 @@
-"""Train: adversarial training (PGD-AT, TRADES or FairAT) on the prepared data, on GPUs."""
+"""Train: adversarial training (PGD-AT, TRADES or FairAT) on the prepared data, on GPUs.
+
+In its own pod, or, when the pipeline is compiled with a shared volume, as a Kubeflow Trainer
+TrainJob that this task launches, waits for and copies the outputs of.
+"""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
@@ -8,18 +12,22 @@ from components.image import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def train(params: str, data: Input[Dataset], model: Output[Model], summary: Output[Artifact],
-          metrics: Output[Metrics], gpus_per_node: int = 1, num_nodes: int = 1):
+          metrics: Output[Metrics], gpus_per_node: int = 1, num_nodes: int = 1,
+          trainjob: str = "", accelerator_type: str = "nvidia.com/gpu"):
     """Write ``model.pt`` into ``model`` and ``train.json`` / ``train.csv`` into ``summary``.
 
     Args:
         params: ``key=value`` lines of the `model` and `train` knobs.
-        gpus_per_node: processes (GPUs) on this node; above 1, training runs under torchrun.
-        num_nodes: must be 1 here; multi-node jobs belong to the Kubeflow Trainer integration.
+        gpus_per_node: processes (GPUs) per node; above 1, training runs under torchrun.
+        num_nodes: nodes; above 1 needs ``trainjob`` (the pipeline compiled with a shared volume).
+        trainjob: compile-time JSON (image, shared volume, secret names); set: run a TrainJob.
+        accelerator_type: the GPU resource name the TrainJob nodes request.
     """
     from fairat.kfp_runtime import run_train
 
     for name, value in run_train(params, data.path, model.path, summary.path,
-                                 gpus_per_node, num_nodes).items():
+                                 gpus_per_node, num_nodes, trainjob,
+                                 accelerator_type).items():
         metrics.log_metric(name, value)
     model.metadata["framework"] = "pytorch"
     model.metadata["file"] = "model.pt"

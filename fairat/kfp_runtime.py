@@ -14,9 +14,11 @@ import base64
 import html
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -52,23 +54,30 @@ def torchrun_command(params_file: Path, data_dir: str, model_dir: str, train_dir
 
 
 def run_train(params: str, data_dir: str, model_dir: str, train_dir: str, gpus_per_node: int,
-              num_nodes: int) -> dict[str, float]:
+              num_nodes: int, trainjob: str = "",
+              accelerator_type: str = "nvidia.com/gpu") -> dict[str, float]:
     """Train into ``model_dir/model.pt`` and ``train_dir/{train.json,train.csv}``.
 
-    ``gpus_per_node > 1`` launches single-node data parallelism through torchrun (the training loop
-    is rank-aware). More than one node needs the Kubeflow Trainer integration, which launches the
-    workers itself; this component refuses rather than silently training on one node.
-    Checkpoints go to a scratch folder: they are not part of the model artifact.
+    Without ``trainjob`` (the pipeline compiled without a shared volume) this pod trains, on one
+    node: ``gpus_per_node > 1`` launches single-node data parallelism through torchrun (the
+    training loop is rank-aware), otherwise one process trains. With ``trainjob`` (compiled with a
+    shared volume; this pod then has no GPUs) the pod only launches a Kubeflow Trainer TrainJob of
+    ``num_nodes`` x ``gpus_per_node`` ``accelerator_type`` (see :func:`stage_trainjob`), waits for
+    it and copies its outputs back, because the training operator, not this pod, starts and wires
+    the node pods. Checkpoints go to a scratch folder: they are not part of the model artifact.
     Returns the flat numbers of the training summary for a Metrics artifact.
     """
-    if num_nodes != 1:
-        raise ValueError(f"num_nodes={num_nodes}: multi-node training runs through the Kubeflow "
-                         "Trainer integration, not this component; use num_nodes=1")
+    if num_nodes < 1:
+        raise ValueError(f"num_nodes={num_nodes} must be >= 1")
     if gpus_per_node < 0:
         raise ValueError(f"gpus_per_node={gpus_per_node} must be >= 0")
-    cfg = params_from_lines(params)
     Path(model_dir).mkdir(parents=True, exist_ok=True)
     Path(train_dir).mkdir(parents=True, exist_ok=True)
+    if trainjob or num_nodes > 1:  # without trainjob settings, stage_trainjob says what is missing
+        _train_with_trainjob(params, data_dir, model_dir, train_dir, gpus_per_node, num_nodes,
+                             trainjob, accelerator_type)
+        return _flat_numbers(json.loads((Path(train_dir) / TRAIN_JSON).read_text()))
+    cfg = params_from_lines(params)
     with tempfile.TemporaryDirectory(prefix="fairat-train-") as scratch:
         checkpoints = Path(scratch) / "checkpoints"
         if gpus_per_node > 1:
@@ -85,6 +94,68 @@ def run_train(params: str, data_dir: str, model_dir: str, train_dir: str, gpus_p
                                                  Path(train_dir) / TRAIN_CSV))
     summary = json.loads((Path(train_dir) / TRAIN_JSON).read_text())
     return _flat_numbers(summary)
+
+
+def stage_trainjob(params: str, data_dir: str, gpus_per_node: int, num_nodes: int,
+                   trainjob: str, accelerator_type: str = "nvidia.com/gpu",
+                   ) -> tuple[Any, str | None]:
+    """Copy the prepared data and the params onto the shared volume; the TrainJob to run on them.
+
+    Why a copy: the node pods cannot see this pod's artifact folders, only the shared
+    PersistentVolumeClaim that the pipeline mounts here and the TrainJob mounts on every node (at
+    the same path). Each launch gets its own ``fairat-<id>`` folder there, so concurrent runs do
+    not mix checkpoints. The params travel as a file, not as ``-S`` overrides, so the nodes read
+    exactly the decoded, validated knobs.
+
+    ``trainjob`` is the compile-time JSON of the pipeline (image, volume claim, mount path,
+    namespace, Secret and ConfigMap *names*). Returns ``(TrainJobSpec, namespace)``; a None
+    namespace lets the SDK use this pod's service-account namespace.
+    """
+    from fairat.trainjob import TrainJobSpec, credential_refs
+
+    settings = json.loads(trainjob) if trainjob else {}
+    if not settings.get("volume_claim"):
+        raise ValueError(
+            f"num_nodes={num_nodes} runs as a Kubeflow Trainer TrainJob, which needs a shared "
+            "(ReadWriteMany) PersistentVolumeClaim for the prepared data and the outputs, and "
+            "this pipeline was compiled without one: compile or submit with "
+            "--shared-volume-claim NAME (see docs/kubeflow.md), or use num_nodes=1")
+    cfg = params_from_lines(params)
+    secret_env, config_map_env = credential_refs(
+        settings["s3_secret"], settings["mlflow_secret"], settings["mlflow_auth_secret"],
+        settings["endpoints_config_map"])
+    run_dir = Path(settings["mount_path"]) / f"fairat-{uuid.uuid4().hex[:12]}"
+    shutil.copytree(data_dir, run_dir / "data")
+    write_text_atomic(run_dir / "params.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    spec = TrainJobSpec(
+        image=settings["image"], num_nodes=num_nodes, gpus_per_node=gpus_per_node,
+        accelerator_type=accelerator_type,
+        params_path=str(run_dir / "params.yaml"), data_dir=str(run_dir / "data"),
+        work_dir=str(run_dir / "run"), volume_claim=settings["volume_claim"],
+        mount_path=settings["mount_path"],
+        secret_env=secret_env, config_map_env=config_map_env,
+        labels={"fairat/staging": run_dir.name})
+    return spec, settings.get("namespace")
+
+
+def _train_with_trainjob(params: str, data_dir: str, model_dir: str, train_dir: str,
+                         gpus_per_node: int, num_nodes: int, trainjob: str,
+                         accelerator_type: str) -> None:
+    """Stage, run the TrainJob to completion (a failed job raises), copy its outputs back.
+
+    The staged folder is removed once the outputs are in the KFP artifacts; after a failure it
+    stays on the volume for inspection (its checkpoints let a manual ``--resume`` continue).
+    """
+    from fairat.trainjob import submit_trainjob
+
+    spec, namespace = stage_trainjob(params, data_dir, gpus_per_node, num_nodes, trainjob,
+                                     accelerator_type)
+    submit_trainjob(spec, namespace=namespace, wait=True)
+    work = Path(spec.work_dir)
+    shutil.copy2(work / MODEL_FILE, Path(model_dir) / MODEL_FILE)
+    for name in (TRAIN_JSON, TRAIN_CSV):
+        shutil.copy2(work / name, Path(train_dir) / name)
+    shutil.rmtree(work.parent)
 
 
 def _flat_numbers(tree: Any, prefix: str = "") -> dict[str, float]:

@@ -26,7 +26,9 @@ from fairat.config import ConfigError, Params
 # CLI flag -> ClusterSettings field (pipelines.fairat_pipeline); None keeps the field's default.
 CLUSTER_FLAGS = {"--image": "image", "--s3-secret": "s3_secret",
                  "--mlflow-secret": "mlflow_secret", "--mlflow-auth-secret": "mlflow_auth_secret",
-                 "--endpoints-config-map": "endpoints_config_map"}
+                 "--endpoints-config-map": "endpoints_config_map",
+                 "--shared-volume-claim": "shared_volume_claim",
+                 "--trainer-namespace": "trainer_namespace"}
 CONNECT_TIMEOUT_S = 10.0
 
 
@@ -84,15 +86,20 @@ def submit(host: str, params: Params, experiment: str = "fairat", run_name: str 
     from fairat.pipeline_params import pipeline_arguments
     from pipelines.fairat_pipeline import ClusterSettings, build_pipeline
 
-    if (resources or {}).get("num_nodes", 1) != 1:
-        raise KubeflowError("num_nodes > 1 needs the Kubeflow Trainer integration, which this "
-                            "pipeline does not have yet; use --num-nodes 1")
+    settings = settings or ClusterSettings()
+    num_nodes = (resources or {}).get("num_nodes", 1)
+    if num_nodes < 1:
+        raise KubeflowError(f"--num-nodes {num_nodes} must be >= 1")
+    if num_nodes > 1 and not settings.shared_volume_claim:
+        # the run would fail in its train step after prepare; say so before submitting
+        raise KubeflowError(f"--num-nodes {num_nodes} runs training as a Kubeflow Trainer "
+                            "TrainJob, which needs a shared ReadWriteMany volume: pass "
+                            "--shared-volume-claim NAME (see docs/kubeflow.md)")
     _check_reachable(host)
     arguments = {**pipeline_arguments(params), **(resources or {})}
     with tempfile.TemporaryDirectory(prefix="fairat-kfp-") as tmp:
         package = Path(tmp) / "fairat_pipeline.yaml"
-        compiler.Compiler().compile(build_pipeline(params, settings or ClusterSettings()),
-                                    str(package))
+        compiler.Compiler().compile(build_pipeline(params, settings), str(package))
         try:
             with warnings.catch_warnings():  # the client warns on every construction
                 warnings.simplefilter("ignore", FutureWarning)
@@ -140,7 +147,8 @@ def add_parser(sub: Any) -> None:
     submit_p.add_argument("--gpus-per-node", type=int, default=None,
                           help="GPUs for the train task; >1 runs torchrun (default: 1)")
     submit_p.add_argument("--num-nodes", type=int, default=None,
-                          help="must be 1 until the Kubeflow Trainer integration lands")
+                          help="training nodes; above 1 a Kubeflow Trainer TrainJob trains "
+                               "(needs --shared-volume-claim) (default: 1)")
     submit_p.add_argument("--no-cache", action="store_true",
                           help="run every step even where a cached result exists")
 

@@ -24,13 +24,28 @@ from typing import Any, Mapping
 RUNTIME = "torch-distributed"  # Kubeflow Trainer's ClusterTrainingRuntime for PyTorch DDP
 NODE = "node"  # the runtime's replicated job and trainer container name
 
-# Environment variable -> (Kubernetes secret name, key in the secret). The defaults name the
-# secrets the deployment docs ask for; pass your own mapping to TrainJobSpec.secret_env.
-DEFAULT_SECRET_ENV: dict[str, tuple[str, str]] = {
-    "AWS_ACCESS_KEY_ID": ("fairat-s3", "AWS_ACCESS_KEY_ID"),
-    "AWS_SECRET_ACCESS_KEY": ("fairat-s3", "AWS_SECRET_ACCESS_KEY"),
-    "MLFLOW_TRACKING_PASSWORD": ("fairat-mlflow", "MLFLOW_TRACKING_PASSWORD"),
-}
+def credential_refs(s3_secret: str = "fairat-s3", mlflow_secret: str = "fairat-mlflow",
+                    mlflow_auth_secret: str = "fairat-mlflow",
+                    endpoints_config_map: str = "fairat-endpoints",
+                    ) -> tuple[dict[str, tuple[str, str, bool]], dict[str, tuple[str, str]]]:
+    """``(secret_env, config_map_env)`` naming the same Kubernetes objects, with the same
+    optionality, as the Kubeflow pipeline's tasks (docs/kubeflow.md): the tracking URI is required
+    (training logs its epochs to MLflow), the MLflow login and the S3 keys are optional (a server
+    without auth, data not on S3), and the S3 endpoints come from an optional ConfigMap.
+    Each key is named like the variable it fills."""
+    secret_env = {"MLFLOW_TRACKING_URI": (mlflow_secret, "MLFLOW_TRACKING_URI", False)}
+    secret_env.update({var: (mlflow_auth_secret, var, True)
+                       for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")})
+    secret_env.update({var: (s3_secret, var, True)
+                       for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")})
+    config_map_env = {var: (endpoints_config_map, var)
+                      for var in ("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")}
+    return secret_env, config_map_env
+
+
+# Environment variable -> (Secret name, key[, optional]) and -> (ConfigMap name, key); a 2-tuple
+# secret reference is required. Pass your own mappings to TrainJobSpec.
+DEFAULT_SECRET_ENV, DEFAULT_CONFIG_MAP_ENV = credential_refs()
 
 
 @dataclass(frozen=True)
@@ -45,12 +60,14 @@ class TrainJobSpec:
         image: the project image (the one every pipeline component runs in).
         num_nodes: pods (nodes); the world size is ``num_nodes * gpus_per_node`` (or
             ``num_nodes`` processes on CPU when ``gpus_per_node`` is 0).
-        gpus_per_node: ``nvidia.com/gpu`` requested per node; torchrun starts one rank per GPU.
+        gpus_per_node: accelerators requested per node; torchrun starts one rank per GPU.
+        accelerator_type: their Kubernetes resource name (``nvidia.com/gpu``, ``amd.com/gpu``).
         cpu_per_node, memory_per_node: Kubernetes quantities ("8", "32Gi"); None = runtime default.
         params_path: params YAML inside the pod. overrides: ``-S key=value`` pairs for this run.
         data_dir, work_dir: prepared data in; model, checkpoints and metrics out under work_dir.
-        env: plain, non-secret environment (e.g. ``MLFLOW_TRACKING_URI``, ``AWS_ENDPOINT_URL``).
-        secret_env: variable -> (secret name, key): credentials by reference only.
+        env: plain, non-secret environment (e.g. ``FAIRAT_DIST_TIMEOUT_S``).
+        secret_env: variable -> (secret name, key[, optional]): credentials by reference only.
+        config_map_env: variable -> (ConfigMap name, key), optional references (endpoints).
         volume_claim: PersistentVolumeClaim holding ``work_dir``/``data_dir``; None = none mounted.
         resume: pass ``--resume`` (continue from ``checkpoints/last.pt`` after a retry).
         name: TrainJob name; None lets the SDK pick one.
@@ -60,6 +77,7 @@ class TrainJobSpec:
     image: str
     num_nodes: int = 1
     gpus_per_node: int = 0
+    accelerator_type: str = "nvidia.com/gpu"
     cpu_per_node: str | None = None
     memory_per_node: str | None = None
     params_path: str = "/workspace/params.yaml"
@@ -67,8 +85,10 @@ class TrainJobSpec:
     data_dir: str = "/workspace/data/prepared"
     work_dir: str = "/workspace/run"
     env: Mapping[str, str] = field(default_factory=dict)
-    secret_env: Mapping[str, tuple[str, str]] = field(
+    secret_env: Mapping[str, tuple[str, str] | tuple[str, str, bool]] = field(
         default_factory=lambda: dict(DEFAULT_SECRET_ENV))
+    config_map_env: Mapping[str, tuple[str, str]] = field(
+        default_factory=lambda: dict(DEFAULT_CONFIG_MAP_ENV))
     volume_claim: str | None = None
     mount_path: str = "/workspace"
     resume: bool = True
@@ -82,9 +102,10 @@ class TrainJobSpec:
             raise ValueError(f"num_nodes: {self.num_nodes} must be >= 1")
         if self.gpus_per_node < 0:
             raise ValueError(f"gpus_per_node: {self.gpus_per_node} must be >= 0")
-        clash = set(self.env) & set(self.secret_env)
+        clash = ((set(self.env) & set(self.secret_env)) | (set(self.env) & set(self.config_map_env))
+                 | (set(self.secret_env) & set(self.config_map_env)))
         if clash:
-            raise ValueError(f"env and secret_env both set {sorted(clash)}")
+            raise ValueError(f"env, secret_env and config_map_env both set {sorted(clash)}")
         for var in self.env:
             if any(word in var.upper() for word in ("SECRET", "PASSWORD", "TOKEN", "KEY")):
                 raise ValueError(f"env: {var} looks like a credential; put it in secret_env "
@@ -124,7 +145,7 @@ def trainjob_request(spec: TrainJobSpec) -> tuple[Any, list[Any]]:
 
     resources: dict[str, Any] = {}
     if spec.gpus_per_node:
-        resources["gpu"] = str(spec.gpus_per_node)  # SDK: "gpu" -> nvidia.com/gpu; quantity string
+        resources[spec.accelerator_type] = str(spec.gpus_per_node)  # a quantity string
     if spec.cpu_per_node:
         resources["cpu"] = spec.cpu_per_node
     if spec.memory_per_node:
@@ -137,8 +158,9 @@ def trainjob_request(spec: TrainJobSpec) -> tuple[Any, list[Any]]:
                                              **spec.labels})]
     if spec.name:
         options.append(Name(name=spec.name))
-    secret_env = [{"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
-                  for var, (secret, key) in spec.secret_env.items()]
+    secret_env = [_env_ref(var, "secretKeyRef", *ref) for var, ref in spec.secret_env.items()]
+    secret_env += [_env_ref(var, "configMapKeyRef", name, key, True)
+                   for var, (name, key) in spec.config_map_env.items()]
     mounts = ([{"name": "fairat-work", "mountPath": spec.mount_path}]
               if spec.volume_claim else None)
     volumes = ([{"name": "fairat-work",
@@ -152,6 +174,15 @@ def trainjob_request(spec: TrainJobSpec) -> tuple[Any, list[Any]]:
         options.append(opt.RuntimePatch(training_runtime_spec=opt.TrainingRuntimeSpecPatch(
             template=opt.JobSetTemplatePatch(spec=opt.JobSetSpecPatch(replicated_jobs=[job])))))
     return trainer, options
+
+
+def _env_ref(var: str, kind: str, name: str, key: str, optional: bool = False) -> dict[str, Any]:
+    """An env entry that *references* a key of a Secret or ConfigMap; ``optional`` lets the pod
+    start without the key (kubelet leaves the variable unset) instead of refusing to start."""
+    ref: dict[str, Any] = {"name": name, "key": key}
+    if optional:
+        ref["optional"] = True
+    return {"name": var, "valueFrom": {kind: ref}}
 
 
 def _offline_runtime(spec: TrainJobSpec) -> Any:

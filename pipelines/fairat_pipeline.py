@@ -8,11 +8,27 @@ when only other sections change (prepare, when training knobs change).
 
 Three more run-time parameters size the training task: ``accelerator_type`` (the Kubernetes resource
 name, e.g. ``nvidia.com/gpu``), ``gpus_per_node`` (the accelerator limit, and the number of torchrun
-processes when above 1) and ``num_nodes`` (1 here; more nodes are the Kubeflow Trainer
-integration's job). kfp 2.17 accepts pipeline parameters for the accelerator type and limit.
+processes when above 1) and ``num_nodes``. kfp 2.17 accepts pipeline parameters for the accelerator
+type and limit.
+
+How train runs is fixed at compile time by ``ClusterSettings.shared_volume_claim``:
+
+- without a claim (the default, and the committed YAML), the train task trains in its own pod on
+  the GPUs it requests (torchrun across them when ``gpus_per_node > 1``); ``num_nodes > 1`` fails
+  with a message asking for a shared volume;
+- with a claim, the train task is a launcher *without* GPUs: it stages the prepared data on the
+  claim, creates a Kubeflow Trainer TrainJob of ``num_nodes`` x ``gpus_per_node``
+  (:mod:`fairat.trainjob`), waits for it and copies its outputs into the task's artifacts.
+
+Why not both behind a run-time ``dsl.If`` on ``num_nodes``: evaluate, gate and register would then
+take the model through ``dsl.OneOf`` over artifacts, which kfp.local 2.17 rejects ("Expected 1
+artifact in ArtifactSelectorSpec") and which KFP backends up to 2.16 fail at run time
+(kubeflow/pipelines#13436). And one task cannot do both: a launcher that requests
+``gpus_per_node`` GPUs holds a GPU node idle, which can leave the TrainJob unschedulable.
 
 Compile-time settings (:class:`ClusterSettings`) hold what must never be a run parameter: the
-image and the names of the Kubernetes secrets that carry S3 and MLflow credentials.
+image, the names of the Kubernetes secrets that carry S3 and MLflow credentials, and the shared
+volume claim.
 """
 
 from __future__ import annotations
@@ -55,6 +71,14 @@ class ClusterSettings:
             optional (keys may be absent); by default the same secret as the tracking URI, so one
             `fairat-mlflow` secret serves this pipeline and the Trainer TrainJob alike.
         endpoints_config_map: keys AWS_ENDPOINT_URL, MLFLOW_S3_ENDPOINT_URL (optional; MinIO etc.).
+
+    Training as a Kubeflow Trainer TrainJob (needed for ``num_nodes > 1``):
+        shared_volume_claim: a ReadWriteMany PersistentVolumeClaim in the run's namespace,
+            mounted at ``shared_mount_path`` on the train task and on every TrainJob node. Set:
+            train always runs as a TrainJob; None (default): train runs in its own pod, and
+            ``num_nodes > 1`` fails with a message saying so.
+        trainer_namespace: where the TrainJob is created; None = the pipeline pod's namespace
+            (its service account needs the RBAC in docs/kubeflow.md).
     """
 
     image: str = IMAGE
@@ -63,6 +87,31 @@ class ClusterSettings:
     mlflow_auth_secret: str = "fairat-mlflow"
     endpoints_config_map: str = "fairat-endpoints"
     train_retries: int = 2  # preempted or lost GPU nodes are the usual failure; retry with backoff
+    shared_volume_claim: str | None = None
+    shared_mount_path: str = "/fairat-shared"
+    trainer_namespace: str | None = None
+
+
+def trainjob_settings(settings: ClusterSettings) -> str:
+    """The compile-time JSON the train component needs to build a TrainJob (read by
+    ``fairat.kfp_runtime.stage_trainjob``): the image, the shared volume and the *names* of the
+    Secrets and ConfigMap the pipeline's own tasks use; the values stay in the cluster."""
+    import json
+
+    return json.dumps({"image": settings.image, "volume_claim": settings.shared_volume_claim,
+                       "mount_path": settings.shared_mount_path,
+                       "namespace": settings.trainer_namespace, "s3_secret": settings.s3_secret,
+                       "mlflow_secret": settings.mlflow_secret,
+                       "mlflow_auth_secret": settings.mlflow_auth_secret,
+                       "endpoints_config_map": settings.endpoints_config_map}, sort_keys=True)
+
+
+def _trainer_inputs(settings: ClusterSettings, accelerator_type: Any) -> dict[str, Any]:
+    """Extra train-task inputs when train runs as a TrainJob (none otherwise, so the default
+    pipeline's train task is unchanged): the settings JSON and the GPU resource name."""
+    if not settings.shared_volume_claim:
+        return {}
+    return {"trainjob": trainjob_settings(settings), "accelerator_type": accelerator_type}
 
 
 def _with_s3(task: dsl.PipelineTask, settings: ClusterSettings) -> None:
@@ -106,12 +155,19 @@ def build_pipeline(params: Params, settings: ClusterSettings = ClusterSettings()
 
         data = prepare(params=knob_text("prepare")).set_caching_options(True)
         trained = train(params=knob_text("train"), data=data.outputs["data"],
-                        gpus_per_node=values["gpus_per_node"], num_nodes=values["num_nodes"])
+                        gpus_per_node=values["gpus_per_node"], num_nodes=values["num_nodes"],
+                        **_trainer_inputs(settings, values["accelerator_type"]))
         trained.set_caching_options(False)  # GPU training is not bitwise reproducible
-        trained.set_accelerator_type(values["accelerator_type"])
-        trained.set_accelerator_limit(values["gpus_per_node"])
-        trained.set_retry(num_retries=settings.train_retries, backoff_duration="60s",
-                          backoff_factor=2.0)
+        if settings.shared_volume_claim:
+            # A launcher: no GPUs (the TrainJob's nodes hold them) and no retries (its operator
+            # restarts the job; a retried launcher would start a second TrainJob beside the first)
+            kubernetes.mount_pvc(trained, pvc_name=settings.shared_volume_claim,
+                                 mount_path=settings.shared_mount_path)
+        else:
+            trained.set_accelerator_type(values["accelerator_type"])
+            trained.set_accelerator_limit(values["gpus_per_node"])
+            trained.set_retry(num_retries=settings.train_retries, backoff_duration="60s",
+                              backoff_factor=2.0)
         evaluated = evaluate(params=knob_text("evaluate"), data=data.outputs["data"],
                              model=trained.outputs["model"]).set_caching_options(True)
         decided = gate(params=knob_text("gate"), report=evaluated.outputs["report"],

@@ -119,9 +119,38 @@ def test_train_requests_gpus_and_retries(ir):
     assert "pipelinechannel--gpus_per_node" in resources["accelerator"]["resourceCount"]
     tasks = spec["root"]["dag"]["tasks"]
     assert tasks["train"]["retryPolicy"]["maxRetryCount"] == 2
+    assert "trainjob" not in tasks["train"]["inputs"]["parameters"]  # trains in its own pod
     caching = {name: t.get("cachingOptions", {}).get("enableCache", False)
                for name, t in tasks.items() if name != "condition-branches-1"}
     assert caching == {"prepare": True, "train": False, "evaluate": True, "gate": True}
+
+
+def test_with_a_shared_volume_train_launches_a_trainjob_without_gpus(ir, tmp_path):
+    from fairat.kubeflow import cluster_settings, compile_to
+
+    platform = list(yaml.safe_load_all(ir))[1]["platforms"]["kubernetes"]["deploymentSpec"]
+    assert not any("pvcMount" in ex for ex in platform["executors"].values())
+    settings = cluster_settings({"shared_volume_claim": "fairat-work",
+                                 "shared_mount_path": "/shared"})
+    text = compile_to(tmp_path / "p.yaml", REPO / "params.yaml", settings).read_text()
+    pipeline, platform = yaml.safe_load_all(text)
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert executors["exec-train"]["pvcMount"] == [{
+        "constant": "fairat-work", "mountPath": "/shared",
+        "pvcNameParameter": {"runtimeValue": {"constant": "fairat-work"}}}]
+    assert [name for name, ex in executors.items() if "pvcMount" in ex] == ["exec-train"]
+    # a launcher: the TrainJob's nodes hold the GPUs, and its operator (not KFP) restarts it
+    assert "resources" not in pipeline["deploymentSpec"]["executors"]["exec-train"]["container"]
+    task = pipeline["root"]["dag"]["tasks"]["train"]
+    assert "retryPolicy" not in task
+    inputs = task["inputs"]["parameters"]
+    assert inputs["accelerator_type"] == {"componentInputParameter": "accelerator_type"}
+    assert inputs["num_nodes"] == {"componentInputParameter": "num_nodes"}
+    sent = json.loads(inputs["trainjob"]["runtimeValue"]["constant"])
+    assert sent == {"image": settings.image, "volume_claim": "fairat-work", "mount_path": "/shared",
+                    "namespace": None, "s3_secret": "fairat-s3", "mlflow_secret": "fairat-mlflow",
+                    "mlflow_auth_secret": "fairat-mlflow",
+                    "endpoints_config_map": "fairat-endpoints"}  # names only, never values
 
 
 def test_registration_as_candidate_only_inside_the_gate_condition(ir):
@@ -192,14 +221,121 @@ def test_cluster_settings_retarget_image_and_secrets(tmp_path):
 
 # ---------------------------------------------------------------- component runtime guards
 
-def test_train_refuses_multi_node_and_launches_torchrun_per_gpu(tmp_path):
+def test_train_launches_torchrun_per_gpu_on_one_node_and_checks_sizes(tmp_path):
     from fairat.kfp_runtime import run_train, torchrun_command
 
-    with pytest.raises(ValueError, match="Kubeflow Trainer"):
-        run_train("", str(tmp_path), str(tmp_path / "m"), str(tmp_path / "s"), 1, 2)
+    with pytest.raises(ValueError, match="num_nodes=0"):
+        run_train("", str(tmp_path), str(tmp_path / "m"), str(tmp_path / "s"), 1, 0)
     cmd = torchrun_command(tmp_path / "p.yaml", "d", "m", "s", tmp_path / "c", 4)
     assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
     assert cmd[5:8] == ["-m", "fairat", "train"] and "m/model.pt" in cmd
+
+
+# ---------------------------------------------------------------- multi-node: the TrainJob launcher
+# No cluster here: the launcher is run with the pipeline's own compile-time JSON, the TrainJob it
+# would create is rendered by the Kubeflow SDK offline (fairat.trainjob.trainjob_manifest), and
+# for the copy-back test `submit_trainjob` -- the one call that talks to the API server -- is
+# replaced by a stand-in that writes what rank 0 would write on the shared volume.
+
+def _prepared(tmp_path):
+    data = tmp_path / "artifacts" / "data"
+    data.mkdir(parents=True)
+    (data / "manifest.json").write_text('{"dataset": "digits"}')
+    return data
+
+
+def _trainjob_json(mount, **kw):
+    from fairat.kubeflow import cluster_settings
+    from pipelines.fairat_pipeline import trainjob_settings
+
+    values = {"image": "registry.example.com/fairat:0.3.1", "shared_volume_claim": "fairat-work",
+              "shared_mount_path": str(mount), **kw}
+    return trainjob_settings(cluster_settings(values))
+
+
+def test_multi_node_stages_data_and_builds_the_trainjob(tmp_path):
+    from fairat.kfp_runtime import stage_trainjob
+    from fairat.trainjob import trainjob_manifest
+
+    mount = tmp_path / "shared"
+    text = knob_lines({"train.epochs": 7, "train.method": "fairat"})
+    spec, namespace = stage_trainjob(text, str(_prepared(tmp_path)), 8, 2,
+                                     _trainjob_json(mount, mlflow_secret="ml-uri"))
+    assert namespace is None  # the SDK then reads the pod's service-account namespace
+    (run_dir,) = mount.iterdir()
+    assert (run_dir / "data" / "manifest.json").read_text() == '{"dataset": "digits"}'
+    staged = load_params(run_dir / "params.yaml")
+    assert staged.train.epochs == 7 and staged == params_from_lines(text)
+
+    m = trainjob_manifest(spec, namespace="ml")
+    assert m["kind"] == "TrainJob"
+    assert m["spec"]["runtimeRef"] == {"kind": "ClusterTrainingRuntime",
+                                       "name": "torch-distributed"}
+    trainer = m["spec"]["trainer"]
+    assert trainer["numNodes"] == 2 and trainer["image"] == "registry.example.com/fairat:0.3.1"
+    assert trainer["resourcesPerNode"]["limits"] == {"nvidia.com/gpu": "8"}
+    cmd = trainer["command"]
+    assert cmd[:4] == ["torchrun", "-m", "fairat", "train"] and "--resume" in cmd
+    assert cmd[cmd.index("--params") + 1] == str(run_dir / "params.yaml")
+    assert cmd[cmd.index("--data") + 1] == str(run_dir / "data")
+    assert cmd[cmd.index("--model") + 1] == str(run_dir / "run" / "model.pt")
+    assert "-S" not in cmd  # the knobs travel in the staged params file
+    (patch,) = m["spec"]["runtimePatches"]
+    (job,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    pod = job["template"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["volumes"] == [{"name": "fairat-work",
+                               "persistentVolumeClaim": {"claimName": "fairat-work"}}]
+    assert container["volumeMounts"] == [{"name": "fairat-work", "mountPath": str(mount)}]
+    env = {e["name"]: e["valueFrom"] for e in container["env"]}
+    assert all("value" not in e for e in container["env"])  # references only, never values
+    # the same objects and optionality as the pipeline's tasks
+    assert env["MLFLOW_TRACKING_URI"] == {"secretKeyRef": {"name": "ml-uri",
+                                                           "key": "MLFLOW_TRACKING_URI"}}
+    assert env["MLFLOW_TRACKING_PASSWORD"] == {"secretKeyRef": {
+        "name": "fairat-mlflow", "key": "MLFLOW_TRACKING_PASSWORD", "optional": True}}
+    assert env["AWS_SECRET_ACCESS_KEY"]["secretKeyRef"] == {
+        "name": "fairat-s3", "key": "AWS_SECRET_ACCESS_KEY", "optional": True}
+    assert env["AWS_ENDPOINT_URL"] == {"configMapKeyRef": {
+        "name": "fairat-endpoints", "key": "AWS_ENDPOINT_URL", "optional": True}}
+
+
+def test_multi_node_runs_the_trainjob_and_copies_its_outputs(tmp_path, monkeypatch):
+    import fairat.trainjob
+    from fairat.kfp_runtime import run_train
+
+    submitted = []
+
+    def stand_in(spec, namespace=None, wait=False):
+        """What the TrainJob's rank 0 leaves on the shared volume when it completes."""
+        submitted.append((spec, namespace, wait))
+        work = Path(spec.work_dir)
+        work.mkdir(parents=True)
+        (work / "model.pt").write_bytes(b"weights")
+        (work / "train.json").write_text(json.dumps({"best": {"val_robust": 0.5}, "epochs": 3}))
+        (work / "train.csv").write_text("epoch,loss\n1,2.0\n")
+        return "fairat-train-abc"
+
+    monkeypatch.setattr(fairat.trainjob, "submit_trainjob", stand_in)
+    mount = tmp_path / "shared"
+    numbers = run_train("train.epochs=3", str(_prepared(tmp_path)), str(tmp_path / "model"),
+                        str(tmp_path / "summary"), 4, 3,
+                        _trainjob_json(mount, trainer_namespace="team-a"), "amd.com/gpu")
+    ((spec, namespace, wait),) = submitted
+    assert (spec.num_nodes, spec.gpus_per_node, spec.accelerator_type) == (3, 4, "amd.com/gpu")
+    assert namespace == "team-a" and wait is True
+    assert (tmp_path / "model" / "model.pt").read_bytes() == b"weights"
+    assert (tmp_path / "summary" / "train.csv").exists()
+    assert numbers == {"best_val_robust": 0.5, "epochs": 3.0}
+    assert list(mount.iterdir()) == []  # the staged folder is gone once the outputs are copied
+
+
+def test_multi_node_without_a_shared_volume_says_what_to_configure(tmp_path):
+    from fairat.kfp_runtime import run_train
+
+    # what the default pipeline (compiled without a shared volume) passes: no trainjob settings
+    with pytest.raises(ValueError, match="--shared-volume-claim"):
+        run_train("", str(_prepared(tmp_path)), str(tmp_path / "m"), str(tmp_path / "s"), 8, 2)
 
 
 def test_register_refuses_a_branch_that_disagrees_with_the_gate(tmp_path):
@@ -377,12 +513,30 @@ def test_submit_to_an_unreachable_host_names_it_and_exits_2(capsys):
     assert f"cannot reach Kubeflow Pipelines at {host}" in err and "Traceback" not in err
 
 
-def test_submit_refuses_multi_node_before_contacting_the_host(capsys):
+def test_submit_refuses_multi_node_without_a_shared_volume_before_contacting_the_host(capsys):
     from fairat.cli import main
 
     assert main(["pipeline", "submit", "--host", "http://127.0.0.1:1", "--num-nodes", "2",
                  "--params", str(REPO / "params.yaml")]) == 2
-    assert "Kubeflow Trainer" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Kubeflow Trainer" in err and "--shared-volume-claim" in err
+
+
+def test_submit_two_nodes_with_a_shared_volume(stand_in_kfp, tmp_path, monkeypatch, capsys):
+    from fairat.cli import main
+
+    host, calls = stand_in_kfp
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main(["pipeline", "submit", "--host", host, "--params", str(REPO / "params.yaml"),
+                 "--num-nodes", "2", "--gpus-per-node", "8",
+                 "--shared-volume-claim", "fairat-work"]) == 0, capsys.readouterr().err
+    (run,) = [body for method, path, _, body in calls if (method, path) == ("POST",
+                                                                         "/apis/v2beta1/runs")]
+    sent = run["runtime_config"]["parameters"]
+    assert sent["num_nodes"] == 2 and sent["gpus_per_node"] == 8
+    executors = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"][
+        "deploymentSpec"]["executors"]
+    assert executors["exec-train"]["pvcMount"][0]["constant"] == "fairat-work"
 
 
 def test_compile_command_writes_the_yaml(tmp_path):

@@ -19,7 +19,7 @@ def _spec(**kw) -> TrainJobSpec:
                 memory_per_node="200Gi", overrides={"train.epochs": 3, "train.amp": "auto",
                                                     "train.fairat.augment": ("cutout", "cutmix"),
                                                     "train.progress": False},
-                env={"MLFLOW_TRACKING_URI": "http://mlflow.fairat:5000"},
+                env={"FAIRAT_DIST_TIMEOUT_S": "900"},
                 volume_claim="fairat-work", name="fairat-train-1")
     base.update(kw)
     return TrainJobSpec(**base)
@@ -50,7 +50,7 @@ def test_manifest_targets_torch_distributed_with_nodes_gpus_image_and_command():
     assert cmd[:4] == ["torchrun", "-m", "fairat", "train"]  # torchrun reads PET_* from the runtime
     assert "--nproc_per_node" not in cmd and "--resume" in cmd
     assert cmd[cmd.index("--checkpoints") + 1] == "/workspace/run/checkpoints"
-    assert trainer["env"] == [{"name": "MLFLOW_TRACKING_URI", "value": "http://mlflow.fairat:5000"}]
+    assert trainer["env"] == [{"name": "FAIRAT_DIST_TIMEOUT_S", "value": "900"}]
     json.dumps(m)  # plain JSON, ready for kubectl or the API
 
 
@@ -66,7 +66,8 @@ def test_command_parses_with_our_cli_and_keeps_override_values():
 
 def test_credentials_come_from_secrets_by_reference_only():
     m = trainjob_manifest(_spec(secret_env={"AWS_SECRET_ACCESS_KEY": ("s3-creds", "secret"),
-                                            "AWS_ACCESS_KEY_ID": ("s3-creds", "id")}))
+                                            "AWS_ACCESS_KEY_ID": ("s3-creds", "id")},
+                                config_map_env={}))
     container = _node_container(m)
     env = {e["name"]: e for e in container["env"]}
     assert env["AWS_SECRET_ACCESS_KEY"] == {
@@ -80,9 +81,34 @@ def test_credentials_come_from_secrets_by_reference_only():
         _spec(env={"AWS_SECRET_ACCESS_KEY": "hunter2"}, secret_env={})
 
 
+def test_default_references_match_the_pipeline_secrets_and_optionality():
+    """The same objects as docs/kubeflow.md and the pipeline's tasks: the tracking URI from the
+    fairat-mlflow secret (required), its login and the S3 keys optional, endpoints optional."""
+    env = {e["name"]: e["valueFrom"] for e in _node_container(trainjob_manifest(_spec()))["env"]}
+    assert env["MLFLOW_TRACKING_URI"] == {"secretKeyRef": {"name": "fairat-mlflow",
+                                                           "key": "MLFLOW_TRACKING_URI"}}
+    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        assert env[var] == {"secretKeyRef": {"name": "fairat-mlflow", "key": var,
+                                             "optional": True}}
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[var] == {"secretKeyRef": {"name": "fairat-s3", "key": var, "optional": True}}
+    for var in ("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL"):
+        assert env[var] == {"configMapKeyRef": {"name": "fairat-endpoints", "key": var,
+                                                "optional": True}}
+    with pytest.raises(ValueError, match="MLFLOW_TRACKING_URI"):  # a URI is a reference, not env
+        _spec(env={"MLFLOW_TRACKING_URI": "http://mlflow:5000"})
+
+
+def test_other_accelerator_resource_names_pass_through():
+    trainer = trainjob_manifest(_spec(accelerator_type="amd.com/gpu"))["spec"]["trainer"]
+    assert trainer["resourcesPerNode"]["limits"]["amd.com/gpu"] == "8"
+    assert "nvidia.com/gpu" not in trainer["resourcesPerNode"]["limits"]
+
+
 def test_cpu_job_requests_no_gpus_and_single_node_is_allowed():
     m = trainjob_manifest(_spec(num_nodes=1, gpus_per_node=0, cpu_per_node=None,
-                                memory_per_node=None, volume_claim=None, secret_env={}))
+                                memory_per_node=None, volume_claim=None, secret_env={},
+                                config_map_env={}))
     trainer = m["spec"]["trainer"]
     assert trainer["numNodes"] == 1 and "resourcesPerNode" not in trainer
     assert "runtimePatches" not in m["spec"]
