@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 from fairat.io import atomic_path
 
@@ -30,8 +30,19 @@ READ_TIMEOUT_S = 30.0
 MAX_ATTEMPTS = 3
 
 
+Failure = Literal["unreachable", "interrupted", "no_credentials", "no_bucket", "no_key", "denied",
+                  "unsafe_key", "invalid", "failed"]
+
+
 class StorageError(RuntimeError):
-    """An S3 operation failed; the message names the endpoint, bucket and key and says what to do."""
+    """An S3 operation failed; the message names the endpoint, bucket and key and says what to do.
+
+    ``kind`` says which failure it was, for callers that react differently (e.g. create a bucket).
+    """
+
+    def __init__(self, message: str, kind: Failure = "failed") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -49,10 +60,10 @@ class S3Url:
 def parse_s3_url(url: str) -> S3Url:
     """``s3://bucket/some/prefix`` -> S3Url("bucket", "some/prefix"); anything else is refused."""
     if not url.startswith("s3://"):
-        raise StorageError(f"not an S3 URL (expected s3://bucket/prefix): {url!r}")
+        raise StorageError(f"not an S3 URL (expected s3://bucket/prefix): {url!r}", "invalid")
     bucket, _, key = url[len("s3://"):].partition("/")
     if not bucket:
-        raise StorageError(f"S3 URL has no bucket: {url!r}")
+        raise StorageError(f"S3 URL has no bucket: {url!r}", "invalid")
     return S3Url(bucket, key.strip("/"))
 
 
@@ -98,22 +109,22 @@ def _translate(exc: Exception, bucket: str | None, key: str | None = None) -> St
     if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectTimeoutError,
                         bx.ReadTimeoutError, bx.ConnectionClosedError)):
         return StorageError(f"cannot reach S3 ({where}): {exc}. Is the server running and "
-                            f"FAIRAT_S3_ENDPOINT_URL right?")
+                            f"FAIRAT_S3_ENDPOINT_URL right?", "unreachable")
     if isinstance(exc, (bx.IncompleteReadError, bx.ResponseStreamingError)):
-        return StorageError(f"transfer interrupted ({where}) after retries: {exc}")
+        return StorageError(f"transfer interrupted ({where}) after retries: {exc}", "interrupted")
     if isinstance(exc, bx.NoCredentialsError):
         return StorageError(f"no S3 credentials ({where}): set AWS_ACCESS_KEY_ID and "
-                            f"AWS_SECRET_ACCESS_KEY in the environment")
+                            f"AWS_SECRET_ACCESS_KEY in the environment", "no_credentials")
     if isinstance(exc, bx.ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         if code in {"NoSuchBucket"} or (code in {"404", "NotFound"} and not key):
-            return StorageError(f"bucket does not exist ({where})")
+            return StorageError(f"bucket does not exist ({where})", "no_bucket")
         if code in {"NoSuchKey", "404", "NotFound"}:
-            return StorageError(f"no such object ({where})")
+            return StorageError(f"no such object ({where})", "no_key")
         if code in {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId",
                     "SignatureDoesNotMatch"}:
             return StorageError(f"access denied ({where}): check AWS_ACCESS_KEY_ID / "
-                                f"AWS_SECRET_ACCESS_KEY and the bucket policy")
+                                f"AWS_SECRET_ACCESS_KEY and the bucket policy", "denied")
         message = exc.response.get("Error", {}).get("Message", "")
         return StorageError(f"S3 request failed ({where}): {code} {message}".rstrip())
     return StorageError(f"S3 transfer failed ({where}): {type(exc).__name__}: {exc}")
@@ -136,10 +147,15 @@ def ensure_bucket(bucket: str, client: Any = None) -> None:
         return
     except _failures() as exc:
         err = _translate(exc, bucket)
-        if "bucket does not exist" not in str(err):
+        if err.kind != "no_bucket":
             raise err from exc
+    region = client.meta.region_name
     try:
-        client.create_bucket(Bucket=bucket)
+        if region and region != "us-east-1":  # S3 wants the region spelled out elsewhere
+            client.create_bucket(Bucket=bucket,
+                                 CreateBucketConfiguration={"LocationConstraint": region})
+        else:
+            client.create_bucket(Bucket=bucket)
     except _failures() as exc:
         raise _translate(exc, bucket) from exc
 
@@ -148,7 +164,7 @@ def upload_file(local: str | Path, url: str, client: Any = None) -> None:
     """Upload one file to ``s3://bucket/key`` (multipart for large files, retried)."""
     target = parse_s3_url(url)
     if not target.key:
-        raise StorageError(f"upload needs a key, not a bare bucket: {url!r}")
+        raise StorageError(f"upload needs a key, not a bare bucket: {url!r}", "invalid")
     client = client or s3_client()
     try:
         client.upload_file(str(local), target.bucket, target.key)
@@ -165,9 +181,9 @@ def download_file(url: str, local: str | Path, client: Any = None) -> None:
             client.download_fileobj(source.bucket, source.key, f)
     except _failures() as exc:
         err = _translate(exc, source.bucket, source.key)
-        if str(err).startswith("no such object"):  # HEAD says 404 for a missing bucket too
-            if not _bucket_exists(client, source.bucket):
-                err = StorageError(f"bucket does not exist ({_where(source.bucket)})")
+        if err.kind == "no_key" and not _bucket_exists(client, source.bucket):
+            # HEAD answers a bare 404 for a missing bucket too: say which one is missing
+            err = StorageError(f"bucket does not exist ({_where(source.bucket)})", "no_bucket")
         raise err from exc
 
 
@@ -186,7 +202,7 @@ def safe_relative_key(prefix: str, key: str) -> PurePosixPath | None:
     """
     rel = key[len(prefix):] if prefix else key
     if prefix and not key.startswith(prefix):
-        raise StorageError(f"key {key!r} is not under prefix {prefix!r}")
+        raise StorageError(f"key {key!r} is not under prefix {prefix!r}", "unsafe_key")
     if rel.endswith("/") or rel == "":
         return None
     path = PurePosixPath(rel)
@@ -194,7 +210,7 @@ def safe_relative_key(prefix: str, key: str) -> PurePosixPath | None:
     if "\\" in rel or path.is_absolute() or ":" in segments[0] \
             or any(seg in {"", ".", ".."} for seg in segments):
         raise StorageError(f"refusing unsafe object key {key!r}: it would land outside the "
-                           f"target folder")
+                           f"target folder", "unsafe_key")
     return path
 
 
@@ -214,7 +230,7 @@ def upload_dir(local_dir: str | Path, url: str, client: Any = None) -> list[str]
     """Upload every file under ``local_dir`` to ``url/<relative path>``; returns the keys."""
     local_dir, target = Path(local_dir), parse_s3_url(url)
     if not local_dir.is_dir():
-        raise StorageError(f"not a folder: {local_dir}")
+        raise StorageError(f"not a folder: {local_dir}", "invalid")
     client = client or s3_client()
     keys = []
     for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
@@ -234,7 +250,7 @@ def download_dir(url: str, local_dir: str | Path, client: Any = None) -> list[Pa
     prefix = f"{source.key}/" if source.key else ""
     keys = _list_keys(client, source)
     if not keys:
-        raise StorageError(f"nothing under {source} ({_where(source.bucket)})")
+        raise StorageError(f"nothing under {source} ({_where(source.bucket)})", "no_key")
     plan = [(key, rel) for key in keys if (rel := safe_relative_key(prefix, key)) is not None]
     written = []
     for key, rel in plan:
@@ -269,7 +285,8 @@ def configure_dvc_remote(repo_dir: str | Path, url: str, name: str = "storage",
     parse_s3_url(url)
     endpoint = endpoint or endpoint_url()
     _dvc(repo_dir, "remote", "add", "--default", "--force", name, url)
-    local = {"connect_timeout": str(int(CONNECT_TIMEOUT_S)), "read_timeout": str(int(READ_TIMEOUT_S))}
+    local = {"connect_timeout": str(int(CONNECT_TIMEOUT_S)),
+             "read_timeout": str(int(READ_TIMEOUT_S))}
     if endpoint:
         local["endpointurl"] = endpoint
     for option, value in local.items():

@@ -110,7 +110,7 @@ def s3_server(tmp_path_factory) -> Iterator[str]:
 
 @pytest.fixture
 def s3_env(s3_server, monkeypatch) -> str:
-    """Point this test at the session S3 server with fake credentials; returns a fresh bucket name."""
+    """Point this test at the session S3 server with fake credentials; returns a new bucket name."""
     for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(var, raising=False)
     for var, value in FAKE_AWS.items():
@@ -159,7 +159,7 @@ class Postgres:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[Postgres]:
-    """A throw-away PostgreSQL cluster on loopback, with a database and a password-protected user."""
+    """A throw-away PostgreSQL cluster on loopback with a database and a password-protected user."""
     bindir = postgres_bin()
     # the data dir must be reachable by the postgres user: pytest's tmp dirs are root-only
     base = Path(tempfile.mkdtemp(prefix="fairat-pg-"))
@@ -171,8 +171,10 @@ def postgres_server() -> Iterator[Postgres]:
         for path in (base, sock):
             os.chown(path, pw.pw_uid, pw.pw_gid)
     port, password = free_port(), secrets.token_hex(12)
-    run = lambda cmd: subprocess.run(_as_postgres(cmd), check=True, capture_output=True,  # noqa: E731
-                                     text=True, cwd=base)
+
+    def run(cmd: list[str]) -> None:
+        subprocess.run(_as_postgres(cmd), check=True, capture_output=True, text=True, cwd=base)
+
     try:
         run([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust",
              "--auth-host=scram-sha-256", "--no-sync", "-E", "UTF8"])
@@ -204,19 +206,23 @@ class MlflowServer:
 @pytest.fixture(scope="session")
 def mlflow_server(postgres_server, s3_server, tmp_path_factory) -> Iterator[MlflowServer]:
     """`mlflow server` with PostgreSQL as backend store and S3 (moto) as artifact store."""
+    import boto3
+
     bucket = f"fairat-team-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, **FAKE_AWS, "MLFLOW_S3_ENDPOINT_URL": s3_server}
     env.pop("MLFLOW_TRACKING_URI", None)
-    subprocess.run([sys.executable, "-c", "from fairat.storage import ensure_bucket; import sys; "
-                    "ensure_bucket(sys.argv[1])", bucket], check=True,
-                   env={**env, "FAIRAT_S3_ENDPOINT_URL": s3_server})
+    boto3.client("s3", endpoint_url=s3_server, region_name=FAKE_AWS["AWS_DEFAULT_REGION"],
+                 aws_access_key_id=FAKE_AWS["AWS_ACCESS_KEY_ID"],
+                 aws_secret_access_key=FAKE_AWS["AWS_SECRET_ACCESS_KEY"],
+                 ).create_bucket(Bucket=bucket)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     artifacts = f"s3://{bucket}/mlflow"
     log = tmp_path_factory.mktemp("mlflow-server") / "mlflow-server.log"
-    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", postgres_server.sqlalchemy_uri,
-           "--artifacts-destination", artifacts, "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1"]
+    env["MLFLOW_BACKEND_STORE_URI"] = postgres_server.sqlalchemy_uri  # password not in argv
+    cmd = [str(BIN / "mlflow"), "server", "--artifacts-destination", artifacts,
+           "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1", "--uvicorn-opts", "--timeout-graceful-shutdown 1"]
     server = start_server(cmd, f"{url}/health", log, env=env, timeout=90)
     yield MlflowServer(url, bucket, artifacts, s3_server)
     server.stop()

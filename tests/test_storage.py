@@ -44,8 +44,9 @@ def test_parse_s3_url_refuses(url):
 @pytest.mark.parametrize("key", ["p/../x", "p/a/../../x", "p//etc/passwd", "p/./x", "p/a\\..\\x",
                                  "p/..", "p/C:/x"])
 def test_unsafe_keys_refused(key):
-    with pytest.raises(StorageError, match="unsafe"):
+    with pytest.raises(StorageError, match="unsafe") as info:
         safe_relative_key("p/", key)
+    assert info.value.kind == "unsafe_key"
 
 
 def test_safe_keys_and_folder_markers():
@@ -65,18 +66,20 @@ def test_endpoint_from_environment_only(monkeypatch):
     assert storage.s3_client().meta.endpoint_url == "http://fairat-s3:9000"
 
 
-@pytest.mark.parametrize("code, expected", [
-    ("AccessDenied", "access denied"), ("InvalidAccessKeyId", "access denied"),
-    ("NoSuchBucket", "bucket does not exist"), ("NoSuchKey", "no such object"),
-    ("SlowDown", "S3 request failed"),
+@pytest.mark.parametrize("code, expected, kind", [
+    ("AccessDenied", "access denied", "denied"), ("InvalidAccessKeyId", "access denied", "denied"),
+    ("NoSuchBucket", "bucket does not exist", "no_bucket"),
+    ("NoSuchKey", "no such object", "no_key"),
+    ("SlowDown", "S3 request failed", "failed"),
 ])
-def test_client_errors_are_named(code, expected, monkeypatch):
+def test_client_errors_are_named(code, expected, kind, monkeypatch):
     from botocore.exceptions import ClientError
 
     monkeypatch.setenv("FAIRAT_S3_ENDPOINT_URL", "http://s3.example:9000")
     err = storage._translate(ClientError({"Error": {"Code": code, "Message": "m"}}, "GetObject"),
                              "bkt", "k/x")
     assert expected in str(err) and "http://s3.example:9000" in str(err) and "'bkt'" in str(err)
+    assert err.kind == kind
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,8 +145,10 @@ def test_server_down_is_a_clear_fast_error(monkeypatch, tmp_path):
     local = tmp_path / "keep.txt"
     local.write_text("keep")
     start = time.monotonic()
-    with pytest.raises(StorageError, match=rf"cannot reach S3 \(endpoint http://127.0.0.1:{port}"):
+    with pytest.raises(StorageError,
+                       match=rf"cannot reach S3 \(endpoint http://127.0.0.1:{port}") as info:
         storage.download_file("s3://bkt/keep.txt", local)
+    assert info.value.kind == "unreachable"
     with pytest.raises(StorageError, match="cannot reach S3.*bucket 'bkt'"):
         storage.push(tmp_path, "s3://bkt/p")
     assert time.monotonic() - start < 20
@@ -151,7 +156,7 @@ def test_server_down_is_a_clear_fast_error(monkeypatch, tmp_path):
 
 
 def test_server_stopped_after_upload(tmp_path, monkeypatch):
-    """The data is safe in the bucket, the server goes away: the pull fails, nothing is clobbered."""
+    """The data is safe in the bucket, the server goes away: the pull fails, nothing clobbered."""
     server = start_moto(tmp_path)
     try:
         monkeypatch.setenv("FAIRAT_S3_ENDPOINT_URL", server.url)
@@ -205,9 +210,10 @@ def test_download_dying_mid_way_leaves_existing_file_untouched(tmp_path, monkeyp
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
         local = tmp_path / "model.pt"
         local.write_bytes(b"old model")
-        with pytest.raises(StorageError,
-                           match=f"interrupted .*127.0.0.1:{httpd.server_port}.*'model.pt'"):
+        where = f"127.0.0.1:{httpd.server_port}"
+        with pytest.raises(StorageError, match=f"interrupted .*{where}.*'model.pt'") as info:
             storage.download_file("s3://bkt/model.pt", local)
+        assert info.value.kind == "interrupted"
         assert local.read_bytes() == b"old model"
         assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
     finally:

@@ -124,3 +124,11 @@ def test_pipeline_end_to_end_in_team_mode(mlflow_server, tmp_path):
     run = client.get_run(records["0.0"]["run_id"])
     logged = json.dumps([run.data.params, run.data.tags])
     assert "fairat-test-secret" not in logged and "fairat-test-key" not in logged
+
+
+def test_missing_postgres_fails_with_the_setup_hint(monkeypatch):
+    import servers
+
+    monkeypatch.setattr(servers.glob, "glob", lambda pattern: [])
+    with pytest.raises(pytest.fail.Exception, match="scripts/install-test-services.sh"):
+        servers.postgres_bin()
