@@ -30,6 +30,8 @@ Typical use, all driven by one params file:
   fairat run       # all of the above in a row (the default params use the bundled digits data)
   fairat models    # list registered versions, their gate results and class-wise numbers
   fairat approve NAME VERSION --by YOU   # promote a candidate to `champion`
+  fairat pipeline compile|submit         # the same pipeline on Kubeflow (docs/kubeflow.md)
+  fairat storage push|pull|dvc-remote    # folders and the DVC remote on S3 (docs/storage.md)
 
 `dvc repro` runs the same steps as a cached pipeline (dvc.yaml). MLflow's store is
 MLFLOW_TRACKING_URI when set, else sqlite:///mlruns/mlflow.db in the current folder.
@@ -165,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fairat.kubeflow import add_parser as add_pipeline_parser  # light: kfp loads on use
 
     add_pipeline_parser(sub)
+    from fairat import storage_cli  # light: boto3 loads on use
+
+    storage_cli.add_parser(sub)
     return parser
 
 
@@ -259,6 +264,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fairat.kubeflow import main as pipeline_main
 
         return pipeline_main(args)
+    if args.command == "storage":  # S3 push / pull / DVC remote: needs neither torch nor MLflow
+        from fairat import storage_cli
+
+        return storage_cli.run(args)
     from fairat.data import DataError
     from fairat.registry import RegistryError
 

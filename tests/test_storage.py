@@ -222,21 +222,14 @@ def test_download_dying_mid_way_leaves_existing_file_untouched(tmp_path, monkeyp
 
 
 def test_storage_cli_push_pull(s3_env, tmp_path, capsys):
-    import argparse
+    from fairat.cli import main
 
-    from fairat import storage_cli
-
-    parser = argparse.ArgumentParser(prog="fairat")
-    storage_cli.add_parser(parser.add_subparsers(dest="command"))
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "f.txt").write_text("cli")
-    args = parser.parse_args(["storage", "push", str(tmp_path / "src"), f"s3://{s3_env}/cli"])
-    assert storage_cli.run(args) == 0
-    args = parser.parse_args(["storage", "pull", f"s3://{s3_env}/cli", str(tmp_path / "dst")])
-    assert storage_cli.run(args) == 0
+    assert main(["storage", "push", str(tmp_path / "src"), f"s3://{s3_env}/cli"]) == 0
+    assert main(["storage", "pull", f"s3://{s3_env}/cli", str(tmp_path / "dst")]) == 0
     assert (tmp_path / "dst" / "f.txt").read_text() == "cli"
-    args = parser.parse_args(["storage", "pull", f"s3://{s3_env}/none", str(tmp_path / "x")])
-    assert storage_cli.run(args) == 1
+    assert main(["storage", "pull", f"s3://{s3_env}/none", str(tmp_path / "x")]) == 1
     assert "nothing under" in capsys.readouterr().err
 
 
