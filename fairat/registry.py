@@ -22,7 +22,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 CANDIDATE, CHAMPION = "candidate", "champion"
 TAG = "fairat."  # prefix of every tag this project sets
 EVIDENCE_TAGS = ("gate_passed", "gate_attack", "worst_class_robust", "average_robust",
@@ -34,12 +33,17 @@ class RegistryError(RuntimeError):
 
 
 def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else the local SQLite store (its folder is created)."""
+    """``MLFLOW_TRACKING_URI`` if set, else the SQLite store under ``./mlruns`` (created).
+
+    The default is returned with an absolute path: MLflow caches one store per URI string, so a
+    relative URI would keep pointing at the first folder's database after a ``chdir``.
+    """
     uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if uri:
         return uri
-    Path("mlruns").mkdir(exist_ok=True)
-    return DEFAULT_TRACKING_URI
+    folder = Path("mlruns").resolve()
+    folder.mkdir(exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"
 
 
 def _mlflow():

@@ -384,7 +384,8 @@ def test_pipeline_runs_end_to_end_with_kfp_local(tmp_path, monkeypatch):
 
     from mlflow import MlflowClient
 
-    version = MlflowClient().get_model_version_by_alias("fairat-kfp", "candidate")
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")  # not the global URI
+    version = client.get_model_version_by_alias("fairat-kfp", "candidate")
     assert version.version == registered["version"]
 
 

@@ -109,10 +109,11 @@ def test_dvc_repro_from_scratch_registers_and_caches(repo):
     # the training run holds params, per-epoch metrics, the evaluation and the model
     from mlflow.tracking import MlflowClient
 
-    run = MlflowClient().get_run(registered["run_id"])
+    client = MlflowClient(registry.tracking_uri())
+    run = client.get_run(registered["run_id"])
     assert run.data.params["train.method"] == "fairat"
     assert "val_robust_avg" in run.data.metrics and "test.worst_case.worst" in run.data.metrics
-    assert len(MlflowClient().get_metric_history(run.info.run_id, "train_loss")) == 2
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
 
     again = _dvc(repo, "repro")
     assert again.returncode == 0 and _ran(again) == set(), again.stdout

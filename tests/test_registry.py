@@ -68,7 +68,7 @@ def test_a_gate_decision_for_another_report_never_promotes(inside, capsys):
 def test_approval_refuses_a_version_without_evidence(inside, capsys):
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient()
+    client = MlflowClient(registry.tracking_uri())
     source = client.get_model_version("unit", "1").source
     bare = client.create_model_version("unit", source)  # registered by hand, no gate tags
     assert main(["approve", "unit", str(bare.version), "--by", "bob"]) == 2
@@ -88,7 +88,7 @@ def test_approve_needs_a_name_and_an_existing_version(tmp_path, monkeypatch, cap
 def test_tracking_uri_prefers_the_environment(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert registry.tracking_uri() == "sqlite:///mlruns/mlflow.db"
+    assert registry.tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
     assert (tmp_path / "mlruns").is_dir()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert registry.tracking_uri() == "http://127.0.0.1:5000"
