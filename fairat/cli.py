@@ -74,6 +74,8 @@ def _add_eval_outputs(p: argparse.ArgumentParser, with_model: bool) -> None:
                    help="per-class bar chart PNG (default: %(default)s)")
     p.add_argument("--card", default="reports/model_card.md", type=Path,
                    help="markdown model card (default: %(default)s)")
+    p.add_argument("--summary", default="metrics/eval_summary.json", type=Path,
+                   help="average / worst / gap per attack, the DVC metrics (default: %(default)s)")
 
 
 def _add_gate_outputs(p: argparse.ArgumentParser) -> None:
@@ -245,7 +247,8 @@ def run_command(args: argparse.Namespace) -> int:
         paths = TrainPaths(args.model, args.checkpoints, args.metrics, args.history)
         steps.train_step(params, args.data, paths, resume=args.resume)
     if "evaluate" in stages:
-        steps.evaluate_step(params, args.data, args.model, args.report, args.plot, args.card)
+        steps.evaluate_step(params, args.data, args.model, args.report, args.plot, args.card,
+                            args.summary)
         metrics = getattr(args, "metrics", Path("metrics/train.json"))
         steps.track_evaluation_step(params, metrics, args.report, [args.plot, args.card])
     if "gate" in stages:

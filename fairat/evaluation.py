@@ -401,6 +401,13 @@ def _provenance(extra: dict[str, Any] | None, cfg: EvalConfig, device: torch.dev
 
 # ----------------------------------------------------------------------------- outputs
 
+def summary_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """``<attack>_<average|worst|gap>`` fractions of a report: the numbers DVC's ``metrics:`` and
+    Kubeflow's Metrics artifact both show, so the two orchestrators compare the same figures."""
+    return {f"{name}_{key}": float(entry["summary"][key])
+            for name, entry in report["attacks"].items() for key in ("average", "worst", "gap")}
+
+
 def write_report(report: dict[str, Any], json_path: str | Path) -> None:
     """Write the report as key-sorted JSON, atomically; NaN or infinity is a ValueError."""
     write_json_atomic(json_path, report)

@@ -177,14 +177,14 @@ def run_evaluate(params: str, data_dir: str, model_dir: str, report_dir: str, ca
     chart embedded to ``chart_path``, both for the Kubeflow UI. Returns ``<attack>_<average|worst|
     gap>`` fractions for a Metrics artifact.
     """
+    from fairat.evaluation import summary_metrics
     from fairat.steps import evaluate_step
 
     report_file, png = Path(report_dir) / EVAL_JSON, Path(report_dir) / EVAL_PNG
     report = evaluate_step(params_from_lines(params), data_dir, Path(model_dir) / MODEL_FILE,
                            report_file, png, card_path)
     write_text_atomic(chart_path, _chart_page(Path(card_path).read_text(), png))
-    return {f"{name}_{key}": float(entry["summary"][key])
-            for name, entry in report["attacks"].items() for key in ("average", "worst", "gap")}
+    return summary_metrics(report)
 
 
 def _chart_page(card_markdown: str, png: Path) -> str:

@@ -17,7 +17,8 @@ from fairat.checkpoint import load_model
 from fairat.config import Params, to_dict
 from fairat.data import MANIFEST_NAME, load_prepared, prepare, save_prepared
 from fairat.distributed import init_distributed
-from fairat.evaluation import evaluate, plot_classwise, report_markdown, write_report
+from fairat.evaluation import (evaluate, plot_classwise, report_markdown, summary_metrics,
+                               write_report)
 from fairat.io import sha256_file, write_json_atomic, write_text_atomic
 from fairat.training import TrainPaths, TrainSummary, resolve_device, train
 
@@ -68,7 +69,8 @@ def train_step(params: Params, data_dir: str | Path, paths: TrainPaths,
 
 def evaluate_step(params: Params, data_dir: str | Path, model_path: str | Path,
                   report_path: str | Path, plot_path: str | Path | None = None,
-                  markdown_path: str | Path | None = None) -> dict[str, Any]:
+                  markdown_path: str | Path | None = None,
+                  summary_path: str | Path | None = None) -> dict[str, Any]:
     """Class-wise clean / PGD / CW / AutoAttack evaluation of a trained model on one split.
 
     Under `torchrun` every rank attacks its own blocks of examples, the per-sample flags are
@@ -103,6 +105,8 @@ def evaluate_step(params: Params, data_dir: str | Path, model_path: str | Path,
         plot_classwise(report, plot_path)
     if markdown_path:
         write_text_atomic(markdown_path, report_markdown(report))
+    if summary_path:
+        write_json_atomic(summary_path, summary_metrics(report))
     for name, entry in report["attacks"].items():
         s = entry["summary"]
         print(f"{name:>11}: average {100 * s['average']:5.1f}%  worst {100 * s['worst']:5.1f}% "

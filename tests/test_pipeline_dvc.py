@@ -94,7 +94,7 @@ def test_dvc_repro_from_scratch_registers_and_caches(repo):
     assert first.returncode == 0, first.stdout + first.stderr
     assert _ran(first) == {"prepare", "train", "evaluate", "gate", "register"}
     for out in ("data/prepared/manifest.json", "models/model.pt", "models/checkpoints/last.pt",
-                "metrics/train.json", "plots/train.csv", "metrics/eval.json",
+                "metrics/train.json", "plots/train.csv", "metrics/eval.json", "metrics/eval_summary.json",
                 "plots/eval_classwise.png", "reports/model_card.md", "metrics/gate.json",
                 "metrics/registered.json", "dvc.lock", "mlruns/mlflow.db"):
         assert (repo / out).exists(), out
@@ -124,6 +124,11 @@ def test_dvc_repro_from_scratch_registers_and_caches(repo):
     assert changed.returncode == 0, changed.stdout + changed.stderr
     assert _ran(changed) == {"train", "evaluate", "gate", "register"}
     assert json.loads((repo / "metrics/registered.json").read_text())["version"] == 2
+    summary = json.loads((repo / "metrics/eval_summary.json").read_text())
+    report = json.loads((repo / "metrics/eval.json").read_text())
+    assert summary["worst_case_worst"] == report["attacks"]["worst_case"]["summary"]["worst"]
+    shown = json.loads(_dvc(repo, "metrics", "show", "--json").stdout)
+    assert any("metrics/eval_summary.json" in json.dumps(v) for v in shown.values())
     diff = _dvc(repo, "params", "diff", "--json")
     epochs = json.loads(diff.stdout)["params.yaml"]["train.epochs"]
     assert (epochs["old"], epochs["new"]) == (2, 3)
