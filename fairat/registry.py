@@ -85,6 +85,12 @@ def numeric_metrics(record: dict[str, Any], prefix: str = "") -> dict[str, float
 
 # ----------------------------------------------------------------------------- tracking
 
+def _log_params(mlflow: Any, params_dict: dict[str, Any]) -> None:
+    """Every params-file value under its dotted key (lists as JSON, so they read back exactly)."""
+    mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, tuple)) else v
+                       for k, v in flatten(params_dict).items()})
+
+
 @contextmanager
 def training_run(params_dict: dict[str, Any], experiment: str,
                  run_name: str) -> Iterator[tuple[str, Callable[[dict[str, Any]], None]]]:
@@ -113,8 +119,7 @@ def training_run(params_dict: dict[str, Any], experiment: str,
 
     status = "FAILED"
     try:
-        mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, tuple)) else v
-                           for k, v in flatten(params_dict).items()})
+        _log_params(mlflow, params_dict)
         mlflow.set_tags({f"{TAG}stage": "train", f"{TAG}method": params_dict["train"]["method"]})
         yield run.info.run_id, on_epoch
         status = "FINISHED"
@@ -194,8 +199,7 @@ def register_model(model: Any, example: Any, model_name: str, run_id: str | None
             run_cm = mlflow.start_run(run_id=run_id)
         with run_cm as run:
             if run_id is None:
-                mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, tuple)) else v
-                                   for k, v in flatten(params_dict).items()})
+                _log_params(mlflow, params_dict)
             mlflow.set_tags(tags)
             for path in files:
                 if path.is_file():
