@@ -20,4 +20,5 @@ cell fairat pc-pow4 train.fairat.per_class=true train.fairat.class_power=4
 cell fairat pc-pow0 train.fairat.per_class=true
 cell trades ""
 cell fairat pc-pow8-r40 train.fairat.per_class=true train.fairat.class_power=8 train.fairat.hard_ratio=0.4
+cell fairat trades-pc-pow4 train.fairat.base=trades train.fairat.per_class=true train.fairat.class_power=4
 cell fairat cleance train.fairat.score=clean_ce
