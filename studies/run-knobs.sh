@@ -4,14 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
+SEED=${SEED:-0}   # SEED=1 studies/run-knobs.sh pgd_at trades fairat-trades-pc-pow4: replicate
+ONLY=" $* "       # optional: run only these tags (method or method-variant)
 cell() {  # method variant overrides...
   local method=$1 variant=$2; shift 2
-  local tag="${method}${variant:+-$variant}-seed0"
+  local name="${method}${variant:+-$variant}" tag="${method}${variant:+-$variant}-seed$SEED"
+  [[ "$ONLY" == "  " || "$ONLY" == *" $name "* ]] || return 0
   [[ -f results/cpu-knobs/val/$tag.json ]] && { echo "skip $tag"; return; }
   local args=()
   for o in "$@"; do args+=(-S "$o"); done
   "$PY" benchmarks/robust_fairness.py cell --params studies/cifar10-cpu-knobs.yaml --method "$method" \
-    --seed 0 ${variant:+--variant "$variant"} --work runs/knobs --results results/cpu-knobs "${args[@]}"
+    --seed "$SEED" ${variant:+--variant "$variant"} --work runs/knobs --results results/cpu-knobs "${args[@]}"
 }
 cell pgd_at ""
 cell fairat ""
