@@ -84,22 +84,22 @@ def all_gather_cat(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
 
 
-def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    """Sum ``t`` over ranks (returns a new tensor; the input is untouched)."""
+def _all_reduce(t: torch.Tensor, ctx: DistContext, op: "dist.ReduceOp") -> torch.Tensor:
     if not ctx.active:
         return t
     out = t.clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    dist.all_reduce(out, op=op)
     return out
+
+
+def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Sum ``t`` over ranks (returns a new tensor; the input is untouched)."""
+    return _all_reduce(t, ctx, dist.ReduceOp.SUM)
 
 
 def all_reduce_max(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """Element-wise maximum of ``t`` over ranks (e.g. wall-clock seconds: the slowest rank)."""
-    if not ctx.active:
-        return t
-    out = t.clone()
-    dist.all_reduce(out, op=dist.ReduceOp.MAX)
-    return out
+    return _all_reduce(t, ctx, dist.ReduceOp.MAX)
 
 
 def barrier(ctx: DistContext) -> None:
