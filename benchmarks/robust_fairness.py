@@ -6,6 +6,7 @@ aggregates whatever cells exist into a table and charts. Cells evaluated on the 
 (``--split val``) are for choosing FairAT's knobs; only ``--split test`` cells enter the final table.
 
     python benchmarks/robust_fairness.py cell --params studies/cifar10-cpu.yaml --method fairat --seed 0
+    python benchmarks/robust_fairness.py reevaluate --params studies/cifar10-cpu.yaml --method pgd_at --seed 0
     python benchmarks/robust_fairness.py aggregate --results results/cpu --out docs/results
 """
 
@@ -64,13 +65,61 @@ def run_cell(params: Params, method: str, seed: int, work: Path, results: Path,
                   "chosen_by": summary.chosen_by, "seconds_this_session": summary.seconds,
                   "examples_per_second": summary.examples_per_second,
                   "history": summary.history},
+        **_eval_fields(report),
+        "wall_seconds": {"prepare": t1 - t0, "train": t2 - t1, "evaluate": t3 - t2},
+    }
+    write_json_atomic(results / f"{tag}.json", record)
+    return record
+
+
+def _eval_fields(report: dict[str, Any]) -> dict[str, Any]:
+    return {
         "eval": {name: {"per_class": a["per_class"], "summary": a["summary"], "n": a["n"],
                         "settings": a["settings"]} for name, a in report["attacks"].items()},
         "consistency": report["consistency"], "eval_seconds": report["seconds"],
         "provenance": report["provenance"],
-        "wall_seconds": {"prepare": t1 - t0, "train": t2 - t1, "evaluate": t3 - t2},
     }
-    write_json_atomic(results / f"{tag}.json", record)
+
+
+def reevaluate_cell(params: Params, method: str, seed: int, work: Path, results: Path,
+                    variant: str = "") -> dict[str, Any]:
+    """Evaluate a finished cell's model again under changed ``evaluate`` params, training untouched.
+
+    Why: when the study's evaluation protocol changes (e.g. a smaller stratified subset so that
+    every cell fits its time budget), cells already trained must be measured the same way as new
+    ones without paying for training again. Refuses unless the model file is byte-identical to the
+    one the record was made from, and keeps the previous evaluation's settings and summaries in
+    ``reevaluated`` so the change stays visible.
+    """
+    from fairat import steps
+    from fairat.io import sha256_file
+
+    params = with_overrides(params, {"train.method": method, "train.seed": seed,
+                                     "evaluate.seed": seed})
+    tag = cell_tag(method, seed, params.evaluate.split, variant)
+    result_file, cell = results / f"{tag}.json", work / tag
+    if not result_file.exists():
+        raise FileNotFoundError(f"{result_file} does not exist: run the cell first")
+    old = json.loads(result_file.read_text())
+    model = cell / "model.pt"
+    recorded = old["provenance"].get("model_sha256")
+    if not model.exists() or sha256_file(model) != recorded:
+        raise ValueError(f"{model} is missing or not the model {result_file} was made from "
+                         f"(sha256 {recorded}); re-run the cell instead")
+    if old["params"]["evaluate"] == to_dict(params.evaluate):
+        raise ValueError(f"{result_file} was already evaluated with these evaluate params")
+    t0 = time.perf_counter()
+    report = steps.evaluate_step(params, work / "data", model, cell / "eval.json", cell / "eval.png")
+    record = {**old, **_eval_fields(report)}
+    record["params"] = {**old["params"], "evaluate": to_dict(params.evaluate)}
+    record["wall_seconds"] = {**old["wall_seconds"], "evaluate": time.perf_counter() - t0}
+    record["reevaluated"] = {
+        "previous_evaluate": old["params"]["evaluate"],
+        "previous_eval_wall_seconds": old["wall_seconds"]["evaluate"],
+        "previous_summaries": {name: a["summary"] for name, a in old["eval"].items()},
+        "previous_git_commit": old["provenance"].get("git_commit"),
+    }
+    write_json_atomic(result_file, record)
     return record
 
 
@@ -155,8 +204,8 @@ def plot_per_class(summary: dict[str, Any], attack: str, png: Path) -> None:
     plt.close(fig)
 
 
-def plot_hard_examples(results: Path, png: Path) -> None:
-    """FairAT's hard examples per class over the epochs (first seed present)."""
+def plot_hard_examples(results: Path, png: Path, variant: str = "") -> None:
+    """FairAT's hard examples per class over the epochs (first seed present of that variant)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,7 +213,7 @@ def plot_hard_examples(results: Path, png: Path) -> None:
 
     from fairat.io import atomic_path
 
-    cells = sorted(results.glob("fairat-seed*.json"))
+    cells = sorted(results.glob(f"fairat-{variant + '-' if variant else ''}seed*.json"))
     if not cells:
         return
     cell = json.loads(cells[0].read_text())
@@ -187,27 +236,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("cell", help="train + evaluate one (method, seed) cell")
-    c.add_argument("--params", type=Path, required=True)
-    c.add_argument("--method", choices=METHODS, required=True)
-    c.add_argument("--seed", type=int, required=True)
-    c.add_argument("--variant", default="", help="name for a knob setting tried on validation")
-    c.add_argument("--work", type=Path, default=Path("runs/study-cpu"),
-                   help="data, checkpoints and per-cell outputs (not committed)")
-    c.add_argument("--results", type=Path, default=Path("results/cpu"),
-                   help="one JSON per finished cell (committed)")
-    c.add_argument("-S", "--set", dest="overrides", action="append", default=[])
+    for name, text in (("cell", "train + evaluate one (method, seed) cell"),
+                       ("reevaluate", "evaluate a finished cell again under changed evaluate "
+                        "params (training untouched)")):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("--params", type=Path, required=True)
+        c.add_argument("--method", choices=METHODS, required=True)
+        c.add_argument("--seed", type=int, required=True)
+        c.add_argument("--variant", default="", help="name for a knob setting tried on validation")
+        c.add_argument("--work", type=Path, default=Path("runs/study-cpu"),
+                       help="data, checkpoints and per-cell outputs (not committed)")
+        c.add_argument("--results", type=Path, default=Path("results/cpu"),
+                       help="one JSON per finished cell (committed)")
+        c.add_argument("-S", "--set", dest="overrides", action="append", default=[])
     a = sub.add_parser("aggregate", help="table over the cells present")
     a.add_argument("--results", type=Path, default=Path("results/cpu"))
     a.add_argument("--split", choices=("test", "val"), default="test")
     a.add_argument("--figures", type=Path, default=None,
                    help="folder for the per-class and hard-example charts (e.g. docs/figures)")
     args = parser.parse_args(argv)
-    if args.command == "cell":
+    if args.command in ("cell", "reevaluate"):
         params = load_params(args.params)
         if args.overrides:
             params = with_overrides(params, parse_overrides(args.overrides))
-        record = run_cell(params, args.method, args.seed, args.work, args.results, args.variant)
+        run = run_cell if args.command == "cell" else reevaluate_cell
+        record = run(params, args.method, args.seed, args.work, args.results, args.variant)
         print(json.dumps(record["wall_seconds"]), flush=True)
         return 0
     summary = aggregate(args.results, args.split)
@@ -216,7 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(summary, ("clean", "pgd", "cw", "autoattack")))
     if args.figures:
         plot_per_class(summary, "autoattack", args.figures / f"per_class_autoattack_{args.split}.png")
-        plot_hard_examples(folder, args.figures / "fairat_hard_examples.png")
+        for key in summary["methods"]:
+            if key.startswith("fairat"):
+                plot_hard_examples(folder, args.figures / f"{key}_hard_examples.png",
+                                   key.removeprefix("fairat").removeprefix("-"))
     return 0
 
 

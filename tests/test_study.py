@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 from fairat.config import load_params, with_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,3 +41,26 @@ def test_cells_write_results_that_aggregate_over_seeds(tmp_path):
 def test_validation_cells_are_kept_apart_from_the_test_table():
     assert study.cell_tag("fairat", 0, "val", "ratio0.3") == "val/fairat-ratio0.3-seed0"
     assert study.cell_tag("pgd_at", 2, "test", "") == "pgd_at-seed2"
+
+
+def test_reevaluate_changes_only_the_evaluation_and_keeps_the_old_one_visible(tmp_path):
+    params = with_overrides(load_params(ROOT / "params.yaml"), TINY)
+    work, results = tmp_path / "work", tmp_path / "results"
+    first = study.run_cell(params, "pgd_at", 0, work, results)
+    smaller = with_overrides(params, {"evaluate.examples_per_class": 3})
+    again = study.reevaluate_cell(smaller, "pgd_at", 0, work, results)
+    assert again["eval"]["pgd"]["n"] == 30 and first["eval"]["pgd"]["n"] == 40
+    assert again["train"] == first["train"]
+    assert again["wall_seconds"]["train"] == first["wall_seconds"]["train"]
+    assert again["params"]["evaluate"]["examples_per_class"] == 3
+    assert again["reevaluated"]["previous_evaluate"]["examples_per_class"] == 4
+    assert again["reevaluated"]["previous_summaries"]["pgd"] == first["eval"]["pgd"]["summary"]
+    assert json.loads((results / "pgd_at-seed0.json").read_text())["eval"] == again["eval"]
+    with pytest.raises(ValueError, match="already evaluated"):
+        study.reevaluate_cell(smaller, "pgd_at", 0, work, results)
+    with open(work / "pgd_at-seed0/model.pt", "ab") as f:
+        f.write(b"tampered")
+    with pytest.raises(ValueError, match="not the model"):
+        study.reevaluate_cell(params, "pgd_at", 0, work, results)
+    with pytest.raises(FileNotFoundError, match="run the cell first"):
+        study.reevaluate_cell(params, "trades", 0, work, results)

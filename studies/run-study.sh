@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs the CPU-scale study (studies/cifar10-cpu.yaml) on the TEST split, one cell after another:
+# a cell whose result file exists is skipped, a killed one resumes from its last checkpoint, and
+# each finished cell is committed on its own so an interrupted study loses at most one cell's work.
+#   studies/run-study.sh                         # every missing cell, in the order below
+#   studies/run-study.sh trades-seed1 fairat-trades-pc-pow4-seed1   # only these
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+COMMIT=${COMMIT:-1}   # COMMIT=0: leave the result files uncommitted
+ONLY=" $* "
+# FairAT's setting, chosen on the validation split (docs/results.md, "Knob search"):
+FAIRAT_VARIANT=trades-pc-pow4
+FAIRAT_KNOBS=(-S train.fairat.base=trades -S train.fairat.per_class=true -S train.fairat.class_power=4)
+cell() {  # method seed [variant knobs...]
+  local method=$1 seed=$2 variant=$3; shift 3
+  local tag="${method}${variant:+-$variant}-seed$seed"
+  [[ "$ONLY" == "  " || "$ONLY" == *" $tag "* ]] || return 0
+  [[ -f results/cpu/$tag.json ]] && { echo "skip $tag"; return; }
+  echo "== $tag $(date -u +%FT%TZ)"
+  "$PY" benchmarks/robust_fairness.py cell --params studies/cifar10-cpu.yaml --method "$method" \
+    --seed "$seed" ${variant:+--variant "$variant"} "$@"
+  if [[ "$COMMIT" == 1 ]]; then
+    for try in 1 2 3 4 5; do  # another git command may hold the index lock for a moment
+      git add "results/cpu/$tag.json" && git commit -q -m "Study (CPU scale, test split): $tag cell" \
+        -- "results/cpu/$tag.json" && break
+      sleep 5
+    done
+  fi
+}
+# PGD-AT and FairAT first: the target compares those two; TRADES is the second baseline.
+for seed in 0 1 2; do cell pgd_at "$seed" ""; done
+for seed in 0 1 2; do cell fairat "$seed" "$FAIRAT_VARIANT" "${FAIRAT_KNOBS[@]}"; done
+for seed in 0 1 2; do cell trades "$seed" ""; done
