@@ -1,6 +1,10 @@
+from pathlib import Path
+
 import pytest
 
 from fairat.config import ConfigError, Params, load_params, to_dict, with_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _write(tmp_path, text):
@@ -44,3 +48,24 @@ def test_overrides_are_validated():
         with_overrides(params, {"train.attack.stepz": 3})
     with pytest.raises(ConfigError, match="train.attack.eps"):
         with_overrides(params, {"train.attack.eps": -1})
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(ROOT).as_posix() for p in
+                                        [*ROOT.glob("params/*.yaml"), *ROOT.glob("studies/*.yaml")]))
+def test_every_shipped_params_file_is_valid(path):
+    params = load_params(ROOT / path)
+    assert params.evaluate.split in ("test", "val")
+
+
+def test_paper_scale_params_build_the_published_architectures():
+    """PreAct ResNet-18 (~11.2M weights) and WRN-28-10 (~36.5M): the sizes the literature uses."""
+    from fairat.models import ModelSpec, build_model
+
+    spec = ModelSpec(3, 10, 32, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+    paper = load_params(ROOT / "params/cifar10-paper.yaml")
+    assert (paper.train.epochs, paper.train.attack.steps, paper.evaluate.autoattack) == \
+        (100, 10, "standard")
+    wrn = with_overrides(paper, {"model.name": "wrn", "model.width": 10, "model.depth": 28})
+    for p, low, high in ((paper, 11.0e6, 11.3e6), (wrn, 36.3e6, 36.6e6)):
+        model = build_model(p.model.name, spec, p.model.width, p.model.depth)
+        assert low < sum(w.numel() for w in model.parameters()) < high
