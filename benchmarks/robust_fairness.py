@@ -82,14 +82,16 @@ def _eval_fields(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def reevaluate_cell(params: Params, method: str, seed: int, work: Path, results: Path,
-                    variant: str = "") -> dict[str, Any]:
+                    variant: str = "", into: Path | None = None) -> dict[str, Any]:
     """Evaluate a finished cell's model again under changed ``evaluate`` params, training untouched.
 
     Why: when the study's evaluation protocol changes (e.g. a smaller stratified subset so that
     every cell fits its time budget), cells already trained must be measured the same way as new
     ones without paying for training again. Refuses unless the model file is byte-identical to the
     one the record was made from, and keeps the previous evaluation's settings and summaries in
-    ``reevaluated`` so the change stays visible.
+    ``reevaluated`` so the change stays visible. With ``into``, the new record goes to
+    ``into/<tag>.json`` and the cell's own record is left alone (e.g. standard AutoAttack on a
+    subset, kept out of the main table).
     """
     from fairat import steps
     from fairat.io import sha256_file
@@ -98,6 +100,7 @@ def reevaluate_cell(params: Params, method: str, seed: int, work: Path, results:
                                      "evaluate.seed": seed})
     tag = cell_tag(method, seed, params.evaluate.split, variant)
     result_file, cell = results / f"{tag}.json", work / tag
+    out_file = result_file if into is None else into / f"{tag}.json"
     if not result_file.exists():
         raise FileNotFoundError(f"{result_file} does not exist: run the cell first")
     old = json.loads(result_file.read_text())
@@ -109,7 +112,9 @@ def reevaluate_cell(params: Params, method: str, seed: int, work: Path, results:
     if old["params"]["evaluate"] == to_dict(params.evaluate):
         raise ValueError(f"{result_file} was already evaluated with these evaluate params")
     t0 = time.perf_counter()
-    report = steps.evaluate_step(params, work / "data", model, cell / "eval.json", cell / "eval.png")
+    extra = "" if into is None else f"-{into.name}"
+    report = steps.evaluate_step(params, work / "data", model, cell / f"eval{extra}.json",
+                                 cell / f"eval{extra}.png")
     record = {**old, **_eval_fields(report)}
     record["params"] = {**old["params"], "evaluate": to_dict(params.evaluate)}
     record["wall_seconds"] = {**old["wall_seconds"], "evaluate": time.perf_counter() - t0}
@@ -119,7 +124,7 @@ def reevaluate_cell(params: Params, method: str, seed: int, work: Path, results:
         "previous_summaries": {name: a["summary"] for name, a in old["eval"].items()},
         "previous_git_commit": old["provenance"].get("git_commit"),
     }
-    write_json_atomic(result_file, record)
+    write_json_atomic(out_file, record)
     return record
 
 
@@ -249,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         c.add_argument("--results", type=Path, default=Path("results/cpu"),
                        help="one JSON per finished cell (committed)")
         c.add_argument("-S", "--set", dest="overrides", action="append", default=[])
+    c.add_argument("--into", type=Path, default=None,
+                   help="write the new record to INTO/<tag>.json, leaving the cell's record alone")
     a = sub.add_parser("aggregate", help="table over the cells present")
     a.add_argument("--results", type=Path, default=Path("results/cpu"))
     a.add_argument("--split", choices=("test", "val"), default="test")
@@ -259,8 +266,12 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params)
         if args.overrides:
             params = with_overrides(params, parse_overrides(args.overrides))
-        run = run_cell if args.command == "cell" else reevaluate_cell
-        record = run(params, args.method, args.seed, args.work, args.results, args.variant)
+        if args.command == "cell":
+            record = run_cell(params, args.method, args.seed, args.work, args.results,
+                              args.variant)
+        else:
+            record = reevaluate_cell(params, args.method, args.seed, args.work, args.results,
+                                     args.variant, args.into)
         print(json.dumps(record["wall_seconds"]), flush=True)
         return 0
     summary = aggregate(args.results, args.split)

@@ -58,6 +58,10 @@ def test_reevaluate_changes_only_the_evaluation_and_keeps_the_old_one_visible(tm
     assert json.loads((results / "pgd_at-seed0.json").read_text())["eval"] == again["eval"]
     with pytest.raises(ValueError, match="already evaluated"):
         study.reevaluate_cell(smaller, "pgd_at", 0, work, results)
+    aside = study.reevaluate_cell(with_overrides(params, {"evaluate.examples_per_class": 2}),
+                                  "pgd_at", 0, work, results, into=tmp_path / "extra")
+    assert aside["eval"]["pgd"]["n"] == 20 and (tmp_path / "extra/pgd_at-seed0.json").exists()
+    assert json.loads((results / "pgd_at-seed0.json").read_text())["eval"] == again["eval"]
     with open(work / "pgd_at-seed0/model.pt", "ab") as f:
         f.write(b"tampered")
     with pytest.raises(ValueError, match="not the model"):
