@@ -160,6 +160,11 @@ def aggregate(results: Path, split: str = "test") -> dict[str, Any]:
         entry["train_examples_per_second"] = _mean_sd([c["train"]["examples_per_second"]
                                                        for c in group])
         out["methods"][key] = entry
+    side = folder / "autoattack-standard"
+    out["autoattack_standard"] = {
+        c["tag"]: {name: {**c["eval"][name]["summary"], "n": c["eval"][name]["n"]}
+                   for name in ("clean", "pgd", "cw", "autoattack") if name in c["eval"]}
+        for c in (json.loads(p.read_text()) for p in sorted(side.glob("*.json")))}
     return out
 
 
@@ -278,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     folder = args.results if args.split == "test" else args.results / "val"
     write_json_atomic(folder / "summary.json", summary)
     print(markdown_table(summary, ("clean", "pgd", "cw", "autoattack")))
+    for tag, attacks in summary["autoattack_standard"].items():
+        print(f"standard AutoAttack, {tag}: " + ", ".join(
+            f"{name} {100 * a['average']:.1f} / {100 * a['worst']:.1f} ({a['worst_class']}, n={a['n']})"
+            for name, a in attacks.items()))
     if args.figures:
         plot_per_class(summary, "autoattack", args.figures / f"per_class_autoattack_{args.split}.png")
         for key in summary["methods"]:

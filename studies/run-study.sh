@@ -4,6 +4,7 @@
 # each finished cell is committed on its own so an interrupted study loses at most one cell's work.
 #   studies/run-study.sh                         # every missing cell, in the order below
 #   studies/run-study.sh trades-seed1 fairat-trades-pc-pow4-seed1   # only these
+#   studies/run-study.sh aa:pgd_at-seed0         # standard AutoAttack on that cell's model
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -28,7 +29,25 @@ cell() {  # method seed [variant knobs...]
     done
   fi
 }
+standard_aa() {  # method seed variant: standard AutoAttack on a cell's model, a side record
+  local method=$1 seed=$2 variant=$3
+  local tag="${method}${variant:+-$variant}-seed$seed" out=results/cpu/autoattack-standard
+  [[ "$ONLY" == "  " || "$ONLY" == *" aa:$tag "* ]] || return 0
+  [[ -f results/cpu/$tag.json && ! -f $out/$tag.json ]] || return 0
+  echo "== standard AutoAttack $tag $(date -u +%FT%TZ)"
+  "$PY" benchmarks/robust_fairness.py reevaluate --params studies/cifar10-cpu.yaml --method "$method" \
+    --seed "$seed" ${variant:+--variant "$variant"} --into "$out" -S evaluate.autoattack=standard \
+    -S evaluate.examples_per_class="$AA_PER_CLASS" -S evaluate.autoattack_per_class="$AA_PER_CLASS"
+  if [[ "$COMMIT" == 1 ]]; then
+    git add "$out/$tag.json" && git commit -q -m "Study: standard AutoAttack on $tag" -- "$out/$tag.json"
+  fi
+}
+AA_PER_CLASS=${AA_PER_CLASS:-50}   # standard AutoAttack on 500 stratified test images per model
 # PGD-AT and FairAT first: the target compares those two; TRADES is the second baseline.
 for seed in 0 1 2; do cell pgd_at "$seed" ""; done
 for seed in 0 1 2; do cell fairat "$seed" "$FAIRAT_VARIANT" "${FAIRAT_KNOBS[@]}"; done
 for seed in 0 1 2; do cell trades "$seed" ""; done
+# standard AutoAttack on the seed-0 models (name them "aa:<tag>" to run only those)
+standard_aa pgd_at 0 ""
+standard_aa fairat 0 "$FAIRAT_VARIANT"
+standard_aa trades 0 ""

@@ -59,9 +59,12 @@ def test_reevaluate_changes_only_the_evaluation_and_keeps_the_old_one_visible(tm
     with pytest.raises(ValueError, match="already evaluated"):
         study.reevaluate_cell(smaller, "pgd_at", 0, work, results)
     aside = study.reevaluate_cell(with_overrides(params, {"evaluate.examples_per_class": 2}),
-                                  "pgd_at", 0, work, results, into=tmp_path / "extra")
-    assert aside["eval"]["pgd"]["n"] == 20 and (tmp_path / "extra/pgd_at-seed0.json").exists()
+                                  "pgd_at", 0, work, results, into=results / "autoattack-standard")
+    assert aside["eval"]["pgd"]["n"] == 20
     assert json.loads((results / "pgd_at-seed0.json").read_text())["eval"] == again["eval"]
+    summary = study.aggregate(results)
+    assert summary["cells"] == ["pgd_at-seed0"]  # the side record stays out of the table
+    assert summary["autoattack_standard"]["pgd_at-seed0"]["pgd"]["n"] == 20
     with open(work / "pgd_at-seed0/model.pt", "ab") as f:
         f.write(b"tampered")
     with pytest.raises(ValueError, match="not the model"):
