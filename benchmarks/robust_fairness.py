@@ -46,9 +46,7 @@ def run_cell(params: Params, method: str, seed: int, work: Path, results: Path,
     t0 = time.perf_counter()
     if not (data_dir / MANIFEST_NAME).exists():
         steps.prepare_step(params, data_dir)
-    manifest = json.loads((data_dir / MANIFEST_NAME).read_text())
-    if manifest["config"] != to_dict(params.data):
-        raise ValueError(f"{data_dir} was prepared with other data params; use another --work")
+    _check_prepared(params, data_dir)
     t1 = time.perf_counter()
     cell = work / tag
     paths = TrainPaths(cell / "model.pt", cell / "checkpoints", cell / "train.json",
@@ -70,6 +68,14 @@ def run_cell(params: Params, method: str, seed: int, work: Path, results: Path,
     }
     write_json_atomic(results / f"{tag}.json", record)
     return record
+
+
+def _check_prepared(params: Params, data_dir: Path) -> None:
+    from fairat.data import MANIFEST_NAME
+
+    manifest = json.loads((data_dir / MANIFEST_NAME).read_text())
+    if manifest["config"] != to_dict(params.data):
+        raise ValueError(f"{data_dir} was prepared with other data params; use another --work")
 
 
 def _eval_fields(report: dict[str, Any]) -> dict[str, Any]:
@@ -111,6 +117,7 @@ def reevaluate_cell(params: Params, method: str, seed: int, work: Path, results:
                          f"(sha256 {recorded}); re-run the cell instead")
     if old["params"]["evaluate"] == to_dict(params.evaluate):
         raise ValueError(f"{result_file} was already evaluated with these evaluate params")
+    _check_prepared(params, work / "data")
     t0 = time.perf_counter()
     extra = "" if into is None else f"-{into.name}"
     report = steps.evaluate_step(params, work / "data", model, cell / f"eval{extra}.json",
