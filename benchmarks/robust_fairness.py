@@ -175,12 +175,19 @@ def aggregate(results: Path, split: str = "test") -> dict[str, Any]:
     return out
 
 
+def ordered_methods(summary: dict[str, Any]) -> list[str]:
+    """Baselines first, then FairAT variants: the order every table and chart uses."""
+    rank = {m: i for i, m in enumerate(METHODS)}
+    return sorted(summary["methods"], key=lambda k: (rank.get(k.split("-")[0], len(rank)), k))
+
+
 def markdown_table(summary: dict[str, Any], attacks: tuple[str, ...]) -> str:
     """Rows: methods; columns: average / worst per attack as mean +- sd over seeds (percent)."""
     head = "| method | seeds | " + " | ".join(f"{a} avg | {a} worst" for a in attacks) + " |"
     rule = "|" + "---|" * (2 + 2 * len(attacks))
     rows = [head, rule]
-    for method, entry in summary["methods"].items():
+    for method in ordered_methods(summary):
+        entry = summary["methods"][method]
         cells = []
         for a in attacks:
             if a not in entry:
@@ -188,7 +195,8 @@ def markdown_table(summary: dict[str, Any], attacks: tuple[str, ...]) -> str:
                 continue
             for stat in ("average", "worst"):
                 m = entry[a][stat]
-                cells.append(f"{100 * m['mean']:.1f} ± {100 * m['sd']:.1f}")
+                spread = f" ± {100 * m['sd']:.1f}" if m["n"] > 1 else ""
+                cells.append(f"{100 * m['mean']:.1f}{spread}")
         rows.append(f"| {method} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
 
@@ -202,7 +210,7 @@ def plot_per_class(summary: dict[str, Any], attack: str, png: Path) -> None:
 
     from fairat.io import atomic_path
 
-    methods = [m for m, e in summary["methods"].items() if attack in e]
+    methods = [m for m in ordered_methods(summary) if attack in summary["methods"][m]]
     if not methods:
         return
     classes = list(summary["methods"][methods[0]][attack]["per_class_mean"])
@@ -210,11 +218,13 @@ def plot_per_class(summary: dict[str, Any], attack: str, png: Path) -> None:
     width = 0.8 / len(methods)
     for i, method in enumerate(methods):
         values = [100 * summary["methods"][method][attack]["per_class_mean"][c] for c in classes]
-        ax.bar([k + i * width for k in range(len(classes))], values, width, label=method)
+        seeds = len(summary["methods"][method]["seeds"])
+        ax.bar([k + i * width for k in range(len(classes))], values, width,
+               label=f"{method} ({seeds} seed{'s' if seeds > 1 else ''})")
     ax.set_xticks([k + 0.4 - width / 2 for k in range(len(classes))], classes)
     ax.set_ylabel(f"{attack} accuracy (%)")
     ax.set_title(f"Per-class {attack} accuracy, mean over seeds ({summary['split']} split)")
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
@@ -295,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{name} {100 * a['average']:.1f} / {100 * a['worst']:.1f} ({a['worst_class']}, n={a['n']})"
             for name, a in attacks.items()))
     if args.figures:
-        plot_per_class(summary, "autoattack", args.figures / f"per_class_autoattack_{args.split}.png")
+        for attack in ("autoattack", "pgd"):
+            plot_per_class(summary, attack, args.figures / f"per_class_{attack}_{args.split}.png")
         for key in summary["methods"]:
             if key.startswith("fairat"):
                 plot_hard_examples(folder, args.figures / f"{key}_hard_examples.png",
