@@ -7,7 +7,7 @@ aggregates whatever cells exist into a table and charts. Cells evaluated on the 
 
     python benchmarks/robust_fairness.py cell --params studies/cifar10-cpu.yaml --method fairat --seed 0
     python benchmarks/robust_fairness.py reevaluate --params studies/cifar10-cpu.yaml --method pgd_at --seed 0
-    python benchmarks/robust_fairness.py aggregate --results results/cpu --out docs/results
+    python benchmarks/robust_fairness.py aggregate --results results/cpu --figures docs/figures
 """
 
 from __future__ import annotations

@@ -13,6 +13,14 @@ ONLY=" $* "
 # FairAT's setting, chosen on the validation split (docs/results.md, "Knob search"):
 FAIRAT_VARIANT=trades-pc-pow4
 FAIRAT_KNOBS=(-S train.fairat.base=trades -S train.fairat.per_class=true -S train.fairat.class_power=4)
+commit_result() {  # file message: commit just that file (unless COMMIT=0)
+  [[ "$COMMIT" == 1 ]] || return 0
+  for try in 1 2 3 4 5; do  # another git command may hold the index lock for a moment
+    git add "$1" && git commit -q -m "$2" -- "$1" && return 0
+    sleep 5
+  done
+  echo "could not commit $1; it is written, commit it by hand" >&2
+}
 cell() {  # method seed [variant knobs...]
   local method=$1 seed=$2 variant=$3; shift 3
   local tag="${method}${variant:+-$variant}-seed$seed"
@@ -21,13 +29,7 @@ cell() {  # method seed [variant knobs...]
   echo "== $tag $(date -u +%FT%TZ)"
   "$PY" benchmarks/robust_fairness.py cell --params studies/cifar10-cpu.yaml --method "$method" \
     --seed "$seed" ${variant:+--variant "$variant"} "$@"
-  if [[ "$COMMIT" == 1 ]]; then
-    for try in 1 2 3 4 5; do  # another git command may hold the index lock for a moment
-      git add "results/cpu/$tag.json" && git commit -q -m "Study (CPU scale, test split): $tag cell" \
-        -- "results/cpu/$tag.json" && break
-      sleep 5
-    done
-  fi
+  commit_result "results/cpu/$tag.json" "Study (CPU scale, test split): $tag cell"
 }
 standard_aa() {  # method seed variant: standard AutoAttack on a cell's model, a side record
   local method=$1 seed=$2 variant=$3
@@ -38,9 +40,7 @@ standard_aa() {  # method seed variant: standard AutoAttack on a cell's model, a
   "$PY" benchmarks/robust_fairness.py reevaluate --params studies/cifar10-cpu.yaml --method "$method" \
     --seed "$seed" ${variant:+--variant "$variant"} --into "$out" -S evaluate.autoattack=standard \
     -S evaluate.examples_per_class="$AA_PER_CLASS" -S evaluate.autoattack_per_class="$AA_PER_CLASS"
-  if [[ "$COMMIT" == 1 ]]; then
-    git add "$out/$tag.json" && git commit -q -m "Study: standard AutoAttack on $tag" -- "$out/$tag.json"
-  fi
+  commit_result "$out/$tag.json" "Study: standard AutoAttack on $tag"
 }
 AA_PER_CLASS=${AA_PER_CLASS:-50}   # standard AutoAttack on 500 stratified test images per model
 # PGD-AT and FairAT first: the target compares those two; TRADES is the second baseline.
