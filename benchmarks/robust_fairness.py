@@ -32,6 +32,13 @@ def cell_tag(method: str, seed: int, split: str, variant: str) -> str:
     return base if split == "test" else f"val/{base}"
 
 
+def cell_params(params: Params, method: str, seed: int, variant: str) -> tuple[Params, str]:
+    """The params a (method, seed) cell runs with, and its tag: one place for cell and reevaluate."""
+    params = with_overrides(params, {"train.method": method, "train.seed": seed,
+                                     "evaluate.seed": seed})
+    return params, cell_tag(method, seed, params.evaluate.split, variant)
+
+
 def run_cell(params: Params, method: str, seed: int, work: Path, results: Path,
              variant: str = "") -> dict[str, Any]:
     """Train and evaluate one cell; returns (and writes atomically) its result record."""
@@ -39,9 +46,7 @@ def run_cell(params: Params, method: str, seed: int, work: Path, results: Path,
     from fairat.data import MANIFEST_NAME
     from fairat.training import TrainPaths
 
-    params = with_overrides(params, {"train.method": method, "train.seed": seed,
-                                     "evaluate.seed": seed})
-    tag = cell_tag(method, seed, params.evaluate.split, variant)
+    params, tag = cell_params(params, method, seed, variant)
     data_dir = work / "data"
     t0 = time.perf_counter()
     if not (data_dir / MANIFEST_NAME).exists():
@@ -102,9 +107,7 @@ def reevaluate_cell(params: Params, method: str, seed: int, work: Path, results:
     from fairat import steps
     from fairat.io import sha256_file
 
-    params = with_overrides(params, {"train.method": method, "train.seed": seed,
-                                     "evaluate.seed": seed})
-    tag = cell_tag(method, seed, params.evaluate.split, variant)
+    params, tag = cell_params(params, method, seed, variant)
     result_file, cell = results / f"{tag}.json", work / tag
     out_file = result_file if into is None else into / f"{tag}.json"
     if not result_file.exists():
