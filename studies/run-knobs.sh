@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 SEED=${SEED:-0}   # SEED=1 studies/run-knobs.sh pgd_at trades fairat-trades-pc-pow4: replicate
 ONLY=" $* "       # optional: run only these tags (method or method-variant)
+source studies/common.sh   # commit_result; COMMIT=0 leaves result files uncommitted
 cell() {  # method variant overrides...
   local method=$1 variant=$2; shift 2
   local name="${method}${variant:+-$variant}" tag="${method}${variant:+-$variant}-seed$SEED"
@@ -15,6 +16,7 @@ cell() {  # method variant overrides...
   for o in "$@"; do args+=(-S "$o"); done
   "$PY" benchmarks/robust_fairness.py cell --params studies/cifar10-cpu-knobs.yaml --method "$method" \
     --seed "$SEED" ${variant:+--variant "$variant"} --work runs/knobs --results results/cpu-knobs "${args[@]}"
+  commit_result "results/cpu-knobs/val/$tag.json" "Knob search (validation split): $tag"
 }
 cell pgd_at ""
 cell fairat ""
@@ -24,4 +26,13 @@ cell fairat pc-pow0 train.fairat.per_class=true
 cell trades ""
 cell fairat pc-pow8-r40 train.fairat.per_class=true train.fairat.class_power=8 train.fairat.hard_ratio=0.4
 cell fairat trades-pc-pow4 train.fairat.base=trades train.fairat.per_class=true train.fairat.class_power=4
+# Why the target falls short (session 4): a schedule twice as long (warm-up kept at a quarter of
+# it), then augmentation strength and warm-up on the chosen setting.
+E16=(train.epochs=16 train.fairat.warmup_epochs=4)
+cell pgd_at e16 "${E16[@]}"
+cell trades e16 "${E16[@]}"
+cell fairat trades-pc-pow4-e16 train.fairat.base=trades train.fairat.per_class=true train.fairat.class_power=4 "${E16[@]}"
+cell fairat pc-pow4-e16 train.fairat.per_class=true train.fairat.class_power=4 "${E16[@]}"
+cell fairat trades-pc-pow4-s2 train.fairat.base=trades train.fairat.per_class=true train.fairat.class_power=4 train.fairat.strength=2.0
+cell fairat trades-pc-pow4-w0 train.fairat.base=trades train.fairat.per_class=true train.fairat.class_power=4 train.fairat.warmup_epochs=0
 cell fairat cleance train.fairat.score=clean_ce

@@ -8,19 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-COMMIT=${COMMIT:-1}   # COMMIT=0: leave the result files uncommitted
+source studies/common.sh   # commit_result; COMMIT=0 leaves result files uncommitted
 ONLY=" $* "
 # FairAT's setting, chosen on the validation split (docs/results.md, "Knob search"):
 FAIRAT_VARIANT=trades-pc-pow4
 FAIRAT_KNOBS=(-S train.fairat.base=trades -S train.fairat.per_class=true -S train.fairat.class_power=4)
-commit_result() {  # file message: commit just that file (unless COMMIT=0)
-  [[ "$COMMIT" == 1 ]] || return 0
-  for try in 1 2 3 4 5; do  # another git command may hold the index lock for a moment
-    git add "$1" && git commit -q -m "$2" -- "$1" && return 0
-    sleep 5
-  done
-  echo "could not commit $1; it is written, commit it by hand" >&2
-}
 cell() {  # method seed [variant knobs...]
   local method=$1 seed=$2 variant=$3; shift 3
   local tag="${method}${variant:+-$variant}-seed$seed"
