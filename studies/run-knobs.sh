@@ -25,18 +25,17 @@ cell fairat pc-pow4 train.fairat.per_class=true train.fairat.class_power=4
 cell fairat pc-pow0 train.fairat.per_class=true
 cell trades ""
 cell fairat pc-pow8-r40 train.fairat.per_class=true train.fairat.class_power=8 train.fairat.hard_ratio=0.4
-cell fairat trades-pc-pow4 train.fairat.base=trades train.fairat.per_class=true train.fairat.class_power=4
+cell fairat "$FAIRAT_CHOSEN_VARIANT" "${FAIRAT_CHOSEN[@]}"
 # Why the target falls short (sessions 4-5), on the chosen setting: plain copies (crop/flip only:
 # is it the diversity or just the extra weight?), stronger augmentation, then a schedule twice as
 # long for all three methods (warm-up kept at a quarter of it), warm-up 0, and the longer schedule
 # on the PGD-AT base and the clean-CE score last.
 E16=(train.epochs=16 train.fairat.warmup_epochs=4)
-CHOSEN=(train.fairat.base=trades train.fairat.per_class=true train.fairat.class_power=4)
-cell fairat trades-pc-pow4-cropflip "${CHOSEN[@]}" "train.fairat.augment=[cropflip]"
-cell fairat trades-pc-pow4-s2 "${CHOSEN[@]}" train.fairat.strength=2.0
+cell fairat trades-pc-pow4-cropflip "${FAIRAT_CHOSEN[@]}" "train.fairat.augment=[cropflip]"
+cell fairat trades-pc-pow4-s2 "${FAIRAT_CHOSEN[@]}" train.fairat.strength=2.0
 cell pgd_at e16 "${E16[@]}"
 cell trades e16 "${E16[@]}"
-cell fairat trades-pc-pow4-e16 "${CHOSEN[@]}" "${E16[@]}"
-cell fairat trades-pc-pow4-w0 "${CHOSEN[@]}" train.fairat.warmup_epochs=0
+cell fairat trades-pc-pow4-e16 "${FAIRAT_CHOSEN[@]}" "${E16[@]}"
+cell fairat trades-pc-pow4-w0 "${FAIRAT_CHOSEN[@]}" train.fairat.warmup_epochs=0
 cell fairat pc-pow4-e16 train.fairat.per_class=true train.fairat.class_power=4 "${E16[@]}"
 cell fairat cleance train.fairat.score=clean_ce

@@ -10,9 +10,9 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 source studies/common.sh   # commit_result; COMMIT=0 leaves result files uncommitted
 ONLY=" $* "
-# FairAT's setting, chosen on the validation split (docs/results.md, "Knob search"):
-FAIRAT_VARIANT=trades-pc-pow4
-FAIRAT_KNOBS=(-S train.fairat.base=trades -S train.fairat.per_class=true -S train.fairat.class_power=4)
+FAIRAT_VARIANT=$FAIRAT_CHOSEN_VARIANT   # from common.sh, as -S options for the cell command
+FAIRAT_KNOBS=()
+for o in "${FAIRAT_CHOSEN[@]}"; do FAIRAT_KNOBS+=(-S "$o"); done
 cell() {  # method seed [variant knobs...]
   local method=$1 seed=$2 variant=$3; shift 3
   local tag="${method}${variant:+-$variant}-seed$seed"
