@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fairat.cli import parse_overrides
 from fairat.config import Params, load_params, to_dict, with_overrides
 from fairat.io import write_json_atomic
 
@@ -42,24 +41,24 @@ def cell_params(params: Params, method: str, seed: int, variant: str) -> tuple[P
 def run_cell(params: Params, method: str, seed: int, work: Path, results: Path,
              variant: str = "") -> dict[str, Any]:
     """Train and evaluate one cell; returns (and writes atomically) its result record."""
-    from fairat import steps
-    from fairat.data import MANIFEST_NAME
-    from fairat.training import TrainPaths
+    from fairat.engine.data import MANIFEST_NAME
+    from fairat.engine.training import TrainPaths
+    from fairat.steps import evaluate, prepare, train
 
     params, tag = cell_params(params, method, seed, variant)
     data_dir = work / "data"
     t0 = time.perf_counter()
     if not (data_dir / MANIFEST_NAME).exists():
-        steps.prepare_step(params, data_dir)
+        prepare.prepare_step(params, data_dir)
     _check_prepared(params, data_dir)
     t1 = time.perf_counter()
     cell = work / tag
     paths = TrainPaths(cell / "model.pt", cell / "checkpoints", cell / "train.json",
                        cell / "history.csv")
-    summary = steps.train_step(params, data_dir, paths, resume=True, track=False)  # JSON is the record
+    summary = train.train_step(params, data_dir, paths, resume=True, track=False)  # JSON is the record
     t2 = time.perf_counter()
-    report = steps.evaluate_step(params, data_dir, paths.model, cell / "eval.json",
-                                 cell / "eval.png")
+    report = evaluate.evaluate_step(params, data_dir, paths.model, cell / "eval.json",
+                                    cell / "eval.png")
     t3 = time.perf_counter()
     record = {
         "tag": tag, "method": method, "seed": seed, "variant": variant,
@@ -76,7 +75,7 @@ def run_cell(params: Params, method: str, seed: int, work: Path, results: Path,
 
 
 def _check_prepared(params: Params, data_dir: Path) -> None:
-    from fairat.data import MANIFEST_NAME
+    from fairat.engine.data import MANIFEST_NAME
 
     manifest = json.loads((data_dir / MANIFEST_NAME).read_text())
     if manifest["config"] != to_dict(params.data):
@@ -104,7 +103,7 @@ def reevaluate_cell(params: Params, method: str, seed: int, work: Path, results:
     ``into/<tag>.json`` and the cell's own record is left alone (e.g. standard AutoAttack on a
     subset, kept out of the main table).
     """
-    from fairat import steps
+    from fairat.steps import evaluate
     from fairat.io import sha256_file
 
     params, tag = cell_params(params, method, seed, variant)
@@ -123,7 +122,7 @@ def reevaluate_cell(params: Params, method: str, seed: int, work: Path, results:
     _check_prepared(params, work / "data")
     t0 = time.perf_counter()
     extra = "" if into is None else f"-{into.name}"
-    report = steps.evaluate_step(params, work / "data", model, cell / f"eval{extra}.json",
+    report = evaluate.evaluate_step(params, work / "data", model, cell / f"eval{extra}.json",
                                  cell / f"eval{extra}.png")
     record = {**old, **_eval_fields(report)}
     record["params"] = {**old["params"], "evaluate": to_dict(params.evaluate)}
@@ -288,9 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="folder for the per-class and hard-example charts (e.g. docs/figures)")
     args = parser.parse_args(argv)
     if args.command in ("cell", "reevaluate"):
-        params = load_params(args.params)
-        if args.overrides:
-            params = with_overrides(params, parse_overrides(args.overrides))
+        params = load_params(args.params, args.overrides)
         if args.command == "cell":
             record = run_cell(params, args.method, args.seed, args.work, args.results,
                               args.variant)

@@ -36,9 +36,9 @@ def _worker(args: argparse.Namespace) -> None:
     import torch
 
     from fairat.config import AttackConfig, ModelConfig, TrainConfig
-    from fairat.data import ImageSet, PreparedData
-    from fairat.distributed import all_reduce_max, barrier, init_distributed
-    from fairat.training import Trainer, TrainPaths
+    from fairat.engine.data import ImageSet, PreparedData
+    from fairat.engine.distributed import all_reduce_max, barrier, init_distributed
+    from fairat.engine.training import Trainer, TrainPaths
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

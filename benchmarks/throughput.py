@@ -7,7 +7,7 @@ What is compared (same model, same initial weights, same data, same PGD settings
   (RandomCrop(padding=4), RandomHorizontalFlip, ToTensor), the model in train mode during the
   attack, and PGD whose every step calls ``loss.backward()`` (so it also computes, and throws away,
   every weight gradient), then one SGD step on the adversarial batch.
-- ``pgd_at``: :class:`fairat.training.Trainer` with ``method: pgd_at``.
+- ``pgd_at``: :class:`fairat.engine.training.Trainer` with ``method: pgd_at``.
 - ``fairat``: the same Trainer with ``method: fairat`` (warmup_epochs 0, hard_ratio 0.2, copies 1,
   default augmentation family). Hard examples are chosen from scores, so one untimed epoch first
   fills the tracker's scores; every timed fairat epoch then trains hard-example copies too.
@@ -16,7 +16,7 @@ Only training epochs are timed (wall clock around one epoch, after an untimed wa
 are interleaved in a rotating order, each is measured ``--repeats`` times and the median is
 reported. Results go to a JSON file (written atomically) and a small table on stdout.
 
-Targets (from the issue): ``pgd_at`` examples/s >= 1.5x the reference; FairAT's cost per trained
+Targets: ``pgd_at`` examples/s >= 1.5x the reference; FairAT's cost per trained
 example <= 1.10x that of ``pgd_at`` (cost ratio = pgd_at ex/s / fairat ex/s).
 
 Usage:
@@ -44,10 +44,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairat.config import AttackConfig, DataConfig, FairATConfig, ModelConfig, TrainConfig
-from fairat.data import DataError, PreparedData, channel_stats, prepare
+from fairat.engine.data import DataError, PreparedData, channel_stats, prepare
 from fairat.io import write_json_atomic
-from fairat.models import ModelSpec, build_model
-from fairat.training import Trainer, TrainPaths, epoch_generators, epoch_plan
+from fairat.engine.models import ModelSpec, build_model
+from fairat.engine.training import Trainer, TrainPaths, epoch_generators, epoch_plan
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -73,11 +73,11 @@ def load_data(spec: str, examples: int, seed: int) -> tuple[PreparedData, dict[s
         spec = "digits"
     per_class = max(1, examples // 10)
     if spec == "digits":
-        source, cfg = "digits", DataConfig(source="digits", train_per_class=per_class,
+        source, cfg = "digits", DataConfig(source="digits", train_per_class=per_class, val_per_class=0,
                                            test_per_class=1, seed=seed)
     else:
         source, cfg = "cifar10-jpeg", DataConfig(source="imagefolder", root=str(spec),
-                                                 train_per_class=per_class, test_per_class=1,
+                                                 train_per_class=per_class, val_per_class=0, test_per_class=1,
                                                  seed=seed)
     try:
         data = prepare(cfg)
@@ -176,7 +176,7 @@ class ReferenceLoop:
 
 
 class OurLoop:
-    """fairat.training.Trainer, timed one train_epoch at a time (no validation, no checkpoints)."""
+    """fairat.engine.training.Trainer, timed one train_epoch at a time (no validation, no checkpoints)."""
 
     def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, data: PreparedData,
                  workdir: Path) -> None:

@@ -1,7 +1,7 @@
 """Kubeflow Pipelines (kfp v2) components: one per step, each a single call into the project image.
 
 Every component runs on :data:`IMAGE` (the `Dockerfile` at the repository root), imports `fairat`
-inside its body and calls :mod:`fairat.kfp_runtime`, which maps artifact folders to
+inside its body and calls :mod:`fairat.cluster.runtime`, which maps artifact folders to
 :mod:`fairat.steps`. No component installs packages at run time or holds ML logic, and importing this
 package loads neither torch nor fairat's heavy modules.
 """

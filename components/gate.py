@@ -16,8 +16,8 @@ def gate(params: str, report: Input[Artifact], model: Input[Model], decision: Ou
     Returns:
         True when the model passed; the pipeline branches on it. A block is not a task failure.
     """
-    from fairat.gate import gate_metrics
-    from fairat.kfp_runtime import run_gate
+    from fairat.evidence.gate import gate_metrics
+    from fairat.cluster.runtime import run_gate
 
     result = run_gate(params, report.path, model.path, decision.path)
     for name, value in gate_metrics(result).items():

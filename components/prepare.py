@@ -11,8 +11,8 @@ def prepare(params: str, data: Output[Dataset]):
     """Write train/val/test .npz files and manifest.json into the ``data`` folder.
 
     Args:
-        params: ``key=value`` lines of the `data` knobs (fairat.pipeline_params.knob_lines).
+        params: ``key=value`` lines of the `data` knobs (fairat.cluster.params.knob_lines).
     """
-    from fairat.kfp_runtime import run_prepare
+    from fairat.cluster.runtime import run_prepare
 
     run_prepare(params, data.path)

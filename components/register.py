@@ -18,7 +18,7 @@ def register(params: str, candidate: bool, data: Input[Dataset], model: Input[Mo
     Returns:
         The registered model version.
     """
-    from fairat.kfp_runtime import run_register
+    from fairat.cluster.runtime import run_register
 
     record = run_register(params, candidate, data.path, model.path, summary.path, report.path,
                           decision.path, card.path, registration.path)

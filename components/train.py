@@ -23,7 +23,7 @@ def train(params: str, data: Input[Dataset], model: Output[Model], summary: Outp
         trainjob: compile-time JSON (image, shared volume, secret names); set: run a TrainJob.
         accelerator_type: the GPU resource name the TrainJob nodes request.
     """
-    from fairat.kfp_runtime import run_train
+    from fairat.cluster.runtime import run_train
 
     for name, value in run_train(params, data.path, model.path, summary.path,
                                  gpus_per_node, num_nodes, trainjob,

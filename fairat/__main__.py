@@ -1,5 +1,5 @@
 """`python -m fairat ...` is the same as the `fairat` console script."""
 
-from fairat.cli import main
+from fairat.fronts.cli import main
 
 raise SystemExit(main())

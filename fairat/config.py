@@ -11,12 +11,15 @@ Units: eps and step sizes are L-inf radii in [0, 1] pixel units; learning rates 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import yaml
 
@@ -31,6 +34,7 @@ SelectMetric = Literal["val_robust_avg", "val_robust_worst", "val_robust_sum"]
 AutoAttackVersion = Literal["standard", "custom", "none"]
 AutoAttackName = Literal["apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab"]
 DeviceName = Literal["auto", "cpu", "cuda"]
+ModelName = Literal["small_cnn", "preact_resnet18", "wrn"]  # keys of fairat.engine.models.MODELS
 GateAttack = Literal["worst_case", "autoattack", "pgd", "cw", "clean"]
 
 
@@ -46,7 +50,7 @@ class DataConfig:
     root: str = ""  # imagefolder: folder or .tar.gz; torchvision sources: their download folder
     download: bool = False  # torchvision sources only: fetch when missing (needs internet)
     train_per_class: int | None = None  # stratified training subset, before the validation split
-    val_per_class: int = 0  # held out of the training examples, never of the test set
+    val_per_class: int = 15  # held out of the training examples, never of the test set
     test_per_class: int | None = None  # stratified test subset
     seed: int = 0  # drives subset and validation-split choice
 
@@ -62,8 +66,8 @@ class DataConfig:
 class ModelConfig:
     """Architecture by registry name; width/depth apply where the architecture has them."""
 
-    name: str = "small_cnn"  # small_cnn | preact_resnet18 | wrn
-    width: int | None = None  # base channels (small_cnn 32, preact 64) or WRN widen factor (10)
+    name: ModelName = "small_cnn"
+    width: int | None = 16  # base channels (small_cnn 32, preact 64) or WRN widen factor (10)
     depth: int | None = None  # WRN depth (28); ignored elsewhere
 
     def __post_init__(self) -> None:
@@ -75,8 +79,8 @@ class ModelConfig:
 class AttackConfig:
     """L-inf PGD: radius ``eps`` and ``step_size`` in [0, 1] pixel units."""
 
-    eps: float = 8 / 255
-    step_size: float = 2 / 255
+    eps: float = 0.1
+    step_size: float = 0.025
     steps: int = 10
     random_start: bool = True
     loss: Literal["ce", "cw"] = "ce"
@@ -89,7 +93,7 @@ class AttackConfig:
 
 @dataclass(frozen=True)
 class FairATConfig:
-    """FairAT's knobs (see shared FAIRAT.md for why these defaults)."""
+    """FairAT's knobs; defaults follow the paper where it states them (README: What the engine does)."""
 
     base: BaseMethod = "pgd_at"  # the adversarial objective hard examples are trained with
     score: ScoreKind = "adv_ce"  # per-example hardness signal, from losses training computes anyway
@@ -119,9 +123,9 @@ class TrainConfig:
     """One training run: method, optimiser, schedule, attack, checkpoints."""
 
     method: Method = "fairat"
-    epochs: int = 10
+    epochs: int = 30
     batch_size: int = 128
-    lr: float = 0.1
+    lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
@@ -129,8 +133,8 @@ class TrainConfig:
     milestones: tuple[float, ...] = (0.5, 0.75)  # piecewise: fractions of the epochs
     gamma: float = 0.1  # piecewise: lr factor at each milestone
     trades_beta: float = 6.0
-    crop_padding: int = 4  # random-crop padding in pixels (0 disables); flips below
-    flip: bool = True
+    crop_padding: int = 1  # random-crop padding in pixels (0 disables); flips below
+    flip: bool = False
     attack: AttackConfig = field(default_factory=AttackConfig)
     fairat: FairATConfig = field(default_factory=FairATConfig)
     seed: int = 0
@@ -162,11 +166,12 @@ class EvalConfig:
     """Class-wise evaluation: which attacks, on how many test examples per class."""
 
     split: Literal["test", "val"] = "test"  # "val" to choose knobs without touching the test set
-    eps: float = 8 / 255
+    eps: float = 0.1  # the threat model the gate judges (L-inf radius, pixel units)
+    require_train_eps: bool = True  # evaluate.eps must equal train.attack.eps
     examples_per_class: int | None = None  # stratified test subset for every attack; None = all
     batch_size: int = 256
     pgd_steps: int = 20
-    pgd_step_size: float = 2 / 255
+    pgd_step_size: float = 0.025
     cw: bool = True  # PGD on the CW margin loss, same steps
     autoattack: AutoAttackVersion = "standard"
     autoattack_attacks: tuple[AutoAttackName, ...] = ("apgd-ce", "apgd-t")  # for "custom"
@@ -197,7 +202,7 @@ class GateConfig:
     """
 
     attack: GateAttack = "worst_case"
-    min_worst_class: float = 0.0  # robust accuracy of the weakest class
+    min_worst_class: float = 0.30  # robust accuracy of the weakest class
     min_average: float | None = None  # mean of the per-class robust accuracies
     max_gap: float | None = None  # best class minus worst class
     split: Literal["test", "val"] = "test"  # the split the report must have been computed on
@@ -216,7 +221,7 @@ class TrackConfig:
 
     enabled: bool = True  # False: no MLflow records from train/evaluate (register needs them)
     experiment: str = "fairat"
-    model_name: str = "fairat"  # registered model that versions are created under
+    model_name: str = "fairat-digits"  # registered model that versions are created under
 
     def __post_init__(self) -> None:
         for key in ("experiment", "model_name"):
@@ -234,6 +239,16 @@ class Params:
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
+
+    def __post_init__(self) -> None:
+        # One threat model: the gate judges robustness at evaluate.eps, so a model trained at
+        # another radius is refused unless the params say that is intended.
+        if self.evaluate.require_train_eps and \
+                not math.isclose(self.evaluate.eps, self.train.attack.eps, rel_tol=1e-9):
+            raise ConfigError(
+                f"evaluate.eps: {self.evaluate.eps!r} differs from train.attack.eps "
+                f"{self.train.attack.eps!r}; set both to the same radius, or set "
+                "evaluate.require_train_eps: false to evaluate at another one")
 
 
 def _check(ok: bool, key: str, value: Any, why: str) -> None:
@@ -259,7 +274,8 @@ def from_dict(cls: type, raw: Mapping[str, Any] | None, prefix: str = "") -> Any
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+        hints_text = "".join(_did_you_mean(k, names) for k in unknown)
+        raise ConfigError(f"{where}: unknown key(s) {unknown}{hints_text}; known: {sorted(names)}")
     values = {k: _coerce(hints[k], v, f"{prefix}{k}") for k, v in raw.items()}
     try:
         return cls(**values)
@@ -280,7 +296,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return _coerce(inner[0], value, key)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}"
+                              f"{_did_you_mean(str(value), map(str, args))}")
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
@@ -289,6 +306,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # .inf / .nan would train to NaN or disable a check
+            raise ConfigError(f"{key}: {value!r} is not a finite number")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -318,8 +337,62 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(obj))
 
 
-def load_params(path: str | Path) -> Params:
-    """Read a params YAML file into :class:`Params`; a missing file or bad YAML is a ConfigError."""
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["train.epochs=3"]`` -> ``{"train.epochs": 3}`` (values parsed as YAML scalars/lists)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"-S {item!r}: expected KEY=VALUE, e.g. train.epochs=3")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"-S {item!r}: value is not valid YAML: {err}") from None
+    return out
+
+
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``raw[a][b][c] = value`` for ``a.b.c``, checking each part against the schema.
+
+    Why against the schema and not the file: a section or key the file leaves to its default
+    (``gate.max_gap``) must still be overridable, and a typo must name the nearest known key.
+    """
+    cls: Any = Params
+    node = raw
+    parts = dotted.split(".")
+    for depth, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        where = ".".join(parts[:depth]) or "params"
+        if part not in fields:
+            raise ConfigError(f"-S {dotted}: unknown key {part!r} in {where}"
+                              f"{_did_you_mean(part, fields)}")
+        if depth == len(parts) - 1:
+            node[part] = value
+            return
+        hint = typing.get_type_hints(cls)[part]
+        if not dataclasses.is_dataclass(hint):
+            raise ConfigError(f"-S {dotted}: {'.'.join(parts[:depth + 1])} is a value, "
+                              "not a section")
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node, cls = node[part], hint
+
+
+def load_params(path: str | Path, overrides: Mapping[str, Any] | Sequence[str] | None = None,
+                ) -> Params:
+    """The one way to read params: the YAML file, then ``overrides``, then one validation.
+
+    Why merge before validating: a file that is only valid *with* its overrides (``data.source:
+    imagefolder`` with an empty ``root`` and ``-S data.root=X``) must load, and a file that is
+    invalid with them must not. ``overrides`` is ``{"train.epochs": 3}`` or the CLI's
+    ``["train.epochs=3"]``. A missing file, bad YAML or any bad value is a ConfigError naming
+    the key.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file not found: {path}")
@@ -327,20 +400,22 @@ def load_params(path: str | Path) -> Params:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return params_from_raw(raw, overrides)
+
+
+def params_from_raw(raw: Mapping[str, Any],
+                    overrides: Mapping[str, Any] | Sequence[str] | None = None) -> Params:
+    """:func:`load_params` for a tree already in memory (a params dict, or a config's dict)."""
+    raw = copy.deepcopy(dict(raw))
+    if overrides and not isinstance(overrides, Mapping):
+        overrides = parse_overrides(overrides)
+    for dotted, value in (overrides or {}).items():
+        _apply_override(raw, dotted, value)
     return from_dict(Params, raw)
 
 
 def with_overrides(params: Params, overrides: Mapping[str, Any]) -> Params:
     """Apply dotted overrides (``{"train.attack.eps": 0.03}``) and re-validate the whole tree."""
-    raw = to_dict(params)
-    for dotted, value in overrides.items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            if not isinstance(node.get(part), dict):
-                raise ConfigError(f"{dotted}: unknown section {part!r}")
-            node = node[part]
-        if leaf not in node:
-            raise ConfigError(f"{dotted}: unknown key {leaf!r}")
-        node[leaf] = value
-    return from_dict(Params, raw)
+    return params_from_raw(to_dict(params), overrides)

@@ -1,7 +1,7 @@
 """The fairat Kubeflow pipeline: prepare -> train -> evaluate -> gate -> register, as in dvc.yaml.
 
 Wiring only. Every `params.yaml` knob is a pipeline parameter (``train.attack.eps`` ->
-``train__attack__eps``, see :mod:`fairat.pipeline_params`) whose default is read from the params
+``train__attack__eps``, see :mod:`fairat.cluster.params`) whose default is read from the params
 file when the pipeline is built, so the compiled YAML and the local pipeline share one source of
 truth. Each task receives only the knobs of the sections its step reads, so a cached step is reused
 when only other sections change (prepare, when training knobs change).
@@ -18,7 +18,7 @@ How train runs is fixed at compile time by ``ClusterSettings.shared_volume_claim
   with a message asking for a shared volume;
 - with a claim, the train task is a launcher *without* GPUs: it stages the prepared data on the
   claim, creates a Kubeflow Trainer TrainJob of ``num_nodes`` x ``gpus_per_node``
-  (:mod:`fairat.trainjob`), waits for it and copies its outputs into the task's artifacts.
+  (:mod:`fairat.cluster.trainjob`), waits for it and copies its outputs into the task's artifacts.
 
 Why not both behind a run-time ``dsl.If`` on ``num_nodes``: evaluate, gate and register would then
 take the model through ``dsl.OneOf`` over artifacts, which kfp.local 2.17 rejects ("Expected 1
@@ -42,15 +42,18 @@ from kfp import compiler, dsl, kubernetes
 
 from components import IMAGE, evaluate, gate, prepare, register, train
 from fairat.config import Params, load_params
-from fairat.pipeline_params import Knob, knob_lines, knobs
+from fairat.cluster.params import Knob, knob_lines, knobs
 
 PIPELINE_NAME = "fairat"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILE = REPO_ROOT / "params.yaml"
 COMPILED_FILE = Path(__file__).resolve().with_name("fairat_pipeline.yaml")
 
-# Which params sections each step reads (register logs the whole params tree to MLflow).
-SECTIONS = {"prepare": ("data",), "train": ("model", "train"), "evaluate": ("evaluate",),
+# Which params sections (or single keys) each step reads (register logs the whole params tree to
+# MLflow). Evaluate also reads train.attack.eps: params validation checks the gate's threat model
+# (evaluate.eps) against the training radius.
+SECTIONS = {"prepare": ("data",), "train": ("model", "train"),
+            "evaluate": ("evaluate", "track", "train.attack.eps"),
             "gate": ("gate",), "register": ("data", "model", "train", "evaluate", "gate", "track")}
 
 # Run-time sizing of the training task, beside the params.yaml knobs.
@@ -94,7 +97,7 @@ class ClusterSettings:
 
 def trainjob_settings(settings: ClusterSettings) -> str:
     """The compile-time JSON the train component needs to build a TrainJob (read by
-    ``fairat.kfp_runtime.stage_trainjob``): the image, the shared volume and the *names* of the
+    ``fairat.cluster.runtime.stage_trainjob``): the image, the shared volume and the *names* of the
     Secrets and ConfigMap the pipeline's own tasks use; the values stay in the cluster."""
     import json
 
@@ -151,7 +154,7 @@ def build_pipeline(params: Params, settings: ClusterSettings = ClusterSettings()
 
         def knob_text(step: str) -> str:
             return knob_lines({k.key: values[k.name] for k in table
-                               if k.section in SECTIONS[step]})
+                               if k.section in SECTIONS[step] or k.key in SECTIONS[step]})
 
         data = prepare(params=knob_text("prepare")).set_caching_options(True)
         trained = train(params=knob_text("train"), data=data.outputs["data"],
@@ -169,7 +172,8 @@ def build_pipeline(params: Params, settings: ClusterSettings = ClusterSettings()
             trained.set_retry(num_retries=settings.train_retries, backoff_duration="60s",
                               backoff_factor=2.0)
         evaluated = evaluate(params=knob_text("evaluate"), data=data.outputs["data"],
-                             model=trained.outputs["model"]).set_caching_options(True)
+                             model=trained.outputs["model"], summary=trained.outputs["summary"],
+                             ).set_caching_options(True)
         decided = gate(params=knob_text("gate"), report=evaluated.outputs["report"],
                        model=trained.outputs["model"]).set_caching_options(True)
         common = dict(params=knob_text("register"), data=data.outputs["data"],
@@ -181,7 +185,7 @@ def build_pipeline(params: Params, settings: ClusterSettings = ClusterSettings()
         with dsl.Else(name="gate-blocked"):
             blocked = register(candidate=False, **common).set_display_name("register-blocked")
         _with_s3(data, settings)
-        for task in (trained, candidate, blocked):  # train logs its epochs to an MLflow run
+        for task in (trained, evaluated, candidate, blocked):  # all log to the training's run
             _with_s3(task, settings)
             _with_mlflow(task, settings)
         for task in (candidate, blocked):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from fairat.config import DataConfig
-from fairat.data import PreparedData, prepare
-from fairat.models import ModelSpec, build_model
+from fairat.engine.data import PreparedData, prepare
+from fairat.engine.models import ModelSpec, build_model
 
 pytest_plugins = ["servers"]  # loopback S3, PostgreSQL and mlflow servers: tests/servers.py
 

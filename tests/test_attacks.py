@@ -1,6 +1,6 @@
 import torch
 
-from fairat.attacks import cw_margin_loss, per_sample_loss, pgd_attack, trades_attack
+from fairat.engine.attacks import cw_margin_loss, per_sample_loss, pgd_attack, trades_attack
 
 
 def _batch(digits, n=64):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fairat.augment import HARD_AUGMENTATIONS, augment_hard, autoaugment, cutmix, random_crop_flip
+from fairat.engine.augment import HARD_AUGMENTATIONS, augment_hard, autoaugment, cutmix, random_crop_flip
 
 
 @pytest.fixture

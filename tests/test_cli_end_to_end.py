@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from fairat.cli import main
+from fairat.fronts.cli import main
 
 TINY = [
     "-S", "data.val_per_class=5",
@@ -39,7 +39,7 @@ def test_run_trains_and_evaluates_with_autoattack(tmp_path, monkeypatch, capsys)
                 "plots/train.csv", "plots/eval_classwise.png", "reports/model_card.md"):
         assert (tmp_path / out).exists(), out
     history = (tmp_path / "plots/train.csv").read_text().splitlines()
-    assert len(history) == 3 and "hard_per_class/0" in history[0]
+    assert len(history) == 3 and "hard_per_class.0" in history[0]
     assert "autoattack" in capsys.readouterr().out
 
 

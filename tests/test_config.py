@@ -59,7 +59,7 @@ def test_every_shipped_params_file_is_valid(path):
 
 def test_paper_scale_params_build_the_published_architectures():
     """PreAct ResNet-18 (~11.2M weights) and WRN-28-10 (~36.5M): the sizes the literature uses."""
-    from fairat.models import ModelSpec, build_model
+    from fairat.engine.models import ModelSpec, build_model
 
     spec = ModelSpec(3, 10, 32, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
     paper = load_params(ROOT / "params/cifar10-paper.yaml")

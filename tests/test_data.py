@@ -1,4 +1,4 @@
-"""Tests of fairat.data: tiny data only (digits, and images built with PIL in tmp_path)."""
+"""Tests of fairat.engine.data: tiny data only (digits, and images built with PIL in tmp_path)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from fairat.config import DataConfig, from_dict
-from fairat.data import (
+from fairat.engine.data import (
     SOURCES,
     DataError,
     ImageSet,
@@ -71,7 +71,7 @@ def _write_tar(path: Path, files: dict[str, bytes], extra=()) -> Path:
 
 
 def _imagefolder(root: Path, **kw) -> DataConfig:
-    return DataConfig(source="imagefolder", root=str(root), **kw)
+    return DataConfig(source="imagefolder", root=str(root), **{"val_per_class": 0, **kw})
 
 
 # -------------------------------------------------------------------------------------- digits
@@ -133,7 +133,7 @@ def test_seed_changes_train_not_test():
     b = prepare(DataConfig(train_per_class=30, val_per_class=5, test_per_class=10, seed=1))
     assert not torch.equal(a.train.images, b.train.images)
     assert torch.equal(a.test.images, b.test.images)
-    full_a, full_b = prepare(DataConfig(seed=0)), prepare(DataConfig(seed=7))
+    full_a, full_b = prepare(DataConfig(val_per_class=0, seed=0)), prepare(DataConfig(val_per_class=0, seed=7))
     assert torch.equal(full_a.test.images, full_b.test.images)
     assert len(full_a.val) == 0 and full_a.val.images.shape[1:] == (1, 8, 8)
 
@@ -230,7 +230,7 @@ def test_save_load_round_trip_and_manifest(tmp_path):
 
 
 def test_save_empty_val_round_trip(tmp_path):
-    cfg = DataConfig(train_per_class=5, test_per_class=5)
+    cfg = DataConfig(train_per_class=5, val_per_class=0, test_per_class=5)
     manifest = save_prepared(prepare(cfg), tmp_path, cfg)
     assert manifest["splits"]["val"]["n"] == 0
     val = load_prepared(tmp_path).val
@@ -253,7 +253,7 @@ def test_load_split_errors(tmp_path):
 
 
 def test_load_prepared_detects_tampering(tmp_path):
-    cfg = DataConfig(train_per_class=5, test_per_class=5)
+    cfg = DataConfig(train_per_class=5, val_per_class=0, test_per_class=5)
     data = prepare(cfg)
     save_prepared(data, tmp_path, cfg)
     labels = data.test.labels.numpy().copy()

@@ -23,13 +23,14 @@ import torch.multiprocessing as mp
 import yaml
 from torch import nn
 
-from fairat.checkpoint import load_checkpoint
+from fairat.engine.checkpoint import load_checkpoint
 from fairat.config import FairATConfig, load_params
-from fairat.distributed import (DistContext, GlobalBatchNorm2d, block_shard, collective_timeout,
+from fairat.engine.distributed import (DistContext, GlobalBatchNorm2d, block_shard, collective_timeout,
                                 global_batchnorm)
-from fairat.hard_examples import HardExampleTracker
+from fairat.engine.hard_examples import HardExampleTracker
 from fairat.io import save_torch_atomic
-from fairat.training import Trainer, TrainPaths, epoch_plan, rank_slice, train
+from fairat.engine.distributed import rank_slice
+from fairat.engine.training import Trainer, TrainPaths, epoch_plan, train
 
 CPU = torch.device("cpu")
 PARAMS = {
@@ -145,13 +146,13 @@ def _bn_eval_free_forward(model: nn.Sequential, x: torch.Tensor) -> torch.Tensor
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """Params file, prepared digits and one single-process reference run of the config."""
-    from fairat.steps import prepare_step
+    from fairat.steps.prepare import prepare_step
 
     root = tmp_path_factory.mktemp("ddp")
     (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     params = load_params(root / "params.yaml")
     prepare_step(params, root / "data")
-    from fairat.data import load_prepared
+    from fairat.engine.data import load_prepared
 
     old = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -272,7 +273,7 @@ def test_killed_rank_fails_the_job_and_it_resumes_on_one_rank(work):
     assert not (run / "model.pt").exists()
     # Resume on ONE rank (world size 2 -> 1): same end result as the uninterrupted run.
     params = load_params(work / "params.yaml")
-    from fairat.data import load_prepared
+    from fairat.engine.data import load_prepared
 
     torch.set_num_threads(1)
     summary = train(params.model, params.train, load_prepared(work / "data"), _paths(run),
@@ -284,7 +285,7 @@ def test_killed_rank_fails_the_job_and_it_resumes_on_one_rank(work):
 @pytest.mark.slow
 def test_checkpoint_from_one_process_resumes_on_two_ranks(work):
     params = load_params(work / "params.yaml")
-    from fairat.data import load_prepared
+    from fairat.engine.data import load_prepared
 
     run = work / "grow"
     torch.set_num_threads(1)
@@ -300,7 +301,7 @@ def test_checkpoint_from_one_process_resumes_on_two_ranks(work):
 
 @pytest.mark.slow
 def test_sharded_evaluation_counts_equal_one_process(work):
-    from fairat.steps import evaluate_step
+    from fairat.steps.evaluate import evaluate_step
 
     params = load_params(work / "params.yaml")
     torch.set_num_threads(1)

@@ -129,7 +129,7 @@ def test_the_project_layer_installs_package_components_and_pipeline(tmp_path):
                             cwd=context, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert not (context / "build").exists() and not list(context.glob("*.egg-info"))
-    check = ("import components, fairat, fairat.kfp_runtime, pipelines.fairat_pipeline; "
+    check = ("import components, fairat, fairat.cluster.runtime, pipelines.fairat_pipeline; "
              f"assert fairat.__file__.startswith({str(target)!r}), fairat.__file__")
     subprocess.run([sys.executable, "-c", check], cwd=tmp_path, check=True,
                    env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})

@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fairat import evaluation as ev
+from fairat.engine import evaluation as ev
+from fairat.evidence import report as report_view
 from fairat.config import EvalConfig
-from fairat.models import ModelSpec, build_model
+from fairat.engine.models import ModelSpec, build_model
 
 NAMES = [f"class_{i}" for i in range(10)]
 EPS = 12 / 255  # the memorised model is robust on some examples and not on others at this radius
@@ -142,7 +143,7 @@ def test_evaluate_records_and_logs_inconsistency(model, data, monkeypatch, caplo
     images, labels = data
     always_robust = lambda m, x, y, cfg, device: torch.ones(len(y), dtype=torch.bool)  # noqa: E731
     monkeypatch.setattr(ev, "run_autoattack", always_robust)
-    with caplog.at_level(logging.WARNING, logger="fairat.evaluation"):
+    with caplog.at_level(logging.WARNING, logger="fairat.engine.evaluation"):
         rep = ev.evaluate(model, images, labels, NAMES, _cfg(cw=False), "cpu", {})
     assert rep["attacks"]["pgd"]["accuracy"] < 1.0  # PGD breaks some examples of this model
     assert len(rep["consistency"]) == 1  # cw off: only PGD is a reference
@@ -150,7 +151,7 @@ def test_evaluate_records_and_logs_inconsistency(model, data, monkeypatch, caplo
     assert warning["reference"] == "pgd" and warning["severity"] == "error"
     assert rep["attacks"]["autoattack"]["accuracy"] == 1.0
     assert "CONSISTENCY ERROR" in caplog.text
-    assert "**ERROR**" in ev.report_markdown(rep)
+    assert "**ERROR**" in report_view.report_markdown(rep)
 
 
 def test_run_autoattack_quiet_seeded_contiguous(model, data, caplog):
@@ -222,10 +223,10 @@ def test_write_report_atomic_json(report, tmp_path):
 
 def test_plot_and_markdown(report, tmp_path):
     png = tmp_path / "plots" / "classwise.png"
-    ev.plot_classwise(report, png)
+    report_view.plot_classwise(report, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in png.parent.iterdir()] == ["classwise.png"]
-    md = ev.report_markdown(report)
+    md = report_view.report_markdown(report)
     for name in NAMES + ["average", "worst", "gap", "autoattack", "worst_case", "model_sha256"]:
         assert name in md
     assert md.count("| class_") == 10

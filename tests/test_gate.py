@@ -8,9 +8,9 @@ import json
 import pytest
 
 from fairat.config import ConfigError, GateConfig, Params
-from fairat.gate import decide, gate_metrics
+from fairat.evidence.gate import decide, gate_metrics
 from fairat.io import sha256_file
-from fairat.steps import gate_step
+from fairat.steps.gate import gate_step
 
 SHA = "a" * 64
 

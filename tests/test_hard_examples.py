@@ -1,7 +1,7 @@
 import torch
 
 from fairat.config import FairATConfig
-from fairat.hard_examples import HardExampleTracker, example_scores
+from fairat.engine.hard_examples import HardExampleTracker, example_scores
 
 
 def test_selection_picks_the_highest_scores_globally():

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from fairat.config import ConfigError, load_params, to_dict, with_overrides
-from fairat.pipeline_params import knob_lines, knobs, key_of, params_from_lines, pipeline_arguments
+from fairat.cluster.params import knob_lines, knobs, key_of, params_from_lines, pipeline_arguments
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = load_params(REPO / "params.yaml")
@@ -69,7 +69,7 @@ def test_decoded_values_are_validated_like_the_cli():
 
 @pytest.fixture(scope="module")
 def ir(tmp_path_factory):
-    from fairat.kubeflow import compile_to
+    from pipelines.cli import compile_to
 
     out = compile_to(tmp_path_factory.mktemp("ir") / "fairat_pipeline.yaml", REPO / "params.yaml")
     return out.read_text()
@@ -109,7 +109,7 @@ def test_every_task_runs_the_project_image_without_installing_packages(ir):
     for name, ex in executors.items():
         assert ex["container"]["image"] == IMAGE, name
         assert "pip install" not in " ".join(ex["container"]["command"]), name
-        assert "from fairat.kfp_runtime import" in ex["container"]["command"][-1], name
+        assert "from fairat.cluster.runtime import" in ex["container"]["command"][-1], name
 
 
 def test_train_requests_gpus_and_retries(ir):
@@ -126,7 +126,7 @@ def test_train_requests_gpus_and_retries(ir):
 
 
 def test_with_a_shared_volume_train_launches_a_trainjob_without_gpus(ir, tmp_path):
-    from fairat.kubeflow import cluster_settings, compile_to
+    from pipelines.cli import cluster_settings, compile_to
 
     platform = list(yaml.safe_load_all(ir))[1]["platforms"]["kubernetes"]["deploymentSpec"]
     assert not any("pvcMount" in ex for ex in platform["executors"].values())
@@ -203,14 +203,14 @@ def test_credentials_come_from_secrets_never_from_parameters(ir):
 
 
 def test_pipeline_and_components_import_without_torch():
-    code = ("import sys, pipelines.fairat_pipeline, components, fairat.kubeflow; "
+    code = ("import sys, pipelines.fairat_pipeline, components, pipelines.cli; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'mlflow')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
 def test_cluster_settings_retarget_image_and_secrets(tmp_path):
-    from fairat.kubeflow import cluster_settings, compile_to
+    from pipelines.cli import cluster_settings, compile_to
 
     settings = cluster_settings({"image": "registry.example/fairat:abc", "mlflow_secret": "ml",
                                  "s3_secret": None})
@@ -222,7 +222,7 @@ def test_cluster_settings_retarget_image_and_secrets(tmp_path):
 # ---------------------------------------------------------------- component runtime guards
 
 def test_train_launches_torchrun_per_gpu_on_one_node_and_checks_sizes(tmp_path):
-    from fairat.kfp_runtime import run_train, torchrun_command
+    from fairat.cluster.runtime import run_train, torchrun_command
 
     with pytest.raises(ValueError, match="num_nodes=0"):
         run_train("", str(tmp_path), str(tmp_path / "m"), str(tmp_path / "s"), 1, 0)
@@ -233,7 +233,7 @@ def test_train_launches_torchrun_per_gpu_on_one_node_and_checks_sizes(tmp_path):
 
 # ---------------------------------------------------------------- multi-node: the TrainJob launcher
 # No cluster here: the launcher is run with the pipeline's own compile-time JSON, the TrainJob it
-# would create is rendered by the Kubeflow SDK offline (fairat.trainjob.trainjob_manifest), and
+# would create is rendered by the Kubeflow SDK offline (fairat.cluster.trainjob.trainjob_manifest), and
 # for the copy-back test `submit_trainjob` -- the one call that talks to the API server -- is
 # replaced by a stand-in that writes what rank 0 would write on the shared volume.
 
@@ -245,7 +245,7 @@ def _prepared(tmp_path):
 
 
 def _trainjob_json(mount, **kw):
-    from fairat.kubeflow import cluster_settings
+    from pipelines.cli import cluster_settings
     from pipelines.fairat_pipeline import trainjob_settings
 
     values = {"image": "registry.example.com/fairat:0.3.1", "shared_volume_claim": "fairat-work",
@@ -254,8 +254,8 @@ def _trainjob_json(mount, **kw):
 
 
 def test_multi_node_stages_data_and_builds_the_trainjob(tmp_path):
-    from fairat.kfp_runtime import stage_trainjob
-    from fairat.trainjob import trainjob_manifest
+    from fairat.cluster.runtime import stage_trainjob
+    from fairat.cluster.trainjob import trainjob_manifest
 
     mount = tmp_path / "shared"
     text = knob_lines({"train.epochs": 7, "train.method": "fairat"})
@@ -301,8 +301,8 @@ def test_multi_node_stages_data_and_builds_the_trainjob(tmp_path):
 
 
 def test_multi_node_runs_the_trainjob_and_copies_its_outputs(tmp_path, monkeypatch):
-    import fairat.trainjob
-    from fairat.kfp_runtime import run_train
+    import fairat.cluster.trainjob
+    from fairat.cluster.runtime import run_train
 
     submitted = []
 
@@ -316,7 +316,7 @@ def test_multi_node_runs_the_trainjob_and_copies_its_outputs(tmp_path, monkeypat
         (work / "train.csv").write_text("epoch,loss\n1,2.0\n")
         return "fairat-train-abc"
 
-    monkeypatch.setattr(fairat.trainjob, "submit_trainjob", stand_in)
+    monkeypatch.setattr(fairat.cluster.trainjob, "submit_trainjob", stand_in)
     mount = tmp_path / "shared"
     numbers = run_train("train.epochs=3", str(_prepared(tmp_path)), str(tmp_path / "model"),
                         str(tmp_path / "summary"), 4, 3,
@@ -326,12 +326,12 @@ def test_multi_node_runs_the_trainjob_and_copies_its_outputs(tmp_path, monkeypat
     assert namespace == "team-a" and wait is True
     assert (tmp_path / "model" / "model.pt").read_bytes() == b"weights"
     assert (tmp_path / "summary" / "train.csv").exists()
-    assert numbers == {"best_val_robust": 0.5, "epochs": 3.0}
+    assert numbers == {"best.val_robust": 0.5, "epochs": 3.0}
     assert list(mount.iterdir()) == []  # the staged folder is gone once the outputs are copied
 
 
 def test_multi_node_without_a_shared_volume_says_what_to_configure(tmp_path):
-    from fairat.kfp_runtime import run_train
+    from fairat.cluster.runtime import run_train
 
     # what the default pipeline (compiled without a shared volume) passes: no trainjob settings
     with pytest.raises(ValueError, match="--shared-volume-claim"):
@@ -339,7 +339,7 @@ def test_multi_node_without_a_shared_volume_says_what_to_configure(tmp_path):
 
 
 def test_register_refuses_a_branch_that_disagrees_with_the_gate(tmp_path):
-    from fairat.kfp_runtime import run_register
+    from fairat.cluster.runtime import run_register
 
     (tmp_path / "g").mkdir()
     (tmp_path / "g" / "gate.json").write_text(json.dumps({"passed": False}))
@@ -370,7 +370,7 @@ def test_pipeline_runs_end_to_end_with_kfp_local(tmp_path, monkeypatch):
     assert task is not None
 
     (run_dir,) = (tmp_path / "root").iterdir()
-    registered = json.loads((run_dir / "register" / "registration" / "registration.json")
+    registered = json.loads((run_dir / "register" / "registration" / "registered.json")
                             .read_text())
     assert registered["passed"] is True and registered["alias"] == "candidate"
     assert not (run_dir / "register-2").exists()  # the blocked branch did not run
@@ -451,7 +451,7 @@ def stand_in_kfp():
 
 def test_submit_sends_the_pipeline_and_overridden_parameters(stand_in_kfp, tmp_path, monkeypatch,
                                                              capsys):
-    from fairat.cli import main
+    from fairat.fronts.cli import main
 
     host, calls = stand_in_kfp
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.config/kfp context from the machine
@@ -486,7 +486,7 @@ def test_submit_sends_the_pipeline_and_overridden_parameters(stand_in_kfp, tmp_p
 
 def test_submit_reports_an_endpoint_error_with_status_and_body(stand_in_kfp, tmp_path,
                                                                monkeypatch, capsys):
-    from fairat.cli import main
+    from fairat.fronts.cli import main
 
     host, calls = stand_in_kfp
     _StandInKFP.refuse_runs = True
@@ -505,7 +505,7 @@ def _free_port() -> int:
 
 
 def test_submit_to_an_unreachable_host_names_it_and_exits_2(capsys):
-    from fairat.cli import main
+    from fairat.fronts.cli import main
 
     host = f"http://127.0.0.1:{_free_port()}"
     assert main(["pipeline", "submit", "--host", host, "--params",
@@ -515,7 +515,7 @@ def test_submit_to_an_unreachable_host_names_it_and_exits_2(capsys):
 
 
 def test_submit_refuses_multi_node_without_a_shared_volume_before_contacting_the_host(capsys):
-    from fairat.cli import main
+    from fairat.fronts.cli import main
 
     assert main(["pipeline", "submit", "--host", "http://127.0.0.1:1", "--num-nodes", "2",
                  "--params", str(REPO / "params.yaml")]) == 2
@@ -524,7 +524,7 @@ def test_submit_refuses_multi_node_without_a_shared_volume_before_contacting_the
 
 
 def test_submit_two_nodes_with_a_shared_volume(stand_in_kfp, tmp_path, monkeypatch, capsys):
-    from fairat.cli import main
+    from fairat.fronts.cli import main
 
     host, calls = stand_in_kfp
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -541,7 +541,7 @@ def test_submit_two_nodes_with_a_shared_volume(stand_in_kfp, tmp_path, monkeypat
 
 
 def test_compile_command_writes_the_yaml(tmp_path):
-    from fairat.cli import main
+    from fairat.fronts.cli import main
 
     out = tmp_path / "p.yaml"
     assert main(["pipeline", "compile", "--out", str(out), "--params",
@@ -550,7 +550,7 @@ def test_compile_command_writes_the_yaml(tmp_path):
 
 
 def test_help_loads_neither_kfp_nor_torch():
-    code = ("import sys; from fairat.cli import build_parser; build_parser(); "
+    code = ("import sys; from fairat.fronts.cli import build_parser; build_parser(); "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'kfp')]; "
             "assert not bad, bad")
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fairat.metrics import accuracy_from_counts, classwise_accuracy, classwise_counts, summarize
+from fairat.engine.metrics import accuracy_from_counts, classwise_accuracy, classwise_counts, summarize
 
 NAMES = ["cat", "dog", "ship"]
 # cat: 2 of 4 right, dog: 1 of 1, ship: 0 of 3

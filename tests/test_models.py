@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from fairat.checkpoint import load_checkpoint, load_model, model_file_payload, save_checkpoint
+from fairat.engine.checkpoint import load_checkpoint, load_model, model_file_payload, save_checkpoint
 from fairat.config import ModelConfig
-from fairat.models import ModelSpec, build_model
+from fairat.engine.models import ModelSpec, build_model
 
 class Evil:
     """An arbitrary pickled object: loading it would run code, so weights_only must refuse it."""

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fairat import registry
-from fairat.cli import main
+from fairat.edge import registry
+from fairat.fronts.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 COPY = ["fairat", "params.yaml", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore",

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fairat import registry
-from fairat.cli import main
+from fairat.edge import registry
+from fairat.engine.metrics import flatten, numeric_metrics
+from fairat.fronts.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["-S", "data.val_per_class=5", "-S", "model.width=8", "-S", "train.epochs=1",
@@ -96,7 +97,7 @@ def test_tracking_uri_prefers_the_environment(tmp_path, monkeypatch):
 
 def test_flatten_and_numeric_metrics():
     tree = {"train": {"attack": {"eps": 0.1}, "augment": ["a", "b"]}, "flag": True}
-    assert registry.flatten(tree) == {"train.attack.eps": 0.1, "train.augment": ["a", "b"],
+    assert flatten(tree) == {"train.attack.eps": 0.1, "train.augment": ["a", "b"],
                                       "flag": True}
     record = {"epoch": 2, "val": {"cat": 0.5, "dog": float("nan")}, "ok": True, "name": "x"}
-    assert registry.numeric_metrics(record) == {"epoch": 2.0, "val.cat": 0.5}
+    assert numeric_metrics(record) == {"epoch": 2.0, "val.cat": 0.5}

@@ -1,4 +1,4 @@
-"""fairat.storage against a real S3 endpoint on loopback (moto's standalone server, over HTTP).
+"""fairat.edge.storage against a real S3 endpoint on loopback (moto's standalone server, over HTTP).
 
 Also: DVC push/pull through an S3 remote, MLflow artifacts on S3, and what happens when the server
 is down or dies mid-download (a clear error; nothing half-written; existing files untouched).
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from fairat import storage
-from fairat.storage import StorageError, parse_s3_url, safe_relative_key
+from fairat.edge import storage
+from fairat.edge.storage import StorageError, parse_s3_url, safe_relative_key
 from servers import free_port, start_moto
 
 
@@ -222,7 +222,7 @@ def test_download_dying_mid_way_leaves_existing_file_untouched(tmp_path, monkeyp
 
 
 def test_storage_cli_push_pull(s3_env, tmp_path, capsys):
-    from fairat.cli import main
+    from fairat.fronts.cli import main
 
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "f.txt").write_text("cli")
@@ -260,7 +260,7 @@ def dvc_repo(tmp_path) -> Path:
 def test_dvc_push_then_pull_restores_data(s3_env, dvc_repo):
     import argparse
 
-    from fairat import storage_cli
+    from fairat.fronts import storage_cli
 
     storage.ensure_bucket(s3_env)
     parser = argparse.ArgumentParser(prog="fairat")

@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from fairat.checkpoint import load_checkpoint, load_model, save_checkpoint
+from fairat.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
 from fairat.config import AttackConfig, FairATConfig, ModelConfig, TrainConfig
-from fairat.training import Trainer, TrainPaths, epoch_plan, lr_at, train
+from fairat.engine.training import Trainer, TrainPaths, epoch_plan, lr_at, train
 
 MODEL = ModelConfig(name="small_cnn", width=8)
 
@@ -88,7 +88,7 @@ def test_resume_refuses_a_different_config(digits, tmp_path):
 
 
 def test_best_checkpoint_needs_a_validation_split(digits, tmp_path):
-    from fairat.data import PreparedData
+    from fairat.engine.data import PreparedData
 
     no_val = PreparedData(digits.train, digits.val.subset(torch.zeros(0, dtype=torch.long)),
                           digits.test)

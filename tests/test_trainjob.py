@@ -7,8 +7,9 @@ import shlex
 
 import pytest
 
-from fairat.cli import build_parser, parse_overrides
-from fairat.trainjob import (RUNTIME, TrainJobSpec, submit_trainjob, train_command,
+from fairat.config import parse_overrides
+from fairat.fronts.cli import build_parser
+from fairat.cluster.trainjob import (RUNTIME, TrainJobSpec, submit_trainjob, train_command,
                              trainjob_manifest, trainjob_request)
 
 IMAGE = "registry.example.com/fairat:0.3.1"

@@ -6,46 +6,35 @@ checked, subset per class with seeded generators, and written as ``{train,val,te
 ``manifest.json`` whose hashes are byte-for-byte reproducible (no timestamps, not even inside the
 npz zip headers).
 
-Sources are a registry (:data:`SOURCES`) of loaders ``DataConfig -> (train, test)``. Archives and
-folders given to ``imagefolder`` are treated as untrusted: images are read into memory only,
-nothing is extracted to disk, and links, devices and path-escaping names are refused.
+Sources are a registry (:data:`SOURCES`) of loaders ``DataConfig -> (train, test)``; the hardened
+reader of untrusted ImageFolder folders and archives is :mod:`fairat.engine.imagefolder`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import os
-import tarfile
 import zipfile
-import zlib
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from fairat.artifacts import MANIFEST
 from fairat.config import DataConfig, to_dict
+from fairat.engine.imagefolder import read_imagefolder
+from fairat.errors import DataError
+from fairat.engine.seeds import derive_seed
 from fairat.io import atomic_path, sha256_bytes, sha256_file, write_json_atomic
 
 DEFAULT_RAW_ROOT = "data/raw"  # torchvision sources only, when data.root is empty
 SPLITS = ("train", "val", "test")
-MANIFEST_NAME = "manifest.json"
+MANIFEST_NAME = MANIFEST  # the one name, from fairat.artifacts
 DIGITS_TEST_FRACTION = 0.2  # of each class; fixed seed so the test set never follows cfg.seed
 _FIXED_SEED = 0
-_MAX_IMAGE_BYTES = 64 << 20  # one image file; guards memory against a hostile archive
-_IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
-_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
-_GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed zip entry time: identical bytes for identical arrays
-
-
-class DataError(ValueError):
-    """Bad or missing data; the message names the file, class or value at fault."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,223 +148,11 @@ def _load_svhn(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
     return train, test
 
 
-# ---------------------------------------------------------------- imagefolder (untrusted inputs)
-
-Reader = Callable[[], bytes]
-
-
-@dataclass
-class _Tree:
-    """Directories and image files of a folder or archive, as relative path parts."""
-
-    origin: str
-    dirs: set[tuple[str, ...]]
-    files: dict[tuple[str, ...], Reader]
-
-    def all_dirs(self) -> set[tuple[str, ...]]:
-        """Explicit directories plus every parent of a file (archives may omit dir entries)."""
-        return self.dirs | {f[:i] for f in self.files for i in range(1, len(f))}
-
-
-def _is_image(parts: tuple[str, ...]) -> bool:
-    return PurePosixPath(parts[-1]).suffix.lower() in _IMAGE_SUFFIXES
-
-
-def _hidden(parts: tuple[str, ...]) -> bool:
-    """Dot files and folders (``.DS_Store``, macOS ``._x.jpg`` forks) are never images."""
-    return any(p.startswith(".") for p in parts)
-
-
-def _safe_parts(name: str, origin: str) -> tuple[str, ...]:
-    """Path parts of an archive member; absolute or ``..`` names are refused outright."""
-    path = PurePosixPath(name)
-    if path.is_absolute() or ".." in path.parts:
-        raise DataError(f"{origin}: refusing archive member {name!r}: absolute or '..' paths "
-                        f"could escape the data folder")
-    return path.parts
-
-
-_TAR_KINDS = {tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hard link",
-              tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device",
-              tarfile.FIFOTYPE: "fifo"}
-
-
-def _tar_tree(path: Path) -> _Tree:
-    """Read every image member of a tar archive into memory; nothing is written to disk."""
-    tree = _Tree(str(path), set(), {})
-    try:
-        with tarfile.open(path, "r:*") as tf:
-            for member in tf:
-                parts = _safe_parts(member.name, tree.origin)
-                if member.isdir():
-                    if parts and not _hidden(parts):  # "./" of `tar -C dir .` has no parts
-                        tree.dirs.add(parts)
-                    continue
-                if not member.isreg():
-                    kind = _TAR_KINDS.get(member.type, f"type {member.type!r}")
-                    raise DataError(f"{path}: refusing archive member {member.name!r}: it is a "
-                                    f"{kind}, not a regular file")
-                if _hidden(parts) or not _is_image(parts):
-                    continue
-                if member.size > _MAX_IMAGE_BYTES:
-                    raise DataError(f"{path}: member {member.name!r} is {member.size} bytes, "
-                                    f"more than the {_MAX_IMAGE_BYTES} allowed for one image")
-                handle = tf.extractfile(member)
-                data = handle.read() if handle is not None else b""
-                tree.files[parts] = partial(bytes, data)
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
-        raise DataError(f"{path}: not a readable tar archive: {err}") from err
-    return tree
-
-
-def _read_nofollow(path: str) -> bytes:
-    """Read a file without following a symlink swapped in after the walk."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    with os.fdopen(fd, "rb") as f:
-        data = f.read(_MAX_IMAGE_BYTES + 1)
-    if len(data) > _MAX_IMAGE_BYTES:
-        raise DataError(f"{path}: more than the {_MAX_IMAGE_BYTES} bytes allowed for one image")
-    return data
-
-
-def _folder_tree(root: Path) -> _Tree:
-    """Walk a folder without following symlinks; files are read later, one at a time."""
-    tree = _Tree(str(root), set(), {})
-    stack: list[tuple[str, ...]] = [()]
-    while stack:
-        rel = stack.pop()
-        with os.scandir(root.joinpath(*rel)) as entries:
-            for entry in entries:
-                parts = rel + (entry.name,)
-                if entry.name.startswith("."):
-                    continue
-                if entry.is_symlink():
-                    raise DataError(f"{root}: {'/'.join(parts)} is a symlink; symlinks are not "
-                                    f"followed in data folders (copy the files instead)")
-                if entry.is_dir(follow_symlinks=False):
-                    tree.dirs.add(parts)
-                    stack.append(parts)
-                elif entry.is_file(follow_symlinks=False):
-                    if _is_image(parts):
-                        tree.files[parts] = partial(_read_nofollow, entry.path)
-                else:
-                    raise DataError(f"{root}: {'/'.join(parts)} is not a regular file")
-    return tree
-
-
-def _open_tree(root: str) -> _Tree:
-    path = Path(root)
-    if path.is_dir():
-        return _folder_tree(path)
-    if not path.is_file():
-        raise DataError(f"data.root: {root!r} not found (expected a folder or a .tar.gz archive)")
-    if not path.name.lower().endswith(_ARCHIVE_SUFFIXES):
-        raise DataError(f"data.root: {root!r} is neither a folder nor a tar archive "
-                        f"({', '.join(_ARCHIVE_SUFFIXES)})")
-    return _tar_tree(path)
-
-
-def _split_prefix(tree: _Tree, dirs: set[tuple[str, ...]]) -> tuple[str, ...]:
-    """Where ``train/`` and ``test/`` live: at the top, or under one single top-level folder."""
-    if ("train",) in dirs:
-        return ()
-    tops = sorted({d[0] for d in dirs})
-    if len(tops) == 1 and (tops[0], "train") in dirs:
-        return (tops[0],)
-    raise DataError(f"{tree.origin}: expected train/ and test/ folders at the top level or under a "
-                    f"single top-level folder; found top-level folders {tops}")
-
-
-def _class_files(tree: _Tree, dirs: set[tuple[str, ...]], base: tuple[str, ...],
-                 ) -> dict[str, list[tuple[str, ...]]]:
-    """Class name -> sorted image paths under ``base/<class>/`` (any depth below the class)."""
-    if base not in dirs:
-        raise DataError(f"{tree.origin}: no {'/'.join(base)}/ folder")
-    depth = len(base)
-    classes = {d[depth]: [] for d in dirs if len(d) > depth and d[:depth] == base}
-    for f in tree.files:
-        if len(f) > depth + 1 and f[:depth] == base:
-            classes[f[depth]].append(f)
-    if not classes:
-        raise DataError(f"{tree.origin}: {'/'.join(base)}/ holds no class folders")
-    for name, files in classes.items():
-        if not files:
-            raise DataError(f"{tree.origin}: class folder {'/'.join(base + (name,))}/ holds no "
-                            f"images (class {name!r})")
-        files.sort()
-    return dict(sorted(classes.items()))
-
-
-@dataclass
-class _Decoder:
-    """Decodes images into one preallocated array, enforcing one size across all splits."""
-
-    origin: str
-    size: tuple[int, int] | None = None  # PIL (width, height) of the first image
-    first: str = ""
-    all_grey: bool = True
-
-    def decode(self, paths: list[tuple[str, ...]], files: dict[tuple[str, ...], Reader],
-               ) -> np.ndarray:
-        """(N, H, W, 3) uint8; greyscale images fill all three channels."""
-        out: np.ndarray | None = None
-        for i, parts in enumerate(paths):
-            name = f"{self.origin}:{'/'.join(parts)}"
-            pixels, grey = self._decode_one(name, files[parts]())
-            if out is None:
-                out = np.empty((len(paths), *pixels.shape[:2], 3), dtype=np.uint8)
-            out[i] = pixels[..., None] if grey else pixels
-            self.all_grey &= grey
-        assert out is not None  # callers never pass an empty list
-        return out
-
-    def _decode_one(self, name: str, data: bytes) -> tuple[np.ndarray, bool]:
-        from PIL import Image
-
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                self._check_size(name, im.size)
-                grey = im.mode in _GREY_MODES
-                return np.asarray(im.convert("L" if grey else "RGB")), grey
-        except DataError:
-            raise
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            raise DataError(f"cannot decode image {name}: {err}") from err
-
-    def _check_size(self, name: str, size: tuple[int, int]) -> None:
-        if self.size is None:
-            self.size, self.first = size, name
-        elif size != self.size:
-            raise DataError(f"image size mismatch: {name} is {size[0]}x{size[1]} (WxH) but "
-                            f"{self.first} is {self.size[0]}x{self.size[1]}")
-
-
 def _load_imagefolder(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
-    """``<top?>/{train,test}/<class>/<image>`` from a folder or tar archive, decoded with PIL.
-
-    Class names are the sorted class folders of ``train``; ``test`` must have the same ones.
-    Images are RGB, or single-channel when every image is greyscale.
-    """
-    tree = _open_tree(cfg.root)
-    dirs = tree.all_dirs()
-    prefix = _split_prefix(tree, dirs)
-    train_files = _class_files(tree, dirs, prefix + ("train",))
-    test_files = _class_files(tree, dirs, prefix + ("test",))
-    names = tuple(train_files)
-    if set(test_files) != set(names):
-        extra, missing = sorted(set(test_files) - set(names)), sorted(set(names) - set(test_files))
-        raise DataError(f"{tree.origin}: test classes differ from train classes: only in test "
-                        f"{extra}, missing from test {missing}")
-    decoder = _Decoder(tree.origin)
-    arrays, labels = [], []
-    for by_class in (train_files, test_files):
-        paths = [p for c in names for p in by_class[c]]
-        arrays.append(decoder.decode(paths, tree.files))
-        labels.append([k for k, c in enumerate(names) for _ in by_class[c]])
-    channels = slice(0, 1) if decoder.all_grey else slice(0, 3)
-    train, test = (_from_arrays(a[..., channels].transpose(0, 3, 1, 2), y, names)
-                   for a, y in zip(arrays, labels))
-    return train, test
+    """``<top?>/{train,test}/<class>/<image>`` from a folder or tar archive (untrusted input,
+    read by :mod:`fairat.engine.imagefolder`)."""
+    names, (train, test) = read_imagefolder(cfg.root)
+    return tuple(_from_arrays(images, labels, names) for images, labels in (train, test))
 
 
 SOURCES: dict[str, Callable[[DataConfig], tuple[ImageSet, ImageSet]]] = {
@@ -452,12 +229,6 @@ def stratified_indices(labels: torch.Tensor, per_class: int, num_classes: int, s
     return torch.sort(torch.cat(picked)).values if picked else torch.zeros(0, dtype=torch.int64)
 
 
-def _derive_seed(seed: int, stream: str) -> int:
-    """Independent, stable seed per purpose, so the val choice does not echo the subset choice."""
-    digest = hashlib.sha256(f"{seed}/{stream}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
 def _per_class_subset(ds: ImageSet, per_class: int | None, seed: int, split: str) -> ImageSet:
     if per_class is None:
         return ds
@@ -496,10 +267,10 @@ def prepare(cfg: DataConfig) -> PreparedData:
         raise DataError(f"train and test disagree: classes {train.class_names} vs "
                         f"{test.class_names}, image shape {tuple(train.images.shape[1:])} vs "
                         f"{tuple(test.images.shape[1:])}")
-    train = _per_class_subset(train, cfg.train_per_class, _derive_seed(cfg.seed, "train"), "train")
-    test = _per_class_subset(test, cfg.test_per_class, _derive_seed(_FIXED_SEED, "test"), "test")
+    train = _per_class_subset(train, cfg.train_per_class, derive_seed(cfg.seed, "train"), "train")
+    test = _per_class_subset(test, cfg.test_per_class, derive_seed(_FIXED_SEED, "test"), "test")
     if cfg.val_per_class > 0:
-        train, val = _hold_out(train, cfg.val_per_class, _derive_seed(cfg.seed, "val"))
+        train, val = _hold_out(train, cfg.val_per_class, derive_seed(cfg.seed, "val"))
     else:
         val = train.subset(torch.zeros(0, dtype=torch.int64))
     return PreparedData(train=train, val=val, test=test)

@@ -107,6 +107,12 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
+def rank_slice(n: int, ctx: DistContext) -> slice:
+    """This rank's contiguous part of ``n`` items (a global batch, an attack's examples): sizes
+    differ by at most one, so no rank is left empty while ``n >= world_size``."""
+    return slice(ctx.rank * n // ctx.world_size, (ctx.rank + 1) * n // ctx.world_size)
+
+
 def block_shard(n: int, block: int, ctx: DistContext) -> list[tuple[int, torch.Tensor]]:
     """This rank's blocks of ``range(n)``: (block number, positions) for blocks ``rank::world``.
 

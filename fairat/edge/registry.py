@@ -15,21 +15,17 @@ hashes and report files are logged.
 from __future__ import annotations
 
 import json
-import math
 import os
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from fairat.engine.metrics import flatten, numeric_metrics
+from fairat.errors import RegistryError
+from fairat.evidence.gate import TAG, approval_problems
+
 CANDIDATE, CHAMPION = "candidate", "champion"
-TAG = "fairat."  # prefix of every tag this project sets
-EVIDENCE_TAGS = ("gate_passed", "gate_attack", "worst_class_robust", "average_robust",
-                 "model_sha256", "data_content_hash", "report_sha256")
-
-
-class RegistryError(RuntimeError):
-    """Tracking or registry failure, or a refused approval; the message says what and why."""
 
 
 def tracking_uri() -> str:
@@ -63,24 +59,6 @@ def _client():
 
     _mlflow()
     return MlflowClient()
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"attack": {"eps": 0.1}}}`` -> ``{"train.attack.eps": 0.1}`` (lists kept whole)."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
-def numeric_metrics(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Finite numbers of a (nested) record, keyed ``a.b`` (per-class dicts become ``key.class``)."""
-    return {k: float(v) for k, v in flatten(record, prefix).items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
 # ----------------------------------------------------------------------------- tracking
@@ -228,21 +206,6 @@ def register_model(model: Any, example: Any, model_name: str, run_id: str | None
 
 
 # ----------------------------------------------------------------------------- approval
-
-def approval_problems(tags: dict[str, str]) -> list[str]:
-    """Why a version with these tags must not become champion ([] = it may)."""
-    problems = [f"evidence tag {TAG}{key} is missing" for key in EVIDENCE_TAGS
-                if not tags.get(f"{TAG}{key}")]
-    passed = tags.get(f"{TAG}gate_passed")
-    if passed is not None and passed != "true":
-        reasons = tags.get(f"{TAG}gate_reasons", "[]")
-        try:
-            listed = "; ".join(json.loads(reasons))
-        except (json.JSONDecodeError, TypeError):
-            listed = reasons
-        problems.insert(0, f"the fairness gate did not pass: {listed or 'no reasons recorded'}")
-    return problems
-
 
 def approve(model_name: str, version: int, by: str, note: str = "") -> dict[str, Any]:
     """Promote ``version`` to alias ``champion`` if its evidence shows a passed gate.

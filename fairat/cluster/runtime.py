@@ -5,7 +5,7 @@ test, so each one is a single call into this module. This module only maps KFP a
 the file names the CLI and DVC use (``model.pt``, ``eval.json``, ``gate.json`` ...) and calls
 :mod:`fairat.steps`; the ML and MLOps logic stays in the steps.
 
-Every ``params`` argument is the ``key=value`` text of :func:`fairat.pipeline_params.knob_lines`.
+Every ``params`` argument is the ``key=value`` text of :func:`fairat.cluster.params.knob_lines`.
 """
 
 from __future__ import annotations
@@ -25,19 +25,15 @@ from typing import Any
 import yaml
 
 from fairat.config import to_dict
+from fairat.engine.metrics import numeric_metrics
 from fairat.io import write_text_atomic
-from fairat.pipeline_params import params_from_lines
+from fairat.cluster.params import params_from_lines
 
-# One name per file, shared with the CLI defaults and dvc.yaml.
-MODEL_FILE = "model.pt"
-TRAIN_JSON, TRAIN_CSV = "train.json", "train.csv"
-EVAL_JSON, EVAL_PNG = "eval.json", "eval_classwise.png"
-GATE_JSON = "gate.json"
-REGISTRATION_JSON = "registration.json"
+from fairat.artifacts import EVAL_JSON, EVAL_PNG, GATE_JSON, MODEL, REGISTERED_JSON, TRAIN_CSV, TRAIN_JSON
 
 
 def run_prepare(params: str, data_dir: str) -> None:
-    from fairat.steps import prepare_step
+    from fairat.steps.prepare import prepare_step
 
     prepare_step(params_from_lines(params), data_dir)
 
@@ -48,7 +44,7 @@ def torchrun_command(params_file: Path, data_dir: str, model_dir: str, train_dir
     return [sys.executable, "-m", "torch.distributed.run", "--standalone",
             f"--nproc_per_node={gpus_per_node}", "-m", "fairat", "train",
             "--params", str(params_file), "--data", data_dir,
-            "--model", str(Path(model_dir) / MODEL_FILE), "--checkpoints", str(checkpoints),
+            "--model", str(Path(model_dir) / MODEL), "--checkpoints", str(checkpoints),
             "--metrics", str(Path(train_dir) / TRAIN_JSON),
             "--history", str(Path(train_dir) / TRAIN_CSV)]
 
@@ -76,7 +72,7 @@ def run_train(params: str, data_dir: str, model_dir: str, train_dir: str, gpus_p
     if trainjob or num_nodes > 1:  # without trainjob settings, stage_trainjob says what is missing
         _train_with_trainjob(params, data_dir, model_dir, train_dir, gpus_per_node, num_nodes,
                              trainjob, accelerator_type)
-        return _flat_numbers(json.loads((Path(train_dir) / TRAIN_JSON).read_text()))
+        return numeric_metrics(json.loads((Path(train_dir) / TRAIN_JSON).read_text()))
     cfg = params_from_lines(params)
     with tempfile.TemporaryDirectory(prefix="fairat-train-") as scratch:
         checkpoints = Path(scratch) / "checkpoints"
@@ -86,14 +82,14 @@ def run_train(params: str, data_dir: str, model_dir: str, train_dir: str, gpus_p
             subprocess.run(torchrun_command(params_file, data_dir, model_dir, train_dir,
                                             checkpoints, gpus_per_node), check=True)
         else:
-            from fairat.steps import train_step
-            from fairat.training import TrainPaths
+            from fairat.steps.train import train_step
+            from fairat.engine.training import TrainPaths
 
-            train_step(cfg, data_dir, TrainPaths(Path(model_dir) / MODEL_FILE, checkpoints,
+            train_step(cfg, data_dir, TrainPaths(Path(model_dir) / MODEL, checkpoints,
                                                  Path(train_dir) / TRAIN_JSON,
                                                  Path(train_dir) / TRAIN_CSV))
     summary = json.loads((Path(train_dir) / TRAIN_JSON).read_text())
-    return _flat_numbers(summary)
+    return numeric_metrics(summary)
 
 
 def stage_trainjob(params: str, data_dir: str, gpus_per_node: int, num_nodes: int,
@@ -111,7 +107,7 @@ def stage_trainjob(params: str, data_dir: str, gpus_per_node: int, num_nodes: in
     namespace, Secret and ConfigMap *names*). Returns ``(TrainJobSpec, namespace)``; a None
     namespace lets the SDK use this pod's service-account namespace.
     """
-    from fairat.trainjob import TrainJobSpec, credential_refs
+    from fairat.cluster.trainjob import TrainJobSpec, credential_refs
 
     settings = json.loads(trainjob) if trainjob else {}
     if not settings.get("volume_claim"):
@@ -146,43 +142,33 @@ def _train_with_trainjob(params: str, data_dir: str, model_dir: str, train_dir: 
     The staged folder is removed once the outputs are in the KFP artifacts; after a failure it
     stays on the volume for inspection (its checkpoints let a manual ``--resume`` continue).
     """
-    from fairat.trainjob import submit_trainjob
+    from fairat.cluster.trainjob import submit_trainjob
 
     spec, namespace = stage_trainjob(params, data_dir, gpus_per_node, num_nodes, trainjob,
                                      accelerator_type)
     submit_trainjob(spec, namespace=namespace, wait=True)
     work = Path(spec.work_dir)
-    shutil.copy2(work / MODEL_FILE, Path(model_dir) / MODEL_FILE)
+    shutil.copy2(work / MODEL, Path(model_dir) / MODEL)
     for name in (TRAIN_JSON, TRAIN_CSV):
         shutil.copy2(work / name, Path(train_dir) / name)
     shutil.rmtree(work.parent)
 
 
-def _flat_numbers(tree: Any, prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of a JSON tree as ``a_b_c`` -> float (booleans and lists skipped)."""
-    out: dict[str, float] = {}
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            out.update(_flat_numbers(value, f"{prefix}{key}_"))
-    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
-        out[prefix.rstrip("_")] = float(tree)
-    return out
-
-
 def run_evaluate(params: str, data_dir: str, model_dir: str, report_dir: str, card_path: str,
-                 chart_path: str) -> dict[str, float]:
+                 chart_path: str, train_dir: str | None = None) -> dict[str, float]:
     """Class-wise evaluation into ``report_dir/{eval.json,eval_classwise.png}``.
 
     Also writes the model card (Markdown) to ``card_path`` and an HTML page with the class-wise
     chart embedded to ``chart_path``, both for the Kubeflow UI. Returns ``<attack>_<average|worst|
     gap>`` fractions for a Metrics artifact.
     """
-    from fairat.evaluation import summary_metrics
-    from fairat.steps import evaluate_step
+    from fairat.engine.evaluation import summary_metrics
+    from fairat.steps.evaluate import evaluate_step
 
     report_file, png = Path(report_dir) / EVAL_JSON, Path(report_dir) / EVAL_PNG
-    report = evaluate_step(params_from_lines(params), data_dir, Path(model_dir) / MODEL_FILE,
-                           report_file, png, card_path)
+    report = evaluate_step(params_from_lines(params), data_dir, Path(model_dir) / MODEL,
+                           report_file, png, card_path,
+                           train_metrics_path=Path(train_dir) / TRAIN_JSON if train_dir else None)
     write_text_atomic(chart_path, _chart_page(Path(card_path).read_text(), png))
     return summary_metrics(report)
 
@@ -198,10 +184,10 @@ def _chart_page(card_markdown: str, png: Path) -> str:
 
 def run_gate(params: str, report_dir: str, model_dir: str, gate_dir: str) -> dict[str, Any]:
     """Fairness gate on ``report_dir/eval.json`` into ``gate_dir/gate.json``; returns the decision."""
-    from fairat.steps import gate_step
+    from fairat.steps.gate import gate_step
 
     return gate_step(params_from_lines(params), Path(report_dir) / EVAL_JSON,
-                     Path(model_dir) / MODEL_FILE, Path(gate_dir) / GATE_JSON)
+                     Path(model_dir) / MODEL, Path(gate_dir) / GATE_JSON)
 
 
 def run_register(params: str, candidate: bool, data_dir: str, model_dir: str, train_dir: str,
@@ -212,17 +198,18 @@ def run_register(params: str, candidate: bool, data_dir: str, model_dir: str, tr
     disagrees with the decision file it was handed is a wiring bug, and registering anyway could
     mislabel a model, so it stops.
     """
-    from fairat.steps import register_step
+    from fairat.evidence.gate import recorded_verdict
+    from fairat.steps.register import register_step
 
     gate_file = Path(gate_dir) / GATE_JSON
-    passed = bool(json.loads(gate_file.read_text())["passed"])
+    passed = recorded_verdict(gate_file)
     if passed != candidate:
         raise RuntimeError(f"{gate_file} says passed={passed} but the pipeline took the "
                            f"candidate={candidate} branch")
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         print("MLFLOW_TRACKING_URI is not set: registering in the default store "
               "sqlite:///mlruns/mlflow.db under the working folder", flush=True)
-    return register_step(params_from_lines(params), Path(model_dir) / MODEL_FILE,
+    return register_step(params_from_lines(params), Path(model_dir) / MODEL,
                          Path(report_dir) / EVAL_JSON, gate_file, Path(train_dir) / TRAIN_JSON,
-                         data_dir, Path(out_dir) / REGISTRATION_JSON,
+                         data_dir, Path(out_dir) / REGISTERED_JSON,
                          plot_path=Path(report_dir) / EVAL_PNG, card_path=card_path)

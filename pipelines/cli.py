@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from fairat.config import ConfigError, Params
+from fairat.config import ConfigError, Params, load_params
 
 # CLI flag -> ClusterSettings field (pipelines.fairat_pipeline); None keeps the field's default.
 CLUSTER_FLAGS = {"--image": "image", "--s3-secret": "s3_secret",
@@ -83,7 +83,7 @@ def submit(host: str, params: Params, experiment: str = "fairat", run_name: str 
     import urllib3
     from kfp import compiler
 
-    from fairat.pipeline_params import pipeline_arguments
+    from fairat.cluster.params import pipeline_arguments
     from pipelines.fairat_pipeline import ClusterSettings, build_pipeline
 
     settings = settings or ClusterSettings()
@@ -155,8 +155,6 @@ def add_parser(sub: Any) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run `fairat pipeline ...`; errors print one line and return 2."""
-    from fairat.cli import load_cli_params
-
     settings_values = {field: getattr(args, field) for field in CLUSTER_FLAGS.values()}
     try:
         settings = cluster_settings(settings_values)
@@ -167,7 +165,7 @@ def main(args: argparse.Namespace) -> int:
         resources = {k: v for k, v in (("accelerator_type", args.accelerator_type),
                                        ("gpus_per_node", args.gpus_per_node),
                                        ("num_nodes", args.num_nodes)) if v is not None}
-        run = submit(args.host, load_cli_params(args), args.experiment, args.run_name,
+        run = submit(args.host, load_params(args.params, args.overrides), args.experiment, args.run_name,
                      args.namespace, resources, settings, False if args.no_cache else None)
     except (KubeflowError, ConfigError) as err:
         print(f"fairat pipeline {args.action}: error: {err}", file=sys.stderr)

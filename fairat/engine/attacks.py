@@ -3,7 +3,7 @@
 Why lean: textbook adversarial-training scripts call ``loss.backward()`` inside the attack, which
 also computes (and then throws away) every weight gradient. Here each step asks autograd for the
 gradient with respect to the perturbation only, so the backward pass skips the weight-gradient
-convolutions: the main CPU lever for adversarial training (see shared NOTES.md).
+convolutions: the main CPU lever for adversarial training (measured in benchmarks/throughput.py).
 
 The caller owns the model's mode (``model.eval()`` for evaluation and, by default, for crafting
 training attacks, so attack steps do not move BatchNorm running statistics).

@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import logging
 import platform
-import subprocess
 import time
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -37,11 +35,14 @@ import torch
 from torch import nn
 
 import fairat
-from fairat.attacks import pgd_attack
+from fairat.engine.attacks import pgd_attack
 from fairat.config import EvalConfig, to_dict
-from fairat.distributed import DistContext, all_gather_cat, all_reduce_max, block_shard
-from fairat.io import atomic_path, write_json_atomic
-from fairat.metrics import accuracy_from_counts, classwise_counts, summarize
+from fairat.engine.distributed import (DistContext, all_gather_cat, all_reduce_max, block_shard,
+                                      rank_slice)
+from fairat.engine.seeds import generator
+from fairat.io import write_json_atomic
+from fairat.engine.metrics import accuracy_from_counts, classwise_counts, summarize
+from fairat.provenance import git_commit, package_version
 
 log = logging.getLogger(__name__)
 
@@ -258,8 +259,7 @@ def _run_batched_attacks(model: nn.Module, images: torch.Tensor, idx: torch.Tens
         flags, seconds = {"clean": clean}, {"clean": time.perf_counter() - t0}
         for k, name in enumerate(names):
             t0 = time.perf_counter()
-            gen = torch.Generator(device=device).manual_seed(
-                (cfg.seed * 1_000_003 + block) * 2 + k)
+            gen = generator(cfg.seed, "evaluate", name, block, device=device)
             noise = torch.rand(x.shape, generator=gen, device=device, dtype=x.dtype)
             with torch.enable_grad():
                 res = pgd_attack(model, x, yb, cfg.eps, cfg.pgd_step_size, cfg.pgd_steps,
@@ -353,32 +353,12 @@ def _autoattack_sharded(model: nn.Module, images: torch.Tensor, idx: torch.Tenso
     """AutoAttack flags for ``images[idx]``: one pyautoattack run per rank on its contiguous
     shard (balanced sizes), flags gathered in position order; seconds of the slowest rank."""
     n = len(idx)
-    lo, hi = ctx.rank * n // ctx.world_size, (ctx.rank + 1) * n // ctx.world_size
+    part = rank_slice(n, ctx)
     t0 = time.perf_counter()
-    mine = run_autoattack(model, images[idx[lo:hi]].float().div_(255), y[lo:hi], cfg, device)
+    mine = run_autoattack(model, images[idx[part]].float().div_(255), y[part], cfg, device)
     seconds = all_reduce_max(torch.tensor([time.perf_counter() - t0], dtype=torch.float64,
                                           device=device), ctx)
     return all_gather_cat(mine.to(device, torch.uint8), ctx).cpu().bool(), float(seconds.item())
-
-
-# ----------------------------------------------------------------------------- provenance
-
-def _package_version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def git_commit(cwd: str | Path | None = None) -> str | None:
-    """``git rev-parse HEAD`` of the repository holding the fairat package, or None."""
-    cwd = Path(fairat.__file__).resolve().parent if cwd is None else cwd
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
-                             text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
 def _provenance(extra: dict[str, Any] | None, cfg: EvalConfig, device: torch.device,
@@ -386,8 +366,8 @@ def _provenance(extra: dict[str, Any] | None, cfg: EvalConfig, device: torch.dev
     """Caller facts plus measured ones; a measured value wins unless it is unknown (None)."""
     measured = {
         "python": platform.python_version(), "torch": torch.__version__,
-        "torchvision": _package_version("torchvision"),
-        "pyautoattack": _package_version("pyautoattack"), "fairat": fairat.__version__,
+        "torchvision": package_version("torchvision"),
+        "pyautoattack": package_version("pyautoattack"), "fairat": fairat.__version__,
         "git_commit": git_commit(), "seed": cfg.seed, "device": device.type,
         "world_size": ctx.world_size,
         "eval_config": to_dict(cfg),
@@ -411,83 +391,3 @@ def summary_metrics(report: dict[str, Any]) -> dict[str, float]:
 def write_report(report: dict[str, Any], json_path: str | Path) -> None:
     """Write the report as key-sorted JSON, atomically; NaN or infinity is a ValueError."""
     write_json_atomic(json_path, report)
-
-
-def _present_attacks(report: dict[str, Any]) -> list[str]:
-    attacks = report["attacks"]
-    return [a for a in ATTACK_ORDER if a in attacks] + [a for a in attacks if a not in ATTACK_ORDER]
-
-
-def plot_classwise(report: dict[str, Any], png_path: str | Path) -> None:
-    """Grouped bar chart: classes on x, one bar per attack; legend gives average and worst class."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names, attacks = report["class_names"], _present_attacks(report)
-    width = 0.8 / len(attacks)
-    fig, ax = plt.subplots(figsize=(min(40.0, 2 + len(names) * (0.3 + 0.12 * len(attacks))), 4.5))
-    for i, attack in enumerate(attacks):
-        entry = report["attacks"][attack]
-        s = entry["summary"]
-        xs = np.arange(len(names)) + (i - (len(attacks) - 1) / 2) * width
-        bars = ax.bar(xs, [100 * entry["per_class"][n] for n in names], width,
-                      label=f"{attack}: avg {100 * s['average']:.1f}%, "
-                            f"worst {100 * s['worst']:.1f}% ({s['worst_class']})")
-        ax.axhline(100 * s["average"], color=bars.patches[0].get_facecolor(), ls="--", lw=0.8)
-    tilt = len(names) > 10 or max(map(len, names)) * len(names) > 60  # labels would collide
-    ax.set_xticks(np.arange(len(names)), names, rotation=35 if tilt else 0,
-                  ha="right" if tilt else "center")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title(f"Class-wise accuracy, L-inf eps = {report['eps'] * 255:.3g}/255 "
-                 f"(dashed: class average)")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-    fig.tight_layout()
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-
-
-def _cell(text: Any) -> str:
-    return str(text).replace("|", "\\|")
-
-
-def report_markdown(report: dict[str, Any]) -> str:
-    """Model-card Markdown: consistency warnings, per-class table, summary rows, provenance."""
-    names, attacks = report["class_names"], _present_attacks(report)
-    lines = ["# Class-wise robustness report", "",
-             f"L-inf eps = {report['eps'] * 255:.3g}/255 ({report['eps']:.5f}); "
-             f"accuracy in % per class (robust = correct on the clean and the attacked input).", ""]
-    lines += ["## Consistency", ""]
-    lines += ([f"- **{w['severity'].upper()}**: {_cell(w['message'])}"
-               for w in report["consistency"]]
-              or ["No consistency warnings: AutoAttack found every adversarial example PGD found."])
-    lines += ["", "## Accuracy by class (%)", "",
-              "| class | n | " + " | ".join(attacks) + " |",
-              "|---|---:|" + "---:|" * len(attacks)]
-    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
-    for name in names:
-        row = [pct(report["attacks"][a]["per_class"][name]) for a in attacks]
-        lines.append(f"| {_cell(name)} | {report['examples_per_class'][name]} | " + " | ".join(row)
-                     + " |")
-    summ = [report["attacks"][a]["summary"] for a in attacks]
-    lines.append("| **average** | | " + " | ".join(pct(s["average"]) for s in summ) + " |")
-    lines.append("| **worst** | | " + " | ".join(f"{pct(s['worst'])} ({_cell(s['worst_class'])})"
-                                                  for s in summ) + " |")
-    lines.append("| **gap** | | " + " | ".join(pct(s["gap"]) for s in summ) + " |")
-    n_all = sum(report["examples_per_class"].values())
-    subset = [a for a in attacks if report["attacks"][a]["n"] != n_all]
-    if subset:
-        lines += ["", f"Columns {', '.join(subset)} cover a per-class subset of the examples "
-                      f"(n = {', '.join(str(report['attacks'][a]['n']) for a in subset)}; "
-                      "per-class counts in the JSON report)."]
-    lines += ["", "## Attacks", ""]
-    for a in attacks:
-        entry, secs = report["attacks"][a], report["seconds"].get(a)
-        extra = f", {secs:.1f} s" if secs is not None else ""
-        lines.append(f"- **{a}**: {entry['n']} examples{extra}; settings `{entry['settings']}`")
-    lines += ["", "## Provenance", "", "| key | value |", "|---|---|"]
-    lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in sorted(report["provenance"].items())]
-    return "\n".join(lines) + "\n"

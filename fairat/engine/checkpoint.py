@@ -14,7 +14,7 @@ import torch
 
 from fairat.config import ModelConfig, from_dict, to_dict
 from fairat.io import save_torch_atomic
-from fairat.models import ModelSpec, PixelSpaceModel, build_model
+from fairat.engine.models import ModelSpec, PixelSpaceModel, build_model
 
 MODEL_FORMAT = "fairat-model-v1"
 IGNORED_ON_RESUME = {"progress", "device", "amp"}

@@ -10,6 +10,7 @@ Shapes: ``correct`` (N,) bool, ``labels`` (N,) int in [0, num_classes).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -88,3 +89,22 @@ def summarize(per_class: dict[str, float]) -> dict[str, Any]:
         "gap": float(values[best] - values[worst]),
         "std": float(values.std(ddof=0)),
     }
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The one flattening of nested records (MLflow params and metrics, Kubeflow Metrics, the
+    training CSV's columns): ``{"train": {"attack": {"eps": 0.1}}}`` -> ``{"train.attack.eps": 0.1}`` (lists kept whole)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def numeric_metrics(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Finite numbers of a (nested) record, keyed ``a.b`` (per-class dicts become ``key.class``)."""
+    return {k: float(v) for k, v in flatten(record, prefix).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}

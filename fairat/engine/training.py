@@ -30,18 +30,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairat.attacks import pgd_attack
-from fairat.augment import augment_hard, random_crop_flip
-from fairat.checkpoint import (load_checkpoint, model_file_payload, resume_mismatches,
+from fairat.engine.attacks import pgd_attack
+from fairat.engine.augment import augment_hard, random_crop_flip
+from fairat.engine.checkpoint import (load_checkpoint, model_file_payload, resume_mismatches,
                                save_checkpoint)
 from fairat.config import ModelConfig, TrainConfig, to_dict
-from fairat.data import PreparedData, channel_stats
-from fairat.distributed import (DistContext, all_gather_cat, all_reduce_sum, barrier,
-                                block_shard, global_batchnorm)
-from fairat.hard_examples import HardExampleTracker, example_scores
+from fairat.engine.data import PreparedData, channel_stats
+from fairat.engine.distributed import (DistContext, all_gather_cat, all_reduce_sum, barrier,
+                                       block_shard, global_batchnorm, rank_slice)
+from fairat.engine.metrics import flatten
+from fairat.engine.hard_examples import HardExampleTracker, example_scores
 from fairat.io import write_json_atomic, write_text_atomic
-from fairat.methods import Batch, start_noise, step_for
-from fairat.models import ModelSpec, build_model
+from fairat.engine.methods import Batch, start_noise, step_for
+from fairat.engine.models import ModelSpec, build_model
+from fairat.engine.seeds import generator
 
 
 @dataclass(frozen=True)
@@ -86,15 +88,8 @@ def lr_at(cfg: TrainConfig, progress: float) -> float:
 
 def epoch_generators(seed: int, epoch: int, device: torch.device) -> tuple[torch.Generator, ...]:
     """(CPU generator for the plan, device generator for augmentation and attack starts)."""
-    base = seed * 1_000_003 + epoch * 7919
-    plan = torch.Generator().manual_seed(base)
-    dev = torch.Generator(device=device).manual_seed(base + 1)
-    return plan, dev
-
-
-def block_generator(seed: int, block: int, device: torch.device) -> torch.Generator:
-    """Generator for one fixed block of examples (validation, rescoring, evaluation attacks)."""
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + block)
+    return generator(seed, "epoch", epoch, "plan"), generator(seed, "epoch", epoch, "device",
+                                                              device=device)
 
 
 def epoch_plan(n_train: int, hard: torch.Tensor, copies: int, batch_size: int, world_size: int,
@@ -117,12 +112,6 @@ def epoch_plan(n_train: int, hard: torch.Tensor, copies: int, batch_size: int, w
         (a, ca), (b, cb) = batches[-2], batches[-1]
         batches[-2:] = [(torch.cat([a, b]), torch.cat([ca, cb]))]
     return batches[:max_batches] if max_batches else batches
-
-
-def rank_slice(n: int, ctx: DistContext) -> slice:
-    """This rank's contiguous part of a global batch of ``n``: sizes differ by at most one, so
-    no rank is left empty while ``n >= world_size``."""
-    return slice(ctx.rank * n // ctx.world_size, (ctx.rank + 1) * n // ctx.world_size)
 
 
 class Trainer:
@@ -309,7 +298,7 @@ class Trainer:
                 x_adv = x
                 if cfg.fairat.score != "clean_ce" and idx.numel():
                     a = cfg.attack
-                    gen = block_generator(cfg.seed + 99991, epoch * 100_003 + block, self.device)
+                    gen = generator(cfg.seed, "rescore", epoch, block, device=self.device)
                     x_adv = pgd_attack(self.model, x, y, a.eps, a.step_size, a.steps,
                                        generator=gen).x_adv
                 with torch.no_grad():
@@ -332,7 +321,7 @@ class Trainer:
         # Blocks of 256 dealt round-robin to ranks, each with its own seeded attack start: the
         # per-example results, hence the counts, do not depend on the world size.
         for block, idx in block_shard(len(val), 256, self.ctx):
-            gen = block_generator(self.cfg.seed + 12345, block, self.device)
+            gen = generator(self.cfg.seed, "validate", block, device=self.device)
             x = val.images[idx].to(self.device).float().div_(255)
             y = val.labels[idx].to(self.device)
             with self._autocast():
@@ -440,16 +429,8 @@ def summary_json(summary: TrainSummary, cfg: TrainConfig) -> dict[str, Any]:
 
 
 def history_csv(history: list[dict[str, Any]]) -> str:
-    """Flat per-epoch table (nested per-class dicts become ``key/class`` columns) for DVC plots."""
-    rows = []
-    for record in history:
-        row: dict[str, Any] = {}
-        for key, value in record.items():
-            if isinstance(value, dict):
-                row.update({f"{key}/{name}": v for name, v in value.items()})
-            else:
-                row[key] = value
-        rows.append(row)
+    """Flat per-epoch table (nested per-class dicts become ``key.class`` columns) for DVC plots."""
+    rows = [flatten(record) for record in history]
     columns = list(dict.fromkeys(k for row in rows for k in row))
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")

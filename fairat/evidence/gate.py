@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from fairat.config import GateConfig, to_dict
+from fairat.io import sha256_file
 
+TAG = "fairat."  # prefix of every model-version tag this project sets
+# Tags a version must carry before approval may consider it (registration writes them all).
+EVIDENCE_TAGS = ("gate_passed", "gate_attack", "worst_class_robust", "average_robust",
+                 "model_sha256", "data_content_hash", "report_sha256")
 SUMMARY_KEYS = ("average", "worst", "worst_class", "best", "best_class", "gap")
 
 
@@ -70,7 +75,7 @@ def decide(report: Any, cfg: GateConfig, model_sha256: str | None) -> dict[str, 
     """Gate decision for ``report`` (the parsed eval JSON, or None when it is missing).
 
     Args:
-        report: evaluation report dict from :func:`fairat.evaluation.evaluate`; None = missing.
+        report: evaluation report dict from :func:`fairat.engine.evaluation.evaluate`; None = missing.
         cfg: thresholds (fractions) and the attack and split they judge.
         model_sha256: hash of the model being gated; None skips the staleness check (tests only).
     Returns:
@@ -120,6 +125,70 @@ def load_report(path: str | Path) -> tuple[Any, list[str]]:
         return None, [f"evaluation report {path} is not valid JSON: {err}"]
 
 
+def _sha_or_none(path: Path) -> str | None:
+    return sha256_file(path) if path.is_file() else None
+
+
+def decide_files(cfg: GateConfig, report_path: str | Path, model_path: str | Path) -> dict[str, Any]:
+    """:func:`decide` on the files at hand: the report at ``report_path`` for the model file at
+    ``model_path``. The decision records both hashes, so registration can tell it is current."""
+    report_path, model_path = Path(report_path), Path(model_path)
+    report, problems = load_report(report_path)
+    model_sha = _sha_or_none(model_path)
+    decision = decide(report, cfg, model_sha)
+    if problems:  # report is None: a precise "missing" / "not JSON" for decide's generic reason
+        decision["reasons"] = problems
+    if model_sha is None:
+        decision["reasons"].insert(0, f"model file {model_path} is missing")
+    decision["passed"] = not decision["reasons"]
+    decision["report_path"] = str(report_path)
+    decision["report_sha256"] = _sha_or_none(report_path)
+    return decision
+
+
+def recorded_verdict(gate_path: str | Path) -> bool:
+    """What the decision file says (``passed is True``), for wiring checks; unreadable = False."""
+    try:
+        decision = json.loads(Path(gate_path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(decision, dict) and decision.get("passed") is True
+
+
+def recheck_decision(gate_path: str | Path, model_path: str | Path,
+                     report_path: str | Path) -> tuple[dict[str, Any], str, str | None]:
+    """The recorded decision at ``gate_path``, failed when it is not about these files.
+
+    Why: registration acts on a decision file that anyone could have left behind; one made for
+    another model file or another report must never promote. Returns (decision with ``passed``
+    re-derived, model sha256, report sha256 or None). A missing model or gate file raises
+    FileNotFoundError; an unreadable gate file blocks.
+    """
+    model_path, report_path, gate_path = Path(model_path), Path(report_path), Path(gate_path)
+    if not model_path.is_file():
+        raise FileNotFoundError(f"register: model file {model_path} is missing")
+    if not gate_path.is_file():
+        raise FileNotFoundError(f"register: gate decision {gate_path} is missing; run the gate")
+    try:
+        decision = json.loads(gate_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        decision = {"passed": False, "reasons": [f"gate decision {gate_path} is not JSON: {err}"]}
+    if not isinstance(decision, dict):
+        decision = {"passed": False, "reasons": [f"gate decision {gate_path} is not an object"]}
+    reasons = decision.get("reasons")
+    reasons = list(reasons) if isinstance(reasons, list) else ["gate decision lists no reasons"]
+    model_sha, report_sha = sha256_file(model_path), _sha_or_none(report_path)
+    if decision.get("model_sha256") != model_sha:
+        reasons.append(f"gate decision is for model {decision.get('model_sha256')}, not "
+                       f"{model_sha}; re-run the gate")
+    if decision.get("report_sha256") != report_sha:
+        reasons.append("gate decision was made on another evaluation report; re-run it")
+    decision["reasons"] = reasons
+    decision["passed"] = decision.get("passed") is True and not reasons
+    decision.setdefault("attack", "unknown")
+    return decision, model_sha, report_sha
+
+
 def gate_metrics(decision: dict[str, Any]) -> dict[str, float]:
     """Flat numbers for DVC metrics / Kubeflow Metrics: passed (0/1) and the measured fractions."""
     out = {"passed": float(bool(decision["passed"]))}
@@ -128,3 +197,18 @@ def gate_metrics(decision: dict[str, Any]) -> dict[str, float]:
         if value is not None:
             out[f"{decision['attack']}_{key}"] = float(value)
     return out
+
+
+def approval_problems(tags: dict[str, str]) -> list[str]:
+    """Why a version with these tags must not become champion ([] = it may)."""
+    problems = [f"evidence tag {TAG}{key} is missing" for key in EVIDENCE_TAGS
+                if not tags.get(f"{TAG}{key}")]
+    passed = tags.get(f"{TAG}gate_passed")
+    if passed is not None and passed != "true":
+        reasons = tags.get(f"{TAG}gate_reasons", "[]")
+        try:
+            listed = "; ".join(json.loads(reasons))
+        except (json.JSONDecodeError, TypeError):
+            listed = reasons
+        problems.insert(0, f"the fairness gate did not pass: {listed or 'no reasons recorded'}")
+    return problems

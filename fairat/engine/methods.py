@@ -1,7 +1,7 @@
 """Adversarial-training objectives that plug into the one training loop: PGD-AT and TRADES.
 
 FairAT is not a separate objective: it trains its base objective (``fairat.base``) on a batch that
-also holds augmented copies of hard examples (see :mod:`fairat.hard_examples`).
+also holds augmented copies of hard examples (see :mod:`fairat.engine.hard_examples`).
 
 Each step function crafts the attack with the model in eval mode (attack steps must not move
 BatchNorm statistics), then runs the training forward in train mode through ``train_model`` (the
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairat.attacks import pgd_attack, trades_attack
+from fairat.engine.attacks import pgd_attack, trades_attack
 from fairat.config import TrainConfig
 
 

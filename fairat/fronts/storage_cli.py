@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fairat import storage
+    from fairat.edge import storage
 
     try:
         if args.storage_action == "push":

@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
-
-from fairat.config import ConfigError, Params, load_params, with_overrides
+from fairat.artifacts import LOCAL
+from fairat.config import ConfigError, Params, load_params
+from fairat.errors import DataError, RegistryError
+from fairat.fronts import storage_cli  # light: boto3 loads on use
 
 DESCRIPTION = """\
 fairat: fair adversarial training (FairAT) with PGD-AT and TRADES baselines, evaluated class by
@@ -38,6 +39,21 @@ MLFLOW_TRACKING_URI when set, else sqlite:///mlruns/mlflow.db in the current fol
 """
 
 
+PLUGIN_GROUP = "fairat.commands"
+
+
+def plugin_commands() -> dict[str, Any]:
+    """Subcommand modules declared under the ``fairat.commands`` entry point (pyproject.toml).
+
+    Why entry points: ``fairat pipeline`` lives in the top-level ``pipelines`` package, which
+    imports ``fairat``; finding it through the installed metadata keeps the package free of an
+    import of its own orchestration layer. Each module has ``add_parser(sub)`` and ``main(args)``.
+    """
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep.load() for ep in entry_points(group=PLUGIN_GROUP)}
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="params.yaml", type=Path,
                    help="params YAML with sections data/model/train/evaluate (default: %(default)s)")
@@ -47,18 +63,18 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="data/prepared", type=Path,
+    p.add_argument("--data", default=LOCAL["data"], type=Path,
                    help="prepared-data folder written by `fairat prepare` (default: %(default)s)")
 
 
 def _add_train_outputs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="models/model.pt", type=Path,
+    p.add_argument("--model", default=LOCAL["model"], type=Path,
                    help="where the selected model is written (default: %(default)s)")
-    p.add_argument("--checkpoints", default="models/checkpoints", type=Path,
+    p.add_argument("--checkpoints", default=LOCAL["checkpoints"], type=Path,
                    help="per-epoch checkpoints last.pt / best.pt (default: %(default)s)")
-    p.add_argument("--metrics", default="metrics/train.json", type=Path,
+    p.add_argument("--metrics", default=LOCAL["metrics"], type=Path,
                    help="training summary JSON (default: %(default)s)")
-    p.add_argument("--history", default="plots/train.csv", type=Path,
+    p.add_argument("--history", default=LOCAL["history"], type=Path,
                    help="per-epoch metrics CSV (default: %(default)s)")
     p.add_argument("--resume", action="store_true",
                    help="continue from <checkpoints>/last.pt if it exists (same params required)")
@@ -66,25 +82,25 @@ def _add_train_outputs(p: argparse.ArgumentParser) -> None:
 
 def _add_eval_outputs(p: argparse.ArgumentParser, with_model: bool) -> None:
     if with_model:
-        p.add_argument("--model", default="models/model.pt", type=Path,
+        p.add_argument("--model", default=LOCAL["model"], type=Path,
                        help="model file written by `fairat train` (default: %(default)s)")
-    p.add_argument("--report", default="metrics/eval.json", type=Path,
+    p.add_argument("--report", default=LOCAL["report"], type=Path,
                    help="class-wise report JSON (default: %(default)s)")
-    p.add_argument("--plot", default="plots/eval_classwise.png", type=Path,
+    p.add_argument("--plot", default=LOCAL["plot"], type=Path,
                    help="per-class bar chart PNG (default: %(default)s)")
-    p.add_argument("--card", default="reports/model_card.md", type=Path,
+    p.add_argument("--card", default=LOCAL["card"], type=Path,
                    help="markdown model card (default: %(default)s)")
-    p.add_argument("--summary", default="metrics/eval_summary.json", type=Path,
+    p.add_argument("--summary", default=LOCAL["summary"], type=Path,
                    help="average / worst / gap per attack, the DVC metrics (default: %(default)s)")
 
 
 def _add_gate_outputs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gate", default="metrics/gate.json", type=Path,
+    p.add_argument("--gate", default=LOCAL["gate"], type=Path,
                    help="fairness-gate decision JSON (default: %(default)s)")
 
 
 def _add_register_outputs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--registered", default="metrics/registered.json", type=Path,
+    p.add_argument("--registered", default=LOCAL["registered"], type=Path,
                    help="registered model name / version / alias JSON (default: %(default)s)")
 
 
@@ -138,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "stratified subsets and a validation split, and write .npz "
                                    "files plus a manifest (counts per class, content hashes).")
     _add_common(p)
-    p.add_argument("--out", default="data/prepared", type=Path,
+    p.add_argument("--out", default=LOCAL["data"], type=Path,
                    help="output folder (default: %(default)s)")
 
     p = sub.add_parser("train", help="adversarially train a model (pgd_at, trades, fairat)",
@@ -166,33 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gate_outputs(p)
     _add_register_outputs(p)
     _add_registry_commands(sub)
-    from fairat.kubeflow import add_parser as add_pipeline_parser  # light: kfp loads on use
-
-    add_pipeline_parser(sub)
-    from fairat import storage_cli  # light: boto3 loads on use
-
+    for command in plugin_commands().values():  # `fairat pipeline` (light: kfp loads on use)
+        command.add_parser(sub)
     storage_cli.add_parser(sub)
     return parser
 
 
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["train.epochs=3"]`` -> ``{"train.epochs": 3}`` (values parsed as YAML scalars/lists)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"-S {item!r}: expected KEY=VALUE, e.g. train.epochs=3")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"-S {item!r}: value is not valid YAML: {err}") from None
-    return out
-
-
 def load_cli_params(args: argparse.Namespace) -> Params:
-    params = load_params(args.params)
-    overrides = parse_overrides(args.overrides)
-    return with_overrides(params, overrides) if overrides else params
+    """``--params`` merged with every ``-S``, validated once (see :func:`fairat.config.load_params`)."""
+    return load_params(args.params, args.overrides)
 
 
 def _print_models(rows: list[dict[str, Any]], name: str) -> None:
@@ -213,7 +211,7 @@ def _print_models(rows: list[dict[str, Any]], name: str) -> None:
 
 
 def run_registry_command(args: argparse.Namespace) -> int:
-    from fairat import registry
+    from fairat.edge import registry
 
     if args.command == "approve":
         result = registry.approve(args.model_name, args.version, args.by, args.note)
@@ -234,46 +232,46 @@ def run_command(args: argparse.Namespace) -> int:
     if args.command in ("approve", "models"):
         return run_registry_command(args)
     params = load_cli_params(args)  # bad params stop here, before torch is even imported
-    from fairat import steps
-    from fairat.training import TrainPaths
-
     stages = {"run": ("prepare", "train", "evaluate", "gate", "register")}.get(
         args.command, (args.command,))
     if args.command == "run" and not params.track.enabled:
         stages = stages[:-1]
     if "prepare" in stages:
-        steps.prepare_step(params, args.out if args.command == "prepare" else args.data)
+        from fairat.steps.prepare import prepare_step
+
+        prepare_step(params, args.out if args.command == "prepare" else args.data)
     if "train" in stages:
-        paths = TrainPaths(args.model, args.checkpoints, args.metrics, args.history)
-        steps.train_step(params, args.data, paths, resume=args.resume)
+        from fairat.engine.training import TrainPaths
+        from fairat.steps.train import train_step
+
+        train_step(params, args.data, TrainPaths(args.model, args.checkpoints, args.metrics,
+                                                 args.history), resume=args.resume)
     if "evaluate" in stages:
-        steps.evaluate_step(params, args.data, args.model, args.report, args.plot, args.card,
-                            args.summary)
-        metrics = getattr(args, "metrics", Path("metrics/train.json"))
-        steps.track_evaluation_step(params, metrics, args.report, [args.plot, args.card])
+        from fairat.steps.evaluate import evaluate_step
+
+        evaluate_step(params, args.data, args.model, args.report, args.plot, args.card,
+                      args.summary, getattr(args, "metrics", None))
     if "gate" in stages:
-        decision = steps.gate_step(params, args.report, args.model, args.gate)
+        from fairat.steps.gate import gate_step
+
+        decision = gate_step(params, args.report, args.model, args.gate)
         if getattr(args, "strict", False) and not decision["passed"]:
             return 1
     if "register" in stages:
-        steps.register_step(params, args.model, args.report, args.gate, args.metrics, args.data,
-                            args.registered, args.plot, args.card)
+        from fairat.steps.register import register_step
+
+        register_step(params, args.model, args.report, args.gate, args.metrics, args.data,
+                      args.registered, args.plot, args.card)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "pipeline":  # Kubeflow compile/submit: needs neither torch nor MLflow
-        from fairat.kubeflow import main as pipeline_main
-
-        return pipeline_main(args)
+    plugins = plugin_commands()
+    if args.command in plugins:  # Kubeflow compile/submit: needs neither torch nor MLflow
+        return plugins[args.command].main(args)
     if args.command == "storage":  # S3 push / pull / DVC remote: needs neither torch nor MLflow
-        from fairat import storage_cli
-
         return storage_cli.run(args)
-    from fairat.data import DataError
-    from fairat.registry import RegistryError
-
     try:
         return run_command(args)
     except (ConfigError, DataError, RegistryError, ValueError, FileNotFoundError) as err:

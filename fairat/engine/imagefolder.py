@@ -1,0 +1,252 @@
+"""ImageFolder trees from a folder or a tar archive, read as untrusted input.
+
+Why its own module: a data folder or archive may come from anyone, so this reader is security
+code. Images are read into memory only, nothing is extracted to disk; links, devices, absolute or
+``..`` member names are refused; one image may not exceed a size cap; a folder walk never follows
+a symlink, not even one swapped in after the walk. Every failure is a :class:`DataError` naming
+the file at fault.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import zlib
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+import numpy as np
+
+from fairat.errors import DataError
+
+MAX_IMAGE_BYTES = 64 << 20  # one image file; guards memory against a hostile archive
+_IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+_GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+
+
+Reader = Callable[[], bytes]
+
+
+@dataclass
+class _Tree:
+    """Directories and image files of a folder or archive, as relative path parts."""
+
+    origin: str
+    dirs: set[tuple[str, ...]]
+    files: dict[tuple[str, ...], Reader]
+
+    def all_dirs(self) -> set[tuple[str, ...]]:
+        """Explicit directories plus every parent of a file (archives may omit dir entries)."""
+        return self.dirs | {f[:i] for f in self.files for i in range(1, len(f))}
+
+
+def _is_image(parts: tuple[str, ...]) -> bool:
+    return PurePosixPath(parts[-1]).suffix.lower() in _IMAGE_SUFFIXES
+
+
+def _hidden(parts: tuple[str, ...]) -> bool:
+    """Dot files and folders (``.DS_Store``, macOS ``._x.jpg`` forks) are never images."""
+    return any(p.startswith(".") for p in parts)
+
+
+def _safe_parts(name: str, origin: str) -> tuple[str, ...]:
+    """Path parts of an archive member; absolute or ``..`` names are refused outright."""
+    path = PurePosixPath(name)
+    if path.is_absolute() or ".." in path.parts:
+        raise DataError(f"{origin}: refusing archive member {name!r}: absolute or '..' paths "
+                        f"could escape the data folder")
+    return path.parts
+
+
+_TAR_KINDS = {tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hard link",
+              tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device",
+              tarfile.FIFOTYPE: "fifo"}
+
+
+def _tar_tree(path: Path) -> _Tree:
+    """Read every image member of a tar archive into memory; nothing is written to disk."""
+    tree = _Tree(str(path), set(), {})
+    try:
+        with tarfile.open(path, "r:*") as tf:
+            for member in tf:
+                parts = _safe_parts(member.name, tree.origin)
+                if member.isdir():
+                    if parts and not _hidden(parts):  # "./" of `tar -C dir .` has no parts
+                        tree.dirs.add(parts)
+                    continue
+                if not member.isreg():
+                    kind = _TAR_KINDS.get(member.type, f"type {member.type!r}")
+                    raise DataError(f"{path}: refusing archive member {member.name!r}: it is a "
+                                    f"{kind}, not a regular file")
+                if _hidden(parts) or not _is_image(parts):
+                    continue
+                if member.size > MAX_IMAGE_BYTES:
+                    raise DataError(f"{path}: member {member.name!r} is {member.size} bytes, "
+                                    f"more than the {MAX_IMAGE_BYTES} allowed for one image")
+                handle = tf.extractfile(member)
+                data = handle.read() if handle is not None else b""
+                tree.files[parts] = partial(bytes, data)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
+        raise DataError(f"{path}: not a readable tar archive: {err}") from err
+    return tree
+
+
+def _read_nofollow(path: str) -> bytes:
+    """Read a file without following a symlink swapped in after the walk."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(MAX_IMAGE_BYTES + 1)
+    if len(data) > MAX_IMAGE_BYTES:
+        raise DataError(f"{path}: more than the {MAX_IMAGE_BYTES} bytes allowed for one image")
+    return data
+
+
+def _folder_tree(root: Path) -> _Tree:
+    """Walk a folder without following symlinks; files are read later, one at a time."""
+    tree = _Tree(str(root), set(), {})
+    stack: list[tuple[str, ...]] = [()]
+    while stack:
+        rel = stack.pop()
+        with os.scandir(root.joinpath(*rel)) as entries:
+            for entry in entries:
+                parts = rel + (entry.name,)
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_symlink():
+                    raise DataError(f"{root}: {'/'.join(parts)} is a symlink; symlinks are not "
+                                    f"followed in data folders (copy the files instead)")
+                if entry.is_dir(follow_symlinks=False):
+                    tree.dirs.add(parts)
+                    stack.append(parts)
+                elif entry.is_file(follow_symlinks=False):
+                    if _is_image(parts):
+                        tree.files[parts] = partial(_read_nofollow, entry.path)
+                else:
+                    raise DataError(f"{root}: {'/'.join(parts)} is not a regular file")
+    return tree
+
+
+def _open_tree(root: str) -> _Tree:
+    path = Path(root)
+    if path.is_dir():
+        return _folder_tree(path)
+    if not path.is_file():
+        raise DataError(f"data.root: {root!r} not found (expected a folder or a .tar.gz archive)")
+    if not path.name.lower().endswith(_ARCHIVE_SUFFIXES):
+        raise DataError(f"data.root: {root!r} is neither a folder nor a tar archive "
+                        f"({', '.join(_ARCHIVE_SUFFIXES)})")
+    return _tar_tree(path)
+
+
+def _split_prefix(tree: _Tree, dirs: set[tuple[str, ...]]) -> tuple[str, ...]:
+    """Where ``train/`` and ``test/`` live: at the top, or under one single top-level folder."""
+    if ("train",) in dirs:
+        return ()
+    tops = sorted({d[0] for d in dirs})
+    if len(tops) == 1 and (tops[0], "train") in dirs:
+        return (tops[0],)
+    raise DataError(f"{tree.origin}: expected train/ and test/ folders at the top level or under a "
+                    f"single top-level folder; found top-level folders {tops}")
+
+
+def _class_files(tree: _Tree, dirs: set[tuple[str, ...]], base: tuple[str, ...],
+                 ) -> dict[str, list[tuple[str, ...]]]:
+    """Class name -> sorted image paths under ``base/<class>/`` (any depth below the class)."""
+    if base not in dirs:
+        raise DataError(f"{tree.origin}: no {'/'.join(base)}/ folder")
+    depth = len(base)
+    classes = {d[depth]: [] for d in dirs if len(d) > depth and d[:depth] == base}
+    for f in tree.files:
+        if len(f) > depth + 1 and f[:depth] == base:
+            classes[f[depth]].append(f)
+    if not classes:
+        raise DataError(f"{tree.origin}: {'/'.join(base)}/ holds no class folders")
+    for name, files in classes.items():
+        if not files:
+            raise DataError(f"{tree.origin}: class folder {'/'.join(base + (name,))}/ holds no "
+                            f"images (class {name!r})")
+        files.sort()
+    return dict(sorted(classes.items()))
+
+
+@dataclass
+class _Decoder:
+    """Decodes images into one preallocated array, enforcing one size across all splits."""
+
+    origin: str
+    size: tuple[int, int] | None = None  # PIL (width, height) of the first image
+    first: str = ""
+    all_grey: bool = True
+
+    def decode(self, paths: list[tuple[str, ...]], files: dict[tuple[str, ...], Reader],
+               ) -> np.ndarray:
+        """(N, H, W, 3) uint8; greyscale images fill all three channels."""
+        out: np.ndarray | None = None
+        for i, parts in enumerate(paths):
+            name = f"{self.origin}:{'/'.join(parts)}"
+            pixels, grey = self._decode_one(name, files[parts]())
+            if out is None:
+                out = np.empty((len(paths), *pixels.shape[:2], 3), dtype=np.uint8)
+            out[i] = pixels[..., None] if grey else pixels
+            self.all_grey &= grey
+        assert out is not None  # callers never pass an empty list
+        return out
+
+    def _decode_one(self, name: str, data: bytes) -> tuple[np.ndarray, bool]:
+        from PIL import Image, UnidentifiedImageError
+
+        if not data:
+            raise DataError(f"cannot decode image {name}: the file is empty (0 bytes)")
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                self._check_size(name, im.size)
+                grey = im.mode in _GREY_MODES
+                return np.asarray(im.convert("L" if grey else "RGB")), grey
+        except DataError:
+            raise
+        except UnidentifiedImageError:
+            raise DataError(f"cannot decode image {name}: not in an image format PIL reads "
+                            f"({len(data)} bytes)") from None
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            raise DataError(f"cannot decode image {name}: {err}") from err
+
+    def _check_size(self, name: str, size: tuple[int, int]) -> None:
+        if self.size is None:
+            self.size, self.first = size, name
+        elif size != self.size:
+            raise DataError(f"image size mismatch: {name} is {size[0]}x{size[1]} (WxH) but "
+                            f"{self.first} is {self.size[0]}x{self.size[1]}")
+
+
+def read_imagefolder(root: str) -> tuple[tuple[str, ...], list[tuple[np.ndarray, list[int]]]]:
+    """``<top?>/{train,test}/<class>/<image>`` from a folder or tar archive, decoded with PIL.
+
+    Returns (class names, [(train images (N, C, H, W) uint8, labels), (test images, labels)]).
+
+    Class names are the sorted class folders of ``train``; ``test`` must have the same ones.
+    Images are RGB, or single-channel when every image is greyscale.
+    """
+    tree = _open_tree(root)
+    dirs = tree.all_dirs()
+    prefix = _split_prefix(tree, dirs)
+    train_files = _class_files(tree, dirs, prefix + ("train",))
+    test_files = _class_files(tree, dirs, prefix + ("test",))
+    names = tuple(train_files)
+    if set(test_files) != set(names):
+        extra, missing = sorted(set(test_files) - set(names)), sorted(set(names) - set(test_files))
+        raise DataError(f"{tree.origin}: test classes differ from train classes: only in test "
+                        f"{extra}, missing from test {missing}")
+    decoder = _Decoder(tree.origin)
+    arrays, labels = [], []
+    for by_class in (train_files, test_files):
+        paths = [p for c in names for p in by_class[c]]
+        arrays.append(decoder.decode(paths, tree.files))
+        labels.append([k for k, c in enumerate(names) for _ in by_class[c]])
+    channels = slice(0, 1) if decoder.all_grey else slice(0, 3)
+    return names, [(np.ascontiguousarray(a[..., channels].transpose(0, 3, 1, 2)), y)
+                   for a, y in zip(arrays, labels)]

@@ -1,0 +1,86 @@
+"""Evaluate: class-wise clean / PGD / CW / AutoAttack report, chart and Markdown; logged to MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from fairat.config import Params
+from fairat.engine.checkpoint import load_model
+from fairat.engine.data import MANIFEST_NAME, load_prepared
+from fairat.engine.evaluation import evaluate, summary_metrics, write_report
+from fairat.evidence.report import plot_classwise, report_markdown
+from fairat.io import sha256_file, write_json_atomic, write_text_atomic
+from fairat.steps.shared import device_and_context, run_id_of
+
+
+def evaluate_step(params: Params, data_dir: str | Path, model_path: str | Path,
+                  report_path: str | Path, plot_path: str | Path | None = None,
+                  markdown_path: str | Path | None = None,
+                  summary_path: str | Path | None = None,
+                  train_metrics_path: str | Path | None = None) -> dict[str, Any]:
+    """Class-wise clean / PGD / CW / AutoAttack evaluation of a trained model on one split.
+
+    With tracking on and ``train_metrics_path`` naming the training's ``train.json``, the
+    class-wise numbers and the written files are logged to the training's MLflow run, the same
+    from the CLI, DVC and Kubeflow.
+
+    Under `torchrun` every rank attacks its own blocks of examples, the per-sample flags are
+    gathered (PGD/CW counts equal a one-process run's exactly) and only rank 0 writes outputs.
+    """
+    cfg = params.evaluate
+    data = load_prepared(data_dir)
+    split = getattr(data, cfg.split)
+    if len(split) == 0:
+        raise ValueError(f"evaluate.split: the {cfg.split!r} split of {data_dir} is empty")
+    device, ctx = device_and_context(cfg.device)
+    model, meta = load_model(model_path, device)
+    if tuple(meta["class_names"]) != split.class_names:
+        raise ValueError(f"{model_path} was trained on classes {meta['class_names']}, but "
+                         f"{data_dir} holds {list(split.class_names)}")
+    manifest = json.loads((Path(data_dir) / MANIFEST_NAME).read_text())
+    provenance = {"model_sha256": sha256_file(model_path), "model_path": str(model_path),
+                  "model_epoch": meta.get("selected", {}).get("epoch", meta.get("epoch")),
+                  "model_selected_by": meta.get("selected", {}).get("by"),
+                  "train_config": meta.get("config"), "data_content_hash": manifest["content_hash"],
+                  "data_source": manifest["source"], "split": cfg.split}
+    report = evaluate(model, split.images, split.labels, split.class_names, cfg, device, provenance,
+                      ctx=ctx)
+    if not ctx.is_main:
+        return report
+    write_report(report, report_path)
+    if plot_path:
+        plot_classwise(report, plot_path)
+    if markdown_path:
+        write_text_atomic(markdown_path, report_markdown(report))
+    if summary_path:
+        write_json_atomic(summary_path, summary_metrics(report))
+    for name, entry in report["attacks"].items():
+        s = entry["summary"]
+        print(f"{name:>11}: average {100 * s['average']:5.1f}%  worst {100 * s['worst']:5.1f}% "
+              f"({s['worst_class']})  gap {100 * s['gap']:5.1f}", flush=True)
+    for warning in report["consistency"]:
+        print(f"WARNING: {warning['message']}", flush=True)
+    track_evaluation_step(params, train_metrics_path, report_path,
+                          [p for p in (plot_path, markdown_path) if p])
+    return report
+
+
+def track_evaluation_step(params: Params, train_metrics_path: str | Path | None,
+                          report_path: str | Path,
+                          extra_files: list[str | Path] = ()) -> str | None:
+    """Log the evaluation report's class-wise numbers and files to the training's MLflow run.
+
+    Does nothing (returns None) when tracking is off or training recorded no run; else the run id.
+    """
+    run_id = run_id_of(train_metrics_path)
+    is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 logs
+    if not params.track.enabled or run_id is None or not is_main:
+        return None
+    from fairat.edge.registry import log_evaluation
+
+    report = json.loads(Path(report_path).read_text())
+    log_evaluation(run_id, report, [Path(report_path), *map(Path, extra_files)])
+    return run_id

@@ -1,0 +1,28 @@
+"""Gate: the fairness decision on the evaluation report, written whether it passes or not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fairat.config import Params
+from fairat.evidence.gate import decide_files
+from fairat.io import write_json_atomic
+
+
+def gate_step(params: Params, report_path: str | Path, model_path: str | Path,
+              out_path: str | Path) -> dict[str, Any]:
+    """Fairness gate on the evaluation report of the model at ``model_path``; writes the decision.
+
+    Fail-closed (every rule lives in :mod:`fairat.evidence.gate`). Always writes ``out_path``
+    (also when blocked) and returns the decision; the caller decides whether a block is an error
+    (``fairat gate --strict``).
+    """
+    decision = decide_files(params.gate, report_path, model_path)
+    write_json_atomic(out_path, decision)
+    verdict = "PASSED" if decision["passed"] else "BLOCKED"
+    print(f"fairness gate {verdict} ({params.gate.attack}, min worst class "
+          f"{params.gate.min_worst_class:.3f})", flush=True)
+    for reason in decision["reasons"]:
+        print(f"  - {reason}", flush=True)
+    return decision
