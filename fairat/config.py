@@ -206,8 +206,12 @@ class GateConfig:
     min_average: float | None = None  # mean of the per-class robust accuracies
     max_gap: float | None = None  # best class minus worst class
     split: Literal["test", "val"] = "test"  # the split the report must have been computed on
+    min_clean_class: float | None = None  # clean accuracy floor per class; None = above chance
+    informational: bool = False  # True: record the numbers, never pass (all-zero thresholds)
 
     def __post_init__(self) -> None:
+        _check(self.min_clean_class is None or 0 <= self.min_clean_class <= 1, "min_clean_class",
+               self.min_clean_class, "must lie in [0, 1] or be null")
         _check(0 <= self.min_worst_class <= 1, "min_worst_class", self.min_worst_class,
                "must lie in [0, 1] (a fraction)")
         for key in ("min_average", "max_gap"):

@@ -4,29 +4,50 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 
 from fairat.config import ConfigError, GateConfig, Params
-from fairat.evidence.gate import decide, gate_metrics
+from fairat.engine.metrics import summarize
+from fairat.evidence.gate import decide, gate_metrics, write_sidecar
 from fairat.io import sha256_file
 from fairat.steps.gate import gate_step
 
 SHA = "a" * 64
 
 
-def _report(per_class: dict[str, float], attack: str = "worst_case") -> dict:
-    values = list(per_class.values())
-    worst = min(per_class, key=per_class.get)
-    best = max(per_class, key=per_class.get)
-    summary = {"average": sum(values) / len(values), "worst": per_class[worst],
-               "worst_class": worst, "best": per_class[best], "best_class": best,
-               "gap": per_class[best] - per_class[worst], "std": 0.0}
-    return {"attacks": {attack: {"per_class": per_class, "summary": summary}},
+N = 10  # examples per class in the hand-made reports
+
+
+def _entry(correct: dict[str, int], total: dict[str, int] | None = None) -> dict:
+    total = total or {c: N for c in correct}
+    per_class = {c: correct[c] / total[c] for c in correct}
+    return {"per_class": per_class, "summary": summarize(per_class),
+            "counts": {"correct": dict(correct), "total": dict(total)},
+            "n": sum(total.values()), "settings": {}}
+
+
+def _report(worst: dict[str, int], attack: str = "worst_case") -> dict:
+    """A consistent report: clean 9/10 per class, PGD one more robust example than the worst case."""
+    attacks = {"clean": _entry({c: 9 for c in worst}),
+               "pgd": _entry({c: k + 1 for c, k in worst.items()}),
+               attack: _entry(worst)}
+    return {"attacks": attacks, "class_names": list(worst),
+            "examples_per_class": {c: N for c in worst},
             "provenance": {"model_sha256": SHA, "split": "test"}, "consistency": []}
 
 
-GOOD = _report({"cat": 0.40, "dog": 0.50, "car": 0.70})
+GOOD = _report({"cat": 4, "dog": 5, "car": 7})
+
+
+def _raise(report: dict, attack: str, cls: str, correct: int, counts_too: bool) -> None:
+    """Raise one class's accuracy of ``attack`` (and its summary), optionally its counts too."""
+    entry = report["attacks"][attack]
+    entry["per_class"][cls] = correct / N
+    entry["summary"] = summarize(entry["per_class"])
+    if counts_too:
+        entry["counts"]["correct"][cls] = correct
 
 
 def _broken(mutate):
@@ -60,6 +81,38 @@ def _broken(mutate):
     (GateConfig(), _broken(lambda r: r.pop("consistency")), False, "consistency"),
     (GateConfig(), _broken(lambda r: r["consistency"].append(
         {"severity": "error", "message": "AutoAttack above PGD"})), False, "AutoAttack above PGD"),
+    # a hand-edited report: per-class numbers raised with their summary, counts left behind
+    (GateConfig(), _broken(lambda r: _raise(r, "worst_case", "cat", 9, counts_too=False)),
+     False, "is not its counts"),
+    # ... or counts raised too, above what PGD measured for that class
+    (GateConfig(), _broken(lambda r: _raise(r, "worst_case", "cat", 8, counts_too=True)),
+     False, "exceed 'pgd'"),
+    # ... or a robust attack above clean accuracy
+    (GateConfig(), _broken(lambda r: _raise(r, "pgd", "car", 10, counts_too=True)),
+     False, "exceed 'clean'"),
+    (GateConfig(), _broken(lambda r: r["attacks"]["worst_case"]["summary"].update(average=0.9)),
+     False, "summary average"),
+    (GateConfig(), _broken(lambda r: r["attacks"]["worst_case"]["summary"].update(
+        worst_class="dog")), False, "summary worst_class"),
+    (GateConfig(), _broken(lambda r: r["attacks"]["worst_case"].pop("counts")), False,
+     "no valid per-class counts"),
+    (GateConfig(), _broken(lambda r: r["attacks"]["worst_case"]["counts"]["correct"].update(
+        cat=11)), False, "no valid per-class counts"),
+    (GateConfig(), _broken(lambda r: r["attacks"].pop("clean")), False, "no clean accuracy"),
+    (GateConfig(), _broken(lambda r: r.update(examples_per_class={"cat": 1, "dog": 1, "car": 1})),
+     False, "examples_per_class"),
+    # a model no better than chance on a class (clean 3/10 with 3 classes; robust 0/10 there)
+    (GateConfig(min_worst_class=0.0, min_average=0.1),
+     _report({"cat": 0, "dog": 5, "car": 7}) | {"attacks": {
+         **_report({"cat": 0, "dog": 5, "car": 7})["attacks"],
+         "clean": _entry({"cat": 3, "dog": 9, "car": 9})}}, False, "above chance"),
+    (GateConfig(min_clean_class=0.95), GOOD, False, "at least min_clean_class 0.950"),
+    # thresholds that judge nothing, and the informational gate
+    (GateConfig(min_worst_class=0.0), GOOD, False, "thresholds are all zero"),
+    (GateConfig(min_worst_class=0.0, max_gap=1.0), GOOD, False, "thresholds are all zero"),
+    (GateConfig(min_worst_class=0.0, informational=True), GOOD, False, "informational"),
+    (GateConfig(min_worst_class=0.3, informational=True), GOOD, False, "informational"),
+    (GateConfig(min_worst_class=0.0, max_gap=0.5), GOOD, True, None),
 ])
 def test_gate_decision_table(cfg, report, passed, reason_part):
     decision = decide(report, cfg, SHA)
@@ -106,6 +159,7 @@ def test_gate_step_passes_a_current_report_and_records_hashes(tmp_path):
     model = _model_file(tmp_path)
     report = _broken(lambda r: r["provenance"].update(model_sha256=sha256_file(model)))
     (tmp_path / "eval.json").write_text(json.dumps(report))
+    write_sidecar(tmp_path / "eval.json")  # as the evaluate step does
     params = Params(gate=GateConfig(min_worst_class=0.3))
     decision = gate_step(params, tmp_path / "eval.json", model, tmp_path / "out/gate.json")
     written = json.loads((tmp_path / "out/gate.json").read_text())
@@ -127,6 +181,43 @@ def test_gate_step_fails_closed(tmp_path, report_text, reason_part):
     written = json.loads((tmp_path / "gate.json").read_text())
     assert not decision["passed"] and not written["passed"]
     assert any(reason_part in r for r in written["reasons"]), written["reasons"]
+
+
+def _raised(report: dict) -> dict:
+    """The same report with cat's worst case raised consistently (numbers, summary, counts)."""
+    edited = copy.deepcopy(report)
+    _raise(edited, "worst_case", "cat", 5, counts_too=True)
+    sha = edited["provenance"]["model_sha256"]
+    assert decide(edited, GateConfig(min_worst_class=0.3), sha)["passed"]  # consistent on its own
+    return edited
+
+
+def _current_report(tmp_path, model) -> dict:
+    report = _broken(lambda r: r["provenance"].update(model_sha256=sha256_file(model)))
+    (tmp_path / "eval.json").write_text(json.dumps(report))
+    write_sidecar(tmp_path / "eval.json")
+    return report
+
+
+@pytest.mark.parametrize("tamper, reason_part", [
+    # edited after evaluate wrote it (a consistent edit: numbers, summary and counts together)
+    (lambda path, report: path.write_text(json.dumps(_raised(report))),
+     "not the file the evaluate step wrote"),
+    # the report of another evaluate run of the same model, with that run's own numbers
+    (lambda path, report: path.write_text(json.dumps(report | {"seconds": {"pgd": 1.0}})),
+     "not the file the evaluate step wrote"),
+    # no record from evaluate at all
+    (lambda path, report: Path(f"{path}.sha256").unlink(), "no sha256 record"),
+])
+def test_gate_step_blocks_a_report_evaluate_did_not_write(tmp_path, tamper, reason_part):
+    model = _model_file(tmp_path)
+    report = _current_report(tmp_path, model)
+    params = Params(gate=GateConfig(min_worst_class=0.3))
+    assert gate_step(params, tmp_path / "eval.json", model, tmp_path / "gate.json")["passed"]
+    tamper(tmp_path / "eval.json", report)
+    decision = gate_step(params, tmp_path / "eval.json", model, tmp_path / "gate.json")
+    assert not decision["passed"]
+    assert any(reason_part in r for r in decision["reasons"]), decision["reasons"]
 
 
 def test_gate_step_blocks_when_the_model_is_missing(tmp_path):

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 from fairat.engine.metrics import flatten, numeric_metrics
 from fairat.errors import RegistryError
-from fairat.evidence.gate import TAG, approval_problems
+from fairat.evidence.gate import APPROVAL_KEY_ENV, TAG, approval_problems, approval_signature
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 
@@ -105,8 +105,16 @@ def training_run(params_dict: dict[str, Any], experiment: str,
         mlflow.end_run(status=status)
 
 
-def log_evaluation(run_id: str, report: dict[str, Any], files: list[Path]) -> None:
-    """Class-wise numbers of ``report`` as metrics, plus report / chart / card files, on ``run_id``."""
+REPORT_SHA_TAG = f"{TAG}report_sha256"  # evaluate's record of the report it wrote, on the run
+
+
+def log_evaluation(run_id: str, report: dict[str, Any], files: list[Path],
+                   report_sha256: str) -> None:
+    """Class-wise numbers of ``report`` as metrics, plus report / chart / card files, on ``run_id``.
+
+    The run also gets tag ``fairat.report_sha256``: registration refuses a report whose bytes
+    are not the ones logged here.
+    """
     mlflow = _mlflow()
     metrics: dict[str, float] = {}
     for attack, entry in report["attacks"].items():
@@ -115,12 +123,28 @@ def log_evaluation(run_id: str, report: dict[str, Any], files: list[Path]) -> No
     try:
         with mlflow.start_run(run_id=run_id):
             mlflow.log_metrics(metrics)
+            mlflow.set_tag(REPORT_SHA_TAG, report_sha256)
             for path in files:
                 if path.is_file():
                     mlflow.log_artifact(str(path), artifact_path="evaluation")
     except Exception as err:
         raise RegistryError(f"cannot log the evaluation to MLflow run {run_id} at "
                             f"{tracking_uri()}: {err}") from err
+
+
+def logged_report_sha256(run_id: str | None) -> str | None:
+    """The report hash evaluate logged on ``run_id``; None when there is no such run here.
+
+    A run that exists but carries no hash returns "" (evaluate did not log to it), which the
+    gate's re-check treats as a mismatch, so a report never logged is never registered as logged.
+    """
+    if run_id is None:
+        return None
+    try:
+        run = _client().get_run(run_id)
+    except Exception:  # the run lives in another store (train ran elsewhere): nothing to compare
+        return None
+    return run.data.tags.get(REPORT_SHA_TAG, "")
 
 
 # ----------------------------------------------------------------------------- registration
@@ -133,6 +157,7 @@ def version_tags(decision: dict[str, Any], report: dict[str, Any] | None,
     tags = {
         "gate_passed": str(bool(decision["passed"])).lower(),
         "gate_attack": decision["attack"],
+        "gate_informational": str(decision.get("informational") is True).lower(),
         "gate_reasons": json.dumps(decision["reasons"])[:5000],
         "worst_class_robust": "" if measured.get("worst") is None else f"{measured['worst']:.6f}",
         "worst_class": str(measured.get("worst_class", "")),
@@ -225,8 +250,14 @@ def approve(model_name: str, version: int, by: str, note: str = "") -> dict[str,
         raise RegistryError(f"refusing to approve {model_name} version {version}:\n  - "
                             + "\n  - ".join(problems))
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    for key, value in {"approved_by": by.strip(), "approved_at": when, "approval_note": note}.items():
-        client.set_model_version_tag(model_name, str(version), f"{TAG}{key}", value)
+    record = {"approved_by": by.strip(), "approved_at": when, "approval_note": note,
+              "approved_model_sha256": mv.tags.get(f"{TAG}model_sha256", "")}
+    key = os.environ.get(APPROVAL_KEY_ENV, "")
+    if key:  # the guard accepts a champion only with this signature when it holds the key
+        signed = {**dict(mv.tags), **{f"{TAG}{k}": v for k, v in record.items()}}
+        record["approval_signature"] = approval_signature(key, model_name, version, signed)
+    for name, value in record.items():
+        client.set_model_version_tag(model_name, str(version), f"{TAG}{name}", value)
     client.set_registered_model_alias(model_name, CHAMPION, str(version))
     return {"model_name": model_name, "version": int(version), "alias": CHAMPION,
             "approved_by": by.strip(), "approved_at": when}

@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     _add_data(p)
     _add_eval_outputs(p, with_model=True)
+    p.add_argument("--metrics", default=LOCAL["metrics"], type=Path,
+                   help="training summary JSON naming the MLflow run the evaluation is logged "
+                        "to (default: %(default)s)")
 
     p = sub.add_parser("run", help="prepare, train, evaluate, gate and register in one go",
                        description="The whole local job with the default output layout "
@@ -250,7 +253,7 @@ def run_command(args: argparse.Namespace) -> int:
         from fairat.steps.evaluate import evaluate_step
 
         evaluate_step(params, args.data, args.model, args.report, args.plot, args.card,
-                      args.summary, getattr(args, "metrics", None))
+                      args.summary, args.metrics)
     if "gate" in stages:
         from fairat.steps.gate import gate_step
 

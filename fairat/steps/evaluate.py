@@ -11,6 +11,7 @@ from fairat.config import Params
 from fairat.engine.checkpoint import load_model
 from fairat.engine.data import MANIFEST_NAME, load_prepared
 from fairat.engine.evaluation import evaluate, summary_metrics, write_report
+from fairat.evidence.gate import sidecar_path, write_sidecar
 from fairat.evidence.report import plot_classwise, report_markdown
 from fairat.io import sha256_file, write_json_atomic, write_text_atomic
 from fairat.steps.shared import device_and_context, run_id_of
@@ -51,6 +52,7 @@ def evaluate_step(params: Params, data_dir: str | Path, model_path: str | Path,
     if not ctx.is_main:
         return report
     write_report(report, report_path)
+    write_sidecar(report_path)  # the gate and register refuse a report edited after this
     if plot_path:
         plot_classwise(report, plot_path)
     if markdown_path:
@@ -82,5 +84,6 @@ def track_evaluation_step(params: Params, train_metrics_path: str | Path | None,
     from fairat.edge.registry import log_evaluation
 
     report = json.loads(Path(report_path).read_text())
-    log_evaluation(run_id, report, [Path(report_path), *map(Path, extra_files)])
+    log_evaluation(run_id, report, [Path(report_path), sidecar_path(report_path),
+                                    *map(Path, extra_files)], sha256_file(report_path))
     return run_id

@@ -11,7 +11,7 @@ import torch
 from fairat.config import Params, to_dict
 from fairat.engine.checkpoint import load_model
 from fairat.engine.data import MANIFEST_NAME, load_prepared
-from fairat.evidence.gate import recheck_decision
+from fairat.evidence.gate import recheck_decision, sidecar_path
 from fairat.io import write_json_atomic
 from fairat.steps.shared import run_id_of
 
@@ -26,10 +26,12 @@ def register_step(params: Params, model_path: str | Path, report_path: str | Pat
     (hash mismatch) or another report counts as failed, so a stale ``gate.json`` never promotes.
     Writes ``out_path`` {model_name, version, run_id, alias, passed, model_uri} and returns it.
     """
-    from fairat.edge.registry import register_model, version_tags
+    from fairat.edge.registry import logged_report_sha256, register_model, version_tags
     from fairat.provenance import git_commit
 
-    decision, model_sha, report_sha = recheck_decision(gate_path, model_path, report_path)
+    run_id = run_id_of(train_metrics_path)
+    logged = logged_report_sha256(run_id) if params.track.enabled else None
+    decision, model_sha, report_sha = recheck_decision(gate_path, model_path, report_path, logged)
     passed = decision["passed"]
     report_path = Path(report_path)
     report = json.loads(report_path.read_text()) if report_path.is_file() else None
@@ -40,8 +42,9 @@ def register_step(params: Params, model_path: str | Path, report_path: str | Pat
     data = load_prepared(data_dir)
     split = data.test if len(data.test) else data.train
     example = split.images[:2].float().div(255).numpy()
-    files = [p for p in (report_path, gate_path, plot_path, card_path, model_path) if p]
-    record = register_model(model, example, params.track.model_name, run_id_of(train_metrics_path),
+    files = [p for p in (report_path, sidecar_path(report_path), gate_path, plot_path, card_path,
+                         model_path) if p]
+    record = register_model(model, example, params.track.model_name, run_id,
                             to_dict(params), params.track.experiment, tags,
                             [Path(p) for p in files], passed)
     write_json_atomic(out_path, record)
