@@ -17,6 +17,7 @@ from fairat.artifacts import LOCAL
 from fairat.config import ConfigError, Params, load_params
 from fairat.errors import DataError, RegistryError
 from fairat.fronts import storage_cli  # light: boto3 loads on use
+from fairat.fronts import guard_cli
 
 DESCRIPTION = """\
 fairat: fair adversarial training (FairAT) with PGD-AT and TRADES baselines, evaluated class by
@@ -33,6 +34,7 @@ Typical use, all driven by one params file:
   fairat approve NAME VERSION --by YOU   # promote a candidate to `champion`
   fairat pipeline compile|submit         # the same pipeline on Kubeflow (docs/kubeflow.md)
   fairat storage push|pull|dvc-remote    # folders and the DVC remote on S3 (docs/storage.md)
+  fairat guard serve|register            # revert hand-set aliases that skip the gate (docs/guard.md)
 
 `dvc repro` runs the same steps as a cached pipeline (dvc.yaml). MLflow's store is
 MLFLOW_TRACKING_URI when set, else sqlite:///mlruns/mlflow.db in the current folder.
@@ -188,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in plugin_commands().values():  # `fairat pipeline` (light: kfp loads on use)
         command.add_parser(sub)
     storage_cli.add_parser(sub)
+    guard_cli.add_parser(sub)
     return parser
 
 
@@ -275,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return plugins[args.command].main(args)
     if args.command == "storage":  # S3 push / pull / DVC remote: needs neither torch nor MLflow
         return storage_cli.run(args)
+    if args.command == "guard":  # alias guard beside `mlflow server`
+        return guard_cli.run(args)
     try:
         return run_command(args)
     except (ConfigError, DataError, RegistryError, ValueError, FileNotFoundError) as err:

@@ -1,0 +1,446 @@
+"""`fairat guard`: a webhook receiver beside `mlflow server` that undoes hand-set aliases.
+
+Why: `fairat register` and `fairat approve` only move ``candidate`` / ``champion`` when the
+evidence allows it, but anyone with edit rights in MLflow's UI (or any client) can set an alias
+directly. MLflow calls this receiver after every ``model_version_alias.created`` (also when an
+alias moves); the guard checks the version against :func:`fairat.evidence.gate.alias_problems`
+and, when the rules say no, deletes the alias, puts ``champion`` back on the most recently
+approved version that the rules allow, and tags the offending version with what it did.
+
+Design, in short (see docs/guard.md):
+- The HTTP handler only verifies the HMAC signature, parses the body, answers 200 and queues the
+  event; ONE worker thread applies events one at a time (MLflow retries slow or failed answers,
+  and concurrent tag writes on the same version race inside MLflow's store).
+- Decisions are taken on the registry's *current* state, not on the payload alone: an event whose
+  alias has since moved or gone is skipped, so late, reordered or repeated deliveries are harmless.
+  Delivery ids are also de-duplicated (bounded LRU).
+- The guard's own restore fires another alias event; that version passes the rules, so it is
+  accepted silently and nothing loops. Only ``model_version_alias.created`` is subscribed to.
+- MLflow's payload does not say who set the alias; the tag says so instead of guessing.
+
+Secrets (the webhook secret, the approval key) are passed in by the caller (the CLI reads them
+from the environment) and are never logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import queue
+import sys
+import threading
+import time
+from collections import OrderedDict, deque
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Iterable, Mapping
+from urllib.parse import urlsplit
+
+from fairat.edge.registry import CANDIDATE, CHAMPION
+from fairat.errors import RegistryError
+from fairat.evidence.gate import TAG, alias_problems
+
+GUARDED = (CANDIDATE, CHAMPION)  # the aliases alias_problems has rules for
+EVENT = "model_version_alias.created"
+MAX_AGE_S = 15 * 60  # oldest signature timestamp accepted; MLflow's retries reuse the timestamp
+REVERTED_TAG = f"{TAG}guard_reverted"
+ATTEMPTED_BY_TAG = f"{TAG}guard_attempted_by"
+ATTEMPTED_BY = "unknown: MLflow webhooks do not name the user; see the server access log"
+DEFAULT_NAME = "fairat-guard"
+WEBHOOK_PATH = "/webhook"
+MAX_BODY = 1 << 20  # MLflow's alias payloads are a few hundred bytes
+TAG_VALUE_MAX = 5000  # MLflow's limit on a model-version tag value
+
+LOGGED = ("delivery_id", "note", "reasons", "restored_to")  # decision fields in the log line
+H_ID, H_TS, H_SIG = "X-MLflow-Delivery-Id", "X-MLflow-Timestamp", "X-MLflow-Signature"
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+# ----------------------------------------------------------------------------- signature
+
+def _header(headers: Mapping[str, str] | Any, name: str) -> str | None:
+    """Case-insensitive header lookup for a dict or an ``http.server`` message."""
+    value = headers.get(name)
+    if value is None and isinstance(headers, Mapping):
+        lower = name.lower()
+        value = next((v for k, v in headers.items() if k.lower() == lower), None)
+    return value
+
+
+def signature_problem(secret: str, headers: Mapping[str, str] | Any, raw_body: bytes,
+                      max_age_s: float = MAX_AGE_S, now: float | None = None) -> str | None:
+    """Why this delivery is not a genuine, fresh MLflow webhook (None when it is).
+
+    MLflow signs ``f"{delivery_id}.{timestamp}."`` + the raw body with HMAC-SHA256, keyed by the
+    webhook secret's UTF-8 bytes, and sends ``v1,<standard base64>``. The timestamp must be
+    within ``max_age_s`` of ``now`` either way (a replay older than that is refused).
+    """
+    if not secret:
+        return "no webhook secret configured"
+    delivery_id, stamp, signature = (_header(headers, h) for h in (H_ID, H_TS, H_SIG))
+    missing = [h for h, v in ((H_ID, delivery_id), (H_TS, stamp), (H_SIG, signature)) if not v]
+    if missing:
+        return f"missing header {', '.join(missing)}"
+    try:
+        sent = int(stamp)
+    except ValueError:
+        return f"{H_TS} is not unix seconds"
+    age = (time.time() if now is None else now) - sent
+    if abs(age) > max_age_s:
+        return f"timestamp is {age:.0f} s off (more than {max_age_s:.0f} s): stale or replayed"
+    message = f"{delivery_id}.{stamp}.".encode() + raw_body
+    want = "v1," + base64.b64encode(hmac.new(secret.encode(), message, hashlib.sha256)
+                                    .digest()).decode()
+    if not hmac.compare_digest(signature.encode(), want.encode()):
+        return "signature does not match (wrong secret or altered body)"
+    return None
+
+
+def verify_signature(secret: str, headers: Mapping[str, str] | Any, raw_body: bytes,
+                     max_age_s: float = MAX_AGE_S, now: float | None = None) -> bool:
+    """True when ``raw_body`` with ``headers`` is a fresh delivery signed with ``secret``."""
+    return signature_problem(secret, headers, raw_body, max_age_s, now) is None
+
+
+# ----------------------------------------------------------------------------- the rules
+
+class Guard:
+    """Applies the alias rules to ``model_version_alias.created`` events, one at a time.
+
+    Args:
+        client: an ``MlflowClient`` (default: :func:`fairat.edge.registry._client`).
+        approval_key: the approval HMAC key; None means an unsigned approval record suffices.
+        models: registered-model names to guard; empty or None guards every model.
+        log: where the one line per decision goes (default: stderr).
+        seen_max: how many delivery ids are remembered for de-duplication.
+    """
+
+    def __init__(self, client: Any = None, approval_key: str | None = None,
+                 models: Iterable[str] | None = None, log: Callable[[str], None] = _stderr,
+                 seen_max: int = 4096, retry_pause_s: float = 0.5):
+        if client is None:
+            from fairat.edge.registry import _client
+
+            client = _client()
+        self.client = client
+        self.approval_key = approval_key or None
+        self.models = frozenset(models or ())
+        self.log = log
+        self.retry_pause_s = retry_pause_s
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen_max = seen_max
+        self._lock = threading.Lock()
+        self.decisions: deque[dict[str, Any]] = deque(maxlen=1000)  # newest last, for callers
+
+    def check_registry(self) -> str | None:
+        """One cheap read, so the first revert does not pay for connection set-up; returns why
+        the registry cannot be read (None when it can)."""
+        try:
+            self.client.search_registered_models(max_results=1)
+        except Exception as err:
+            return f"{type(err).__name__}: {err}"[:300]
+        return None
+
+    def first_delivery(self, delivery_id: str | None) -> bool:
+        """Record ``delivery_id``; False when it was already seen (a retry or a replay)."""
+        if not delivery_id:
+            return True
+        with self._lock:
+            if delivery_id in self._seen:
+                self._seen.move_to_end(delivery_id)
+                return False
+            self._seen[delivery_id] = None
+            if len(self._seen) > self._seen_max:
+                self._seen.popitem(last=False)
+            return True
+
+    def _decide(self, outcome: str, data: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        decision = {"outcome": outcome, "model": data.get("name"), "alias": data.get("alias"),
+                    "version": None if data.get("version") is None else str(data["version"]),
+                    "at": _now_iso(), **extra}
+        self.decisions.append(decision)
+        fields = " ".join(f"{k}={decision[k]}" for k in ("model", "alias", "version"))
+        more = " ".join(f"{k}={json.dumps(v)}" for k, v in extra.items() if k in LOGGED)
+        self.log(f"fairat guard: {decision['at']} {outcome} {fields}"
+                 + (f" {more}" if more else ""))
+        return decision
+
+    def handle(self, event: Any, delivery_id: str | None = None,
+               received_at: str | None = None) -> dict[str, Any] | None:
+        """Apply the rules to one webhook event; returns the decision (None: not for us).
+
+        ``received_at``: when the HTTP front got it (UTC ISO), kept in the decision with the
+        payload's ``timestamp`` and the time the alias was deleted, to measure the window.
+        """
+        if not isinstance(event, dict) or (event.get("entity"), event.get("action")) != \
+                ("model_version_alias", "created"):
+            return None
+        data = event.get("data") if isinstance(event.get("data"), dict) else {}
+        name, alias, version = data.get("name"), data.get("alias"), data.get("version")
+        if alias not in GUARDED:
+            return None
+        if self.models and name not in self.models:
+            return None
+        if not self.first_delivery(delivery_id):
+            return self._decide("duplicate-ignored", data, delivery_id=delivery_id)
+        extra = {"received_at": received_at,
+                 "event_timestamp": event.get("timestamp")}
+        if not isinstance(name, str) or version is None:
+            return self._decide("error", data, reasons=["event lacks name or version"], **extra)
+        for attempt in (1, 2):  # _apply works from the registry's state: safe to run twice
+            try:
+                return self._apply(name, alias, str(version), data, extra)
+            except Exception as err:  # the registry answered badly: once more, then say so
+                if attempt == 2:
+                    return self._decide("error", data,
+                                        reasons=[f"{type(err).__name__}: {err}"[:500]], **extra)
+                time.sleep(self.retry_pause_s)
+        return None  # not reached
+
+    def _apply(self, name: str, alias: str, version: str, data: dict[str, Any],
+               extra: dict[str, Any]) -> dict[str, Any]:
+        try:  # where the alias is now, and that version's tags, in one request
+            mv = self.client.get_model_version_by_alias(name, alias)
+        except Exception:  # MLflow answers a missing alias with INVALID_PARAMETER_VALUE
+            if alias not in self.client.get_registered_model(name).aliases:
+                return self._decide("skipped", data, note="alias already gone", **extra)
+            raise
+        if str(mv.version) != version:
+            return self._decide("skipped", data,
+                                note=f"alias has moved to version {mv.version}", **extra)
+        tags = dict(mv.tags)
+        problems = alias_problems(alias, name, version, tags, self.approval_key)
+        if not problems:
+            return self._decide("allowed", data, **extra)
+        self.client.delete_registered_model_alias(name, alias)  # already gone: MLflow says 200
+        extra = {**extra, "deleted_at": _now_iso()}
+        notes = []
+        restored = None
+        if alias == CHAMPION:
+            try:
+                restored = self._restore(name, alias, version)
+            except Exception as err:  # the alias stays deleted: fail closed
+                notes.append(f"restore failed: {type(err).__name__}: {err}"[:300])
+        record = {"alias": alias, "at": _now_iso(), "reasons": problems, "restored_to": restored}
+        try:
+            self._set_tag(name, version, REVERTED_TAG, _fit(record))
+            self._set_tag(name, version, ATTEMPTED_BY_TAG, ATTEMPTED_BY)
+        except Exception as err:
+            notes.append(f"tagging failed twice: {type(err).__name__}: {err}"[:300])
+        if notes:
+            extra = {**extra, "note": "; ".join(notes)}
+        return self._decide("reverted", data, reasons=problems, restored_to=restored, **extra)
+
+    def _restore(self, name: str, alias: str, version: str) -> str | None:
+        """Put ``alias`` back on the most recently approved other version the rules allow."""
+        allowed = []
+        for mv in self.client.search_model_versions(f"name = '{name}'"):
+            tags = dict(mv.tags)
+            if str(mv.version) != version and \
+                    not alias_problems(alias, name, str(mv.version), tags, self.approval_key):
+                allowed.append((tags.get(f"{TAG}approved_at", ""), int(mv.version)))
+        if not allowed:
+            return None
+        target = str(max(allowed)[1])
+        self.client.set_registered_model_alias(name, alias, target)
+        return target
+
+    def _set_tag(self, name: str, version: str, key: str, value: str) -> None:
+        try:
+            self.client.set_model_version_tag(name, version, key, value)
+        except Exception:  # e.g. MLflow's non-atomic tag upsert on SQLite: try once more
+            time.sleep(self.retry_pause_s)
+            self.client.set_model_version_tag(name, version, key, value)
+
+
+def _fit(record: dict[str, Any]) -> str:
+    """``record`` as JSON within MLflow's tag-value limit (long reasons are shortened)."""
+    text = json.dumps(record)
+    if len(text) <= TAG_VALUE_MAX:
+        return text
+    reasons = [r[:300] for r in record["reasons"]]
+    while reasons and len(json.dumps({**record, "reasons": reasons})) > TAG_VALUE_MAX:
+        reasons.pop()
+    return json.dumps({**record, "reasons": reasons + ["(more reasons cut)"]})
+
+
+# ----------------------------------------------------------------------------- HTTP receiver
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "_HTTPServer"
+    protocol_version = "HTTP/1.1"
+
+    def _reply(self, status: int, text: str) -> None:
+        body = (text + "\n").encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        if urlsplit(self.path).path == "/healthz":
+            self._reply(200, "ok")
+        else:
+            self._reply(404, "not found")
+
+    def do_POST(self) -> None:  # noqa: N802
+        received = _now_iso()
+        guard_server = self.server.guard_server
+        if urlsplit(self.path).path != WEBHOOK_PATH:
+            self._reply(404, "not found")
+            return
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            self._reply(411, "Content-Length required")
+            return
+        if not 0 <= length <= MAX_BODY:
+            self.close_connection = True
+            self._reply(413, "body too large")
+            return
+        raw = self.rfile.read(length)
+        problem = signature_problem(guard_server.secret, self.headers, raw, guard_server.max_age_s)
+        if problem:
+            guard_server.log(f"fairat guard: {_now_iso()} refused delivery from "
+                             f"{self.client_address[0]}: {problem}")
+            self._reply(401, f"unauthorized: {problem}")
+            return
+        try:
+            event = json.loads(raw)
+            if not isinstance(event, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as err:
+            self._reply(400, f"bad body: {err}"[:200])
+            return
+        try:
+            guard_server.queue.put_nowait((event, self.headers.get(H_ID), received))
+        except queue.Full:
+            self._reply(503, "busy, retry later")
+            return
+        self._reply(200, "queued")
+
+    def log_message(self, format: str, *args: Any) -> None:  # decisions are logged instead
+        return
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    guard_server: "GuardServer"
+
+
+class GuardServer:
+    """The guard's HTTP front: ``POST /webhook`` (signed deliveries), ``GET /healthz``.
+
+    One background worker applies the queued events in arrival order. ``start()`` runs the HTTP
+    server in a thread too (tests, embedding); ``serve_forever()`` blocks (the CLI).
+    """
+
+    def __init__(self, guard: Guard, secret: str, host: str = "127.0.0.1", port: int = 8765,
+                 max_age_s: float = MAX_AGE_S, queue_max: int = 10000):
+        if not secret:
+            raise ValueError("the guard needs a webhook secret")
+        self.guard, self.secret, self.max_age_s = guard, secret, max_age_s
+        self.log = guard.log
+        self.queue: queue.Queue = queue.Queue(maxsize=queue_max)
+        self.httpd = _HTTPServer((host, port), _Handler)
+        self.httpd.guard_server = self
+        self._worker = threading.Thread(target=self._work, name="fairat-guard-worker",
+                                        daemon=True)
+        self._http_thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}{WEBHOOK_PATH}"
+
+    def _work(self) -> None:
+        problem = self.guard.check_registry()  # events queue up meanwhile
+        if problem:  # the server may come up later: say so, and carry on
+            self.log(f"fairat guard: {_now_iso()} warning: cannot read the registry yet: "
+                     f"{problem}")
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            event, delivery_id, received = item
+            try:
+                self.guard.handle(event, delivery_id, received)
+            except Exception as err:  # never let one event stop the guard
+                self.log(f"fairat guard: {_now_iso()} error {type(err).__name__}: {err}")
+            finally:
+                self.queue.task_done()
+
+    def start(self) -> "GuardServer":
+        self._worker.start()
+        self._http_thread = threading.Thread(target=self.httpd.serve_forever,
+                                             name="fairat-guard-http", daemon=True)
+        self._http_thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._worker.start()
+        try:
+            self.httpd.serve_forever()
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        if self._http_thread is not None:
+            self.httpd.shutdown()
+            self._http_thread.join(5)
+        self.httpd.server_close()
+        if self._worker.is_alive():
+            self.queue.put(None)
+            self._worker.join(10)
+
+
+# ----------------------------------------------------------------------------- registration
+
+def register_webhook(url: str, secret: str, name: str = DEFAULT_NAME,
+                     client: Any = None) -> dict[str, Any]:
+    """Create the MLflow webhook ``name`` for ``model_version_alias.created`` (or update the
+    existing one with that name: url, event, secret, ACTIVE). Returns {webhook_id, name, url,
+    action}. The tracking URI must be an ``mlflow server`` (http or https): only the server
+    delivers webhooks."""
+    from fairat.edge.registry import tracking_uri
+
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        raise RegistryError(f"webhooks need an `mlflow server`: MLFLOW_TRACKING_URI is {uri!r}, "
+                            "set it to the server's http(s) URL")
+    if not secret:
+        raise RegistryError("the webhook needs a secret")
+    if client is None:
+        from fairat.edge.registry import _client
+
+        client = _client()
+    description = "fairat guard: reverts candidate/champion aliases that skip the gate"
+    try:
+        existing, token = None, None
+        while existing is None:
+            page = client.list_webhooks(max_results=100, page_token=token)
+            existing = next((w for w in page if w.name == name), None)
+            token = page.token
+            if not token:
+                break
+        if existing is not None:
+            hook = client.update_webhook(existing.webhook_id, url=url, events=[EVENT],
+                                         description=description, secret=secret, status="ACTIVE")
+            action = "updated"
+        else:
+            hook = client.create_webhook(name=name, url=url, events=[EVENT],
+                                         description=description, secret=secret, status="ACTIVE")
+            action = "created"
+    except Exception as err:  # MlflowException (bad URL scheme, private IP, ...), connection
+        raise RegistryError(f"cannot register webhook {name!r} at {uri}: {err}") from err
+    return {"webhook_id": hook.webhook_id, "name": name, "url": url, "action": action}
