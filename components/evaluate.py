@@ -9,8 +9,8 @@ from components.image import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def evaluate(params: str, data: Input[Dataset], model: Input[Model], summary: Input[Artifact],
              report: Output[Artifact],
-             metrics: Output[Metrics], card: Output[Markdown], chart: Output[HTML]):
-    """Write ``eval.json`` and the chart PNG into ``report``; card and chart render in the UI.
+             metrics: Output[Metrics], report_md: Output[Markdown], chart: Output[HTML]):
+    """Write ``eval.json`` and the chart PNG into ``report``; report and chart render in the UI.
 
     Args:
         params: ``key=value`` lines of the `evaluate` and `track` knobs (and train.attack.eps).
@@ -18,6 +18,6 @@ def evaluate(params: str, data: Input[Dataset], model: Input[Model], summary: In
     """
     from fairat.cluster.runtime import run_evaluate
 
-    for name, value in run_evaluate(params, data.path, model.path, report.path, card.path,
+    for name, value in run_evaluate(params, data.path, model.path, report.path, report_md.path,
                                     chart.path, summary.path).items():
         metrics.log_metric(name, value)

@@ -1,4 +1,4 @@
-"""Register: an MLflow run and model version, tagged with the gate decision."""
+"""Register: the model card, and an MLflow model version tagged with the gate decision."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
@@ -9,7 +9,7 @@ from components.image import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def register(params: str, candidate: bool, data: Input[Dataset], model: Input[Model],
              summary: Input[Artifact], report: Input[Artifact], decision: Input[Artifact],
-             card: Input[Markdown], registration: Output[Artifact]) -> str:
+             card: Output[Markdown], registration: Output[Artifact]) -> str:
     """Register the model; alias ``candidate`` only when the gate passed.
 
     Args:

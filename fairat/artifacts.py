@@ -14,13 +14,15 @@ MANIFEST = "manifest.json"
 TRAIN_JSON = "train.json"
 TRAIN_CSV = "train.csv"
 EVAL_JSON = "eval.json"
-EVAL_SIDECAR = "eval.json.sha256"  # written by evaluate beside the report; checked by gate/register
 EVAL_SUMMARY = "eval_summary.json"
 EVAL_PNG = "eval_classwise.png"
-MODEL_CARD = "model_card.md"
+CLASSWISE_CSV = "eval_classwise.csv"  # beside the chart: per class x attack, for dvc plots
+TRAIN_METRICS = "train_metrics.json"  # beside train.json: its numbers only, the DVC metric
+EVAL_MD = "eval_report.md"  # the class-wise report in Markdown (evaluate)
+MODEL_CARD = "model_card.md"  # written by register, after the gate
 GATE_JSON = "gate.json"
+GATE_METRICS = "gate_metrics.json"  # beside gate.json: passed and the judged numbers only
 REGISTERED_JSON = "registered.json"
-PROVENANCE_JSON = "provenance.json"
 
 # The local layout: `fairat ...` defaults and the paths dvc.yaml wires (relative to the repo root).
 LOCAL: dict[str, str] = {
@@ -32,6 +34,7 @@ LOCAL: dict[str, str] = {
     "report": f"metrics/{EVAL_JSON}",
     "summary": f"metrics/{EVAL_SUMMARY}",
     "plot": f"plots/{EVAL_PNG}",
+    "markdown": f"reports/{EVAL_MD}",
     "card": f"reports/{MODEL_CARD}",
     "gate": f"metrics/{GATE_JSON}",
     "registered": f"metrics/{REGISTERED_JSON}",

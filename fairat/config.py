@@ -24,7 +24,7 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 import yaml
 
 DataSource = Literal["digits", "cifar10", "cifar100", "svhn", "imagefolder"]
-Method = Literal["pgd_at", "trades", "fairat"]
+Method = Literal["pgd_at", "trades", "fairat", "wat"]
 BaseMethod = Literal["pgd_at", "trades"]
 Schedule = Literal["piecewise", "cosine", "constant"]
 ScoreKind = Literal["adv_ce", "clean_ce", "entropy"]
@@ -119,6 +119,17 @@ class FairATConfig:
 
 
 @dataclass(frozen=True)
+class WATConfig:
+    """WAT's knobs (Li and Liu, AAAI 2023): Hedge class weights from validation losses."""
+
+    base: BaseMethod = "trades"  # the authors train TRADES
+    eta: float = 0.1  # Hedge learning rate on the cumulative per-class validation loss
+
+    def __post_init__(self) -> None:
+        _check(0 < self.eta <= 10, "eta", self.eta, "must lie in (0, 10]")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """One training run: method, optimiser, schedule, attack, checkpoints."""
 
@@ -137,6 +148,7 @@ class TrainConfig:
     flip: bool = False
     attack: AttackConfig = field(default_factory=AttackConfig)
     fairat: FairATConfig = field(default_factory=FairATConfig)
+    wat: WATConfig = field(default_factory=WATConfig)
     seed: int = 0
     device: DeviceName = "auto"
     amp: Literal["auto", "off", "bf16"] = "auto"  # auto: bf16 autocast on CUDA only (slow on CPU)
@@ -180,6 +192,7 @@ class EvalConfig:
     apgd_targets: int = 9  # custom version: target classes of APGD-T
     seed: int = 0
     device: DeviceName = "auto"
+    progress: bool = True  # progress with ETA on a terminal, a heartbeat line in logs
 
     def __post_init__(self) -> None:
         _check(0 <= self.eps <= 1, "eps", self.eps, "must lie in [0, 1] (pixel units)")
@@ -226,6 +239,9 @@ class TrackConfig:
     enabled: bool = True  # False: no MLflow records from train/evaluate (register needs them)
     experiment: str = "fairat"
     model_name: str = "fairat-digits"  # registered model that versions are created under
+    register: bool | None = None  # None: register, except inside `dvc exp run`; True/False: always/never
+    owner: str = ""  # who answers for the model (model card)
+    license: str = ""  # licence the model is released under (model card)
 
     def __post_init__(self) -> None:
         for key in ("experiment", "model_name"):
@@ -245,6 +261,9 @@ class Params:
     track: TrackConfig = field(default_factory=TrackConfig)
 
     def __post_init__(self) -> None:
+        if self.train.method == "wat" and self.data.val_per_class < 1:
+            raise ConfigError("train.method: 'wat' weights classes by their validation losses; "
+                              "set data.val_per_class >= 1")
         # One threat model: the gate judges robustness at evaluate.eps, so a model trained at
         # another radius is refused unless the params say that is intended.
         if self.evaluate.require_train_eps and \

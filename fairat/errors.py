@@ -9,5 +9,9 @@ class DataError(ValueError):
     """Bad or missing data; the message names the file, class or value at fault."""
 
 
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss or gradient: training stops before anything is written over a model."""
+
+
 class RegistryError(RuntimeError):
     """Tracking or registry failure, or a refused approval; the message says what and why."""

@@ -10,10 +10,26 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file under the current umask (0644 at 022).
+
+    Why: ``mkstemp`` creates files 0600, so without this a teammate or a container running under
+    another UID could not read the outputs.
+    """
+    return 0o666 & ~_umask()
 
 
 @contextmanager
@@ -26,10 +42,35 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, file_mode())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; swap it in whole if the block succeeds.
+
+    Why: a step that writes several files (``prepare``: three .npz files and a manifest) must not
+    leave new files beside an old manifest when it fails half-way. The old folder is moved aside,
+    the new one renamed in, and the old one deleted; a failure leaves the old folder untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    old = path.with_name(f".{path.name}.old-{tmp.name.split('.')[-2]}")
+    try:
+        yield tmp
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, old):
+            if leftover.exists():
+                shutil.rmtree(leftover)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

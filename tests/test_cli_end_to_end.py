@@ -36,7 +36,7 @@ def test_run_trains_and_evaluates_with_autoattack(tmp_path, monkeypatch, capsys)
     assert prov["model_epoch"] in (1, 2) and "validation" in prov["model_selected_by"]
     assert len(prov["model_sha256"]) == 64
     for out in ("models/model.pt", "models/checkpoints/last.pt", "metrics/train.json",
-                "plots/train.csv", "plots/eval_classwise.png", "reports/model_card.md"):
+                "plots/train.csv", "plots/eval_classwise.png", "reports/eval_report.md", "reports/model_card.md"):
         assert (tmp_path / out).exists(), out
     history = (tmp_path / "plots/train.csv").read_text().splitlines()
     assert len(history) == 3 and "hard_per_class.0" in history[0]

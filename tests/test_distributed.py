@@ -181,7 +181,7 @@ def _cli(work: Path, out: str, command: str = "train") -> list[str]:
                 "--metrics", f"{work}/{out}/train.json", "--history", f"{work}/{out}/history.csv"]
     return ["evaluate", "--params", str(work / "params.yaml"), "--data", str(work / "data"),
             "--model", str(work / "ref" / "model.pt"), "--report", f"{work}/{out}/eval.json",
-            "--plot", f"{work}/{out}/eval.png", "--card", f"{work}/{out}/card.md",
+            "--plot", f"{work}/{out}/eval.png", "--markdown", f"{work}/{out}/report.md",
             "--summary", f"{work}/{out}/summary.json"]  # every output inside the test folder
 
 

@@ -98,7 +98,8 @@ def test_dvc_yaml_uses_the_artifact_table():
     text = " ".join(s["cmd"] for s in stages.values())
     for key, path in artifacts.LOCAL.items():
         assert f"--{key} {path}" in text or f"--out {path}" in text, (key, path)
-    assert artifacts.LOCAL["registered"] in stages["register"]["outs"][0]
+    register_outs = {k for out in stages["register"]["outs"] for k in out}
+    assert {artifacts.LOCAL["registered"], artifacts.LOCAL["card"]} <= register_outs
 
 
 @pytest.mark.parametrize("stage", dvc_deps.STAGES)

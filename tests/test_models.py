@@ -53,8 +53,9 @@ def test_corrupt_or_foreign_files_are_refused(tmp_path):
     with pytest.raises(ValueError, match="not a fairat model file"):
         load_model(tmp_path / "other.pt", torch.device("cpu"))
     torch.save({"x": Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(ValueError, match="cannot load checkpoint"):
+    with pytest.raises(ValueError, match="cannot load checkpoint") as refused:
         load_checkpoint(tmp_path / "evil.pt", torch.device("cpu"))
+    assert "weights_only" not in str(refused.value) and "Evil" in str(refused.value)
 
 
 def test_attack_view_matches_the_eval_model_and_its_input_gradients():

@@ -19,10 +19,11 @@ import pytest
 import yaml
 
 from fairat.edge import registry
+from fairat.evidence.model_card import CARD_SECTIONS
 from fairat.fronts.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-COPY = ["fairat", "params.yaml", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore",
+COPY = ["fairat", "pipelines", "components", "params.yaml", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore",
         "models/.gitignore"]
 TINY = {
     "data": {"val_per_class": 5},
@@ -30,7 +31,9 @@ TINY = {
     "train": {"epochs": 2, "max_batches": 4, "batch_size": 64, "val_attack_steps": 2,
               "progress": False, "attack": {"steps": 2}, "fairat": {"warmup_epochs": 1}},
     "evaluate": {"examples_per_class": 5, "pgd_steps": 3, "autoattack": "none"},
-    "gate": {"min_worst_class": 0.0},
+    # a tiny model: the gate judges clean accuracy (a pass is reachable) and keeps a threshold
+    # (an all-zero gate is refused); its classes may sit below chance
+    "gate": {"min_worst_class": 0.0, "attack": "clean", "min_average": 0.01, "min_clean_class": 0.0},
 }
 
 
@@ -119,6 +122,24 @@ def test_dvc_repro_from_scratch_registers_and_caches(repo):
     assert again.returncode == 0 and _ran(again) == set(), again.stdout
     assert json.loads((repo / "metrics/registered.json").read_text()) == registered
 
+    # the model card: written after the gate, every section filled, summarised on the version
+    card = (repo / "reports/model_card.md").read_text()
+    for section in CARD_SECTIONS:
+        assert f"## {section}" in card, section
+    assert "# Model card: fairat-digits version 1" in card and "PASSED" in card
+    assert manifest["content_hash"] in card and registered["run_id"] in card
+    description = client.get_model_version("fairat-digits", "1").description
+    assert description.startswith("Fairness gate PASSED") and "evidence/model_card.md" in description
+
+    # a DVC experiment re-runs register (track changed) but creates no version unless asked
+    exp = _dvc(repo, "exp", "run", "-S", "track.owner=someone")
+    assert exp.returncode == 0 and _ran(exp) == {"register"}, exp.stdout + exp.stderr
+    assert "not registered: this is a `dvc exp run` experiment" in exp.stdout
+    assert list(_versions(repo)) == [1]
+    asked = _dvc(repo, "exp", "run", "-S", "track.register=true")
+    assert asked.returncode == 0, asked.stdout + asked.stderr
+    assert list(_versions(repo)) == [1, 2]
+
     _set_params(repo, {"train": {"epochs": 3}})
     changed = _dvc(repo, "repro")
     assert changed.returncode == 0, changed.stdout + changed.stderr
@@ -126,7 +147,8 @@ def test_dvc_repro_from_scratch_registers_and_caches(repo):
     assert json.loads((repo / "metrics/registered.json").read_text())["version"] == 2
     summary = json.loads((repo / "metrics/eval_summary.json").read_text())
     report = json.loads((repo / "metrics/eval.json").read_text())
-    assert summary["worst_case_worst"] == report["attacks"]["worst_case"]["summary"]["worst"]
+    assert summary["worst_case"]["worst"] == report["attacks"]["worst_case"]["summary"]["worst"]
+    assert summary["worst_case"]["class"] == report["attacks"]["worst_case"]["per_class"]
     shown = json.loads(_dvc(repo, "metrics", "show", "--json").stdout)
     assert any("metrics/eval_summary.json" in json.dumps(v) for v in shown.values())
     diff = _dvc(repo, "params", "diff", "--json")
@@ -151,7 +173,7 @@ def test_failing_gate_blocks_candidate_and_approval(repo, capsys):
     _set_params(repo, {"gate": {"min_worst_class": 0.0}})
     rerun = _dvc(repo, "repro")
     assert _ran(rerun) == {"gate", "register"}, rerun.stdout
-    assert main(["approve", "fairat-digits", "2", "--by", "alice", "--note", "ok"]) == 0
+    assert main(["approve", "fairat-digits", "2", "--by", "alice", "--note", "ok", "--yes"]) == 0
     approved = _versions(repo)[2]
     assert approved["aliases"] == ["candidate", "champion"]
     assert approved["approved_by"] == "alice" and approved["approval_note"] == "ok"

@@ -97,7 +97,8 @@ def test_pipeline_end_to_end_in_team_mode(mlflow_server, tmp_path):
     client = MlflowClient(tracking_uri=mlflow_server.url)
     records = {}
     for threshold in ("1.0", "0.0"):  # a worst class at 100% robust accuracy: blocks; 0: passes
-        gate = [*tiny, "-S", f"gate.min_worst_class={threshold}"]
+        gate = [*tiny, "-S", f"gate.min_worst_class={threshold}", "-S", "gate.attack=clean",
+                "-S", "gate.min_average=0.01", "-S", "gate.min_clean_class=0"]
         _fairat(tmp_path, env, "gate", *gate)
         _fairat(tmp_path, env, "register", *gate)
         decision = json.loads((tmp_path / "metrics" / "gate.json").read_text())

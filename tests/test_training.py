@@ -125,3 +125,15 @@ def test_rescore_pass_refreshes_every_score(digits, tmp_path):
         logits = trainer.model.eval()(digits.train.images[:5].float() / 255)
     expected = torch.nn.functional.cross_entropy(logits, digits.train.labels[:5], reduction="none")
     assert torch.allclose(trainer.tracker.scores[:5], expected, atol=1e-5)
+
+
+def test_divergence_stops_at_once_and_leaves_the_previous_run_untouched(digits, tmp_path):
+    from fairat.errors import TrainingDiverged
+
+    train(MODEL, _cfg("pgd_at", epochs=1), digits, _paths(tmp_path))
+    before = {name: (tmp_path / name).read_bytes()
+              for name in ("model.pt", "train.json", "history.csv", "checkpoints/last.pt")}
+    with pytest.raises(TrainingDiverged, match=r"epoch 1, batch 2/4, learning rate 1e\+30"):
+        train(MODEL, _cfg("pgd_at", epochs=1, lr=1e30, momentum=0.0), digits, _paths(tmp_path))
+    after = {name: (tmp_path / name).read_bytes() for name in before}
+    assert after == before

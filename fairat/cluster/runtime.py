@@ -154,11 +154,11 @@ def _train_with_trainjob(params: str, data_dir: str, model_dir: str, train_dir: 
     shutil.rmtree(work.parent)
 
 
-def run_evaluate(params: str, data_dir: str, model_dir: str, report_dir: str, card_path: str,
+def run_evaluate(params: str, data_dir: str, model_dir: str, report_dir: str, markdown_path: str,
                  chart_path: str, train_dir: str | None = None) -> dict[str, float]:
     """Class-wise evaluation into ``report_dir/{eval.json,eval_classwise.png}``.
 
-    Also writes the model card (Markdown) to ``card_path`` and an HTML page with the class-wise
+    Also writes the class-wise report (Markdown) to ``markdown_path`` and an HTML page with the class-wise
     chart embedded to ``chart_path``, both for the Kubeflow UI. Returns ``<attack>_<average|worst|
     gap>`` fractions for a Metrics artifact.
     """
@@ -167,14 +167,14 @@ def run_evaluate(params: str, data_dir: str, model_dir: str, report_dir: str, ca
 
     report_file, png = Path(report_dir) / EVAL_JSON, Path(report_dir) / EVAL_PNG
     report = evaluate_step(params_from_lines(params), data_dir, Path(model_dir) / MODEL,
-                           report_file, png, card_path,
+                           report_file, png, markdown_path,
                            train_metrics_path=Path(train_dir) / TRAIN_JSON if train_dir else None)
-    write_text_atomic(chart_path, _chart_page(Path(card_path).read_text(), png))
-    return summary_metrics(report)
+    write_text_atomic(chart_path, _chart_page(Path(markdown_path).read_text(), png))
+    return numeric_metrics(summary_metrics(report))
 
 
 def _chart_page(card_markdown: str, png: Path) -> str:
-    """Self-contained HTML: the chart inlined (the UI cannot fetch side files) above the card text."""
+    """Self-contained HTML: the chart inlined (the UI cannot fetch side files) above the report text."""
     data = base64.b64encode(png.read_bytes()).decode("ascii")
     return ("<!doctype html><html><head><meta charset='utf-8'><title>fairat class-wise report"
             "</title></head><body>"
@@ -192,7 +192,8 @@ def run_gate(params: str, report_dir: str, model_dir: str, gate_dir: str) -> dic
 
 def run_register(params: str, candidate: bool, data_dir: str, model_dir: str, train_dir: str,
                  report_dir: str, gate_dir: str, card_path: str, out_dir: str) -> dict[str, Any]:
-    """Register the model in MLflow; the alias follows the gate file, checked against the branch.
+    """Write the model card (Markdown) to ``card_path`` and register the model in MLflow; the
+    alias follows the gate file, checked against the branch.
 
     ``candidate`` says which branch of the pipeline's gate condition called this. A branch that
     disagrees with the decision file it was handed is a wiring bug, and registering anyway could

@@ -151,10 +151,11 @@ def logged_report_sha256(run_id: str | None) -> str | None:
 
 def version_tags(decision: dict[str, Any], report: dict[str, Any] | None,
                  manifest: dict[str, Any], model_sha256: str, report_sha256: str | None,
-                 git_commit: str | None) -> dict[str, str]:
+                 git_commit: str | None, method: str = "") -> dict[str, str]:
     """The evidence a version carries, as MLflow tags (strings): gate verdict and its numbers."""
     measured = decision.get("measured") or {}
     tags = {
+        "method": method,
         "gate_passed": str(bool(decision["passed"])).lower(),
         "gate_attack": decision["attack"],
         "gate_informational": str(decision.get("informational") is True).lower(),
@@ -232,10 +233,12 @@ def register_model(model: Any, example: Any, model_name: str, run_id: str | None
 
 # ----------------------------------------------------------------------------- approval
 
-def approve(model_name: str, version: int, by: str, note: str = "") -> dict[str, Any]:
+def approve(model_name: str, version: int, by: str, note: str = "",
+            confirm: Callable[[str], bool] | None = None) -> dict[str, Any] | None:
     """Promote ``version`` to alias ``champion`` if its evidence shows a passed gate.
 
-    Raises RegistryError listing every reason when it refuses (nothing changes then).
+    Raises RegistryError listing every reason when it refuses (nothing changes then). Once the
+    evidence is checked, ``confirm(version description)`` may still say no (returns None).
     """
     if not by.strip():
         raise RegistryError("approve: --by must name the approver")
@@ -249,6 +252,8 @@ def approve(model_name: str, version: int, by: str, note: str = "") -> dict[str,
     if problems:
         raise RegistryError(f"refusing to approve {model_name} version {version}:\n  - "
                             + "\n  - ".join(problems))
+    if confirm is not None and not confirm(mv.description or ""):
+        return None
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")
     record = {"approved_by": by.strip(), "approved_at": when, "approval_note": note,
               "approved_model_sha256": mv.tags.get(f"{TAG}model_sha256", "")}
@@ -277,6 +282,54 @@ def list_versions(model_name: str) -> list[dict[str, Any]]:
     rows = []
     for mv in sorted(versions, key=lambda m: int(m.version)):
         tags = dict(mv.tags)
+        created = datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc)
         rows.append({"version": int(mv.version), "aliases": sorted(by_version.get(str(mv.version), [])),
+                     "created": created.isoformat(timespec="minutes"),
+                     "description": mv.description or "",
                      **{k[len(TAG):]: v for k, v in tags.items() if k.startswith(TAG)}})
     return rows
+
+
+def find_baseline(model_name: str, exclude_version: int | None,
+                  method: str = "pgd_at") -> dict[str, Any] | None:
+    """The newest version of ``model_name`` trained with ``method`` (the PGD-AT baseline), as
+    the numbers a model card compares against; None when the registry holds none."""
+    try:
+        rows = list_versions(model_name)
+    except RegistryError:
+        return None
+    for row in reversed(rows):
+        if row["version"] != exclude_version and row.get("method") == method and \
+                row.get("worst_class_robust") and row.get("average_robust"):
+            return {"label": f"{model_name} version {row['version']}", "method": method,
+                    "worst": float(row["worst_class_robust"]),
+                    "worst_class": row.get("worst_class", "?"),
+                    "average": float(row["average_robust"])}
+    return None
+
+
+def attach_card(model_name: str, version: int, run_id: str, card_path: Path,
+                description: str) -> str:
+    """Log the model card to the version's run and put its summary in the version description,
+    so the MLflow version page shows the verdict first. Returns the card's artifact URI."""
+    mlflow = _mlflow()
+    client = _client()
+    try:
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_artifact(str(card_path), artifact_path="evidence")
+        uri = f"runs:/{run_id}/evidence/{card_path.name}"
+        client.update_model_version(model_name, str(version),
+                                    description=f"{description}\nModel card: {uri}")
+    except Exception as err:
+        raise RegistryError(f"cannot attach the model card to {model_name} version {version} at "
+                            f"{tracking_uri()}: {err}") from err
+    return uri
+
+
+def version_description(model_name: str, version: int) -> str:
+    """The description of a version (the card summary register wrote), or ""."""
+    try:
+        return _client().get_model_version(model_name, str(version)).description or ""
+    except Exception as err:
+        raise RegistryError(f"model {model_name!r} version {version} not found at "
+                            f"{tracking_uri()}: {err}") from err

@@ -6,6 +6,8 @@ the plain config that rebuilds the architecture is safe to load from an untruste
 
 from __future__ import annotations
 
+import pickle
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,15 @@ def load_checkpoint(path: str | Path, device: torch.device) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message advises retrying with weights_only=False: the wrong advice for a file
+        # that may be hostile. Say what the file holds and stop.
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        hint = (f"it references {found.group(1)}" if found
+                else "it holds objects other than tensors and plain data")
+        raise ValueError(f"cannot load checkpoint {path}: refused, not a plain-data fairat checkpoint "
+                         f"({hint}); fairat never unpickles arbitrary objects. Re-create it "
+                         "with `fairat train`.") from None
     except Exception as err:  # torch raises several types for truncated or foreign files
         raise ValueError(f"cannot load checkpoint {path}: {err}") from err
 

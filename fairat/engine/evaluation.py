@@ -39,6 +39,7 @@ from fairat.engine.attacks import pgd_attack
 from fairat.config import EvalConfig, to_dict
 from fairat.engine.distributed import (DistContext, all_gather_cat, all_reduce_max, block_shard,
                                       rank_slice)
+from fairat.engine.progress import Progress
 from fairat.engine.seeds import generator
 from fairat.io import write_json_atomic
 from fairat.engine.metrics import accuracy_from_counts, classwise_counts, summarize
@@ -214,7 +215,8 @@ def _pgd_settings(cfg: EvalConfig, loss: str) -> dict[str, Any]:
 
 
 def _flags_by_block(n: int, ctx: DistContext, device: torch.device, block: int, names: list[str],
-                    run: Any) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+                    run: Any, progress: bool = True,
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Per-sample flags for positions ``range(n)``: ``run(block_number, positions)`` on this
     rank's blocks, gathered from every rank into position order. ``run`` returns
     ({name: (len,) bool flags}, {name: seconds}) for every name in ``names``; the seconds
@@ -222,12 +224,16 @@ def _flags_by_block(n: int, ctx: DistContext, device: torch.device, block: int, 
     flags: dict[str, list[torch.Tensor]] = {}
     seconds: dict[str, float] = {}
     done: list[torch.Tensor] = []
-    for number, pos in block_shard(n, block, ctx):
-        block_flags, block_seconds = run(number, pos)
-        for name, f in block_flags.items():
-            flags.setdefault(name, []).append(f.cpu())
-            seconds[name] = seconds.get(name, 0.0) + block_seconds.get(name, 0.0)
-        done.append(pos)
+    mine = block_shard(n, block, ctx)
+    label = f"evaluate {'+'.join(names)} on {n} images"
+    with Progress(label, len(mine), enabled=progress and ctx.is_main) as bar:
+        for number, pos in mine:
+            block_flags, block_seconds = run(number, pos)
+            for name, f in block_flags.items():
+                flags.setdefault(name, []).append(f.cpu())
+                seconds[name] = seconds.get(name, 0.0) + block_seconds.get(name, 0.0)
+            done.append(pos)
+            bar.advance()
     out = {}
     pos = torch.cat(done) if done else torch.zeros(0, dtype=torch.long)
     pos_all = all_gather_cat(pos.to(device), ctx).cpu()
@@ -269,7 +275,8 @@ def _run_batched_attacks(model: nn.Module, images: torch.Tensor, idx: torch.Tens
             seconds[name] = time.perf_counter() - t0
         return flags, seconds
 
-    return _flags_by_block(len(idx), ctx, device, cfg.batch_size, ["clean"] + names, run)
+    return _flags_by_block(len(idx), ctx, device, cfg.batch_size, ["clean"] + names, run,
+                           cfg.progress)
 
 
 def evaluate(model: nn.Module, images_uint8: torch.Tensor, labels: torch.Tensor,
@@ -355,7 +362,11 @@ def _autoattack_sharded(model: nn.Module, images: torch.Tensor, idx: torch.Tenso
     n = len(idx)
     part = rank_slice(n, ctx)
     t0 = time.perf_counter()
-    mine = run_autoattack(model, images[idx[part]].float().div_(255), y[part], cfg, device)
+    # one pyautoattack call: no per-block progress inside it, so a start and an end line
+    with Progress(f"evaluate autoattack ({cfg.autoattack}) on {n} images", 1, unit="runs",
+                  enabled=cfg.progress and ctx.is_main) as bar:
+        mine = run_autoattack(model, images[idx[part]].float().div_(255), y[part], cfg, device)
+        bar.advance()
     seconds = all_reduce_max(torch.tensor([time.perf_counter() - t0], dtype=torch.float64,
                                           device=device), ctx)
     return all_gather_cat(mine.to(device, torch.uint8), ctx).cpu().bool(), float(seconds.item())
@@ -381,11 +392,27 @@ def _provenance(extra: dict[str, Any] | None, cfg: EvalConfig, device: torch.dev
 
 # ----------------------------------------------------------------------------- outputs
 
-def summary_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """``<attack>_<average|worst|gap>`` fractions of a report: the numbers DVC's ``metrics:`` and
-    Kubeflow's Metrics artifact both show, so the two orchestrators compare the same figures."""
-    return {f"{name}_{key}": float(entry["summary"][key])
-            for name, entry in report["attacks"].items() for key in ("average", "worst", "gap")}
+def summary_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    """``{attack: {average, worst, gap, class: {name: accuracy}}}`` fractions of a report.
+
+    The numbers DVC's ``metrics:`` show (``dvc exp diff`` then names the class a method helped:
+    ``worst_case.class.cat``) and, flattened the same way, Kubeflow's Metrics artifact; no hashes,
+    ids or paths, which live in the report's provenance.
+    """
+    return {name: {**{key: float(entry["summary"][key]) for key in ("average", "worst", "gap")},
+                   "class": {c: float(v) for c, v in entry["per_class"].items()}}
+            for name, entry in report["attacks"].items()}
+
+
+def classwise_csv(report: dict[str, Any]) -> str:
+    """One row per class, one column per attack (percent): the table `dvc plots diff` draws per
+    revision, so two experiments' per-class robust accuracies stand side by side."""
+    attacks = [a for a in ATTACK_ORDER if a in report["attacks"]]
+    rows = ["class," + ",".join(attacks)]
+    for c in report["class_names"]:
+        rows.append(f"{c}," + ",".join(f"{100 * report['attacks'][a]['per_class'][c]:.2f}"
+                                        for a in attacks))
+    return "\n".join(rows) + "\n"
 
 
 def write_report(report: dict[str, Any], json_path: str | Path) -> None:

@@ -90,8 +90,19 @@ METHODS: dict[str, StepFn] = {"pgd_at": pgd_at_step, "trades": trades_step}
 
 
 def objective_name(cfg: TrainConfig) -> str:
-    """The objective a run trains with: its method, or FairAT's base objective."""
-    return cfg.fairat.base if cfg.method == "fairat" else cfg.method
+    """The objective a run trains with: its method, or the base objective of FairAT / WAT."""
+    return {"fairat": cfg.fairat.base, "wat": cfg.wat.base}.get(cfg.method, cfg.method)
+
+
+def validation_cost(objective: str, logits_clean: torch.Tensor, logits_adv: torch.Tensor,
+                    labels: torch.Tensor, trades_beta: float) -> torch.Tensor:
+    """(N,) the base objective's loss per validation example (no grad): adversarial CE for
+    PGD-AT, clean CE + beta * KL(clean || adversarial) for TRADES."""
+    if objective == "trades":
+        kl = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits_clean, 1),
+                      reduction="none").sum(1)
+        return F.cross_entropy(logits_clean, labels, reduction="none") + trades_beta * kl
+    return F.cross_entropy(logits_adv, labels, reduction="none")
 
 
 def step_for(cfg: TrainConfig) -> StepFn:

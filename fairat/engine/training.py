@@ -41,9 +41,11 @@ from fairat.engine.distributed import (DistContext, all_gather_cat, all_reduce_s
 from fairat.engine.metrics import flatten
 from fairat.engine.hard_examples import HardExampleTracker, example_scores
 from fairat.io import write_json_atomic, write_text_atomic
-from fairat.engine.methods import Batch, start_noise, step_for
+from fairat.engine.class_weights import WATWeights
+from fairat.engine.methods import Batch, objective_name, start_noise, step_for, validation_cost
 from fairat.engine.models import ModelSpec, build_model
 from fairat.engine.seeds import generator
+from fairat.errors import TrainingDiverged
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,7 @@ class Trainer:
         self.images = train.images.to(self.device)
         self.labels = train.labels.to(self.device)
         self.tracker = HardExampleTracker(self.labels, train.num_classes, cfg.fairat)
+        self.weighting = WATWeights(train.num_classes, cfg.wat.eta) if cfg.method == "wat" else None
         self.step_fn = step_for(cfg)
         self.epoch = 0  # epochs completed
         self.history: list[dict[str, Any]] = []
@@ -168,6 +171,7 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "tracker": self.tracker.state_dict(),
+                "weighting": None if self.weighting is None else self.weighting.state_dict(),
                 "history": self.history, "best": self.best, "config": self.config_dict()}
 
     def resume(self) -> bool:
@@ -183,6 +187,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.tracker.load_state_dict(state["tracker"])
+        if self.weighting is not None:
+            self.weighting.load_state_dict(state["weighting"])
         self.epoch, self.history, self.best = state["epoch"], state["history"], state["best"]
         return True
 
@@ -194,6 +200,10 @@ class Trainer:
             record = self.train_epoch(self.epoch)
             trained += record["examples"]
             record.update(self.validate())
+            if self.weighting is not None:
+                self.weighting.update(record["val_cost_per_class"], record["val_cost_avg"])
+                names = self.data.train.class_names
+                record["class_weights"] = dict(zip(names, self.weighting.weights()[:-1].tolist()))
             self.epoch += 1
             value = self._selection_value(record)
             if value is not None and value > self.best["value"]:
@@ -226,7 +236,8 @@ class Trainer:
             lr = lr_at(cfg, (epoch + i / len(batches)) / cfg.epochs)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            totals += self.train_batch(idx.to(self.device), is_copy.to(self.device), dev_gen)
+            totals += self.train_batch(idx.to(self.device), is_copy.to(self.device), dev_gen,
+                                       (epoch + 1, i + 1, len(batches), lr))
             if hasattr(progress, "set_postfix") and i % 10 == 0:
                 progress.set_postfix(loss=f"{totals[0] / max(totals[1], 1):.3f}",
                                      adv_acc=f"{totals[2] / max(totals[1] - totals[3], 1):.3f}")
@@ -240,8 +251,8 @@ class Trainer:
                 "hard_per_class": dict(zip(names, self.tracker.histogram(hard.to(self.device)))),
                 "seconds": seconds, "examples_per_second": n / max(seconds, 1e-9)}
 
-    def train_batch(self, idx: torch.Tensor, is_copy: torch.Tensor,
-                    gen: torch.Generator) -> torch.Tensor:
+    def train_batch(self, idx: torch.Tensor, is_copy: torch.Tensor, gen: torch.Generator,
+                    where: tuple[int, int, int, float] = (0, 0, 0, 0.0)) -> torch.Tensor:
         """Augment the global batch, train this rank's slice; returns [loss sum, n, correct, copies]."""
         cfg, ctx = self.cfg, self.ctx
         x = random_crop_flip(self.images[idx].float().div_(255), cfg.crop_padding, cfg.flip, gen)
@@ -264,9 +275,13 @@ class Trainer:
         attack_model = self.model.attack_view()
         with self._autocast():
             out = self.step_fn(attack_model, self.train_model, batch, cfg, need_clean)
-        loss = out.per_sample_loss.sum() * (ctx.world_size / idx.numel())
+        per_sample = out.per_sample_loss
+        if self.weighting is not None:  # WAT: w[y] + w[average] from the last validation
+            per_sample = per_sample * self.weighting.example_weights(batch.labels)
+        loss = per_sample.sum() * (ctx.world_size / idx.numel())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self._stop_if_diverged(loss, where)
         self.optimizer.step()
         original = ~is_copy[part]
         if cfg.method == "fairat":
@@ -278,6 +293,24 @@ class Trainer:
         return torch.stack([out.per_sample_loss.detach().sum().double(),
                             torch.tensor(float(batch.x.shape[0]), dtype=torch.float64, device=x.device),
                             correct.double(), (~original).sum().double()])
+
+    def _stop_if_diverged(self, loss: torch.Tensor, where: tuple[int, int, int, float]) -> None:
+        """Raise before the step when the loss or the (all-reduced) gradients are not finite.
+
+        Why the gradients: under torchrun they are the same on every rank after backward, so
+        every rank stops at the same batch instead of one rank waiting for the others. Nothing is
+        written: the previous run's model and metrics stay as they were.
+        """
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        finite = torch.stack([g.isfinite().all() for g in grads]).all() if grads else True
+        if self.ctx.world_size == 1:
+            finite = finite & loss.detach().isfinite()
+        if not bool(finite):
+            epoch, batch, batches, lr = where
+            raise TrainingDiverged(
+                f"training diverged: non-finite loss or gradient at epoch {epoch}, batch "
+                f"{batch}/{batches}, learning rate {lr:.6g}; stopped before writing anything "
+                "(the previous model and metrics are untouched). Lower train.lr or check the data.")
 
     def rescore(self, epoch: int) -> None:
         """Optional full pass: replace every score by a fresh one from the current model.
@@ -316,7 +349,8 @@ class Trainer:
             return {}
         a = self.cfg.attack
         k = val.num_classes
-        counts = torch.zeros(3, k, dtype=torch.float64, device=self.device)  # total, clean, robust
+        # total, clean, robust counts and the base objective's loss sum (WAT's cost)
+        counts = torch.zeros(4, k, dtype=torch.float64, device=self.device)
         self.model.eval()
         # Blocks of 256 dealt round-robin to ranks, each with its own seeded attack start: the
         # per-example results, hence the counts, do not depend on the world size.
@@ -326,16 +360,23 @@ class Trainer:
             y = val.labels[idx].to(self.device)
             with self._autocast():
                 with torch.no_grad():
-                    clean = self.model(x).argmax(1) == y
+                    logits = self.model(x)
+                clean = logits.argmax(1) == y
                 res = pgd_attack(self.model, x, y, a.eps, a.step_size, self.cfg.val_attack_steps,
                                  generator=gen, track_best=True)
+                with torch.no_grad():
+                    cost = validation_cost(objective_name(self.cfg), logits.float(),
+                                           self.model(res.x_adv).float(), y, self.cfg.trades_beta)
             for row, flags in enumerate((torch.ones_like(clean), clean, res.correct)):
                 counts[row] += torch.bincount(y[flags], minlength=k).double()
+            counts[3] += torch.bincount(y, weights=cost.double(), minlength=k)
         counts = all_reduce_sum(counts, self.ctx)
         clean_pc = (counts[1] / counts[0]).tolist()
         robust_pc = (counts[2] / counts[0]).tolist()
         names = val.class_names
-        return {"val_clean_avg": sum(clean_pc) / k, "val_robust_avg": sum(robust_pc) / k,
+        return {"val_cost_per_class": (counts[3] / counts[0]).tolist(),
+                "val_cost_avg": float(counts[3].sum() / counts[0].sum()),
+                "val_clean_avg": sum(clean_pc) / k, "val_robust_avg": sum(robust_pc) / k,
                 "val_robust_worst": min(robust_pc),
                 "val_robust_worst_class": names[robust_pc.index(min(robust_pc))],
                 "val_clean_per_class": dict(zip(names, clean_pc)),

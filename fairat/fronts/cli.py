@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from fairat.artifacts import LOCAL
 from fairat.config import ConfigError, Params, load_params
-from fairat.errors import DataError, RegistryError
+from fairat.errors import DataError, RegistryError, TrainingDiverged
 from fairat.fronts import storage_cli  # light: boto3 loads on use
 from fairat.fronts import guard_cli
 
@@ -90,8 +90,8 @@ def _add_eval_outputs(p: argparse.ArgumentParser, with_model: bool) -> None:
                    help="class-wise report JSON (default: %(default)s)")
     p.add_argument("--plot", default=LOCAL["plot"], type=Path,
                    help="per-class bar chart PNG (default: %(default)s)")
-    p.add_argument("--card", default=LOCAL["card"], type=Path,
-                   help="markdown model card (default: %(default)s)")
+    p.add_argument("--markdown", default=LOCAL["markdown"], type=Path,
+                   help="class-wise report in Markdown (default: %(default)s)")
     p.add_argument("--summary", default=LOCAL["summary"], type=Path,
                    help="average / worst / gap per attack, the DVC metrics (default: %(default)s)")
 
@@ -102,6 +102,8 @@ def _add_gate_outputs(p: argparse.ArgumentParser) -> None:
 
 
 def _add_register_outputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--card", default=LOCAL["card"], type=Path,
+                   help="model card, written after the gate (default: %(default)s)")
     p.add_argument("--registered", default=LOCAL["registered"], type=Path,
                    help="registered model name / version / alias JSON (default: %(default)s)")
 
@@ -135,6 +137,8 @@ def _add_registry_commands(sub: Any) -> None:
     p.add_argument("version", type=int, help="model version number")
     p.add_argument("--by", required=True, help="who approves (recorded as a tag)")
     p.add_argument("--note", default="", help="why (recorded as a tag)")
+    p.add_argument("--yes", action="store_true",
+                   help="approve without the question (needed when stdin is not a terminal)")
 
     p = sub.add_parser("models", help="list registered versions with gate results",
                        description="Versions of a registered model, their aliases, gate verdict "
@@ -203,24 +207,44 @@ def _print_models(rows: list[dict[str, Any]], name: str) -> None:
     if not rows:
         print(f"no versions of {name!r} are registered")
         return
-    print(f"{'version':>7}  {'aliases':<20} {'gate':<6} {'worst':>6} {'class':<12} "
-          f"{'average':>7}  approved by")
+    print(f"{name}")
+    print(f"{'version':>7}  {'created (UTC)':<16} {'method':<7} {'data':<11} {'aliases':<18} "
+          f"{'gate':<6} {'worst':>6} {'class':<10} {'average':>7}  approved by")
     for r in rows:
         gate = {"true": "passed", "false": "FAILED"}.get(r.get("gate_passed", ""), "?")
+        if r.get("gate_informational") == "true":
+            gate = "info"
         worst, avg = r.get("worst_class_robust") or "-", r.get("average_robust") or "-"
-        print(f"{r['version']:>7}  {','.join(r['aliases']) or '-':<20} {gate:<6} "
-              f"{worst[:6]:>6} {r.get('worst_class', '-')[:12]:<12} {avg[:7]:>7}  "
+        print(f"{r['version']:>7}  {r.get('created', '-')[:16]:<16} {r.get('method') or '-':<7} "
+              f"{(r.get('data_source') or '-')[:11]:<11} {','.join(r['aliases']) or '-':<18} "
+              f"{gate:<6} {worst[:6]:>6} {r.get('worst_class', '-')[:10]:<10} {avg[:7]:>7}  "
               f"{r.get('approved_by', '-')}")
         if r.get("gate_passed") != "true" and r.get("gate_reasons"):
             for reason in json.loads(r["gate_reasons"]):
                 print(f"{'':9}blocked: {reason}")
+        if r.get("guard_reverted"):
+            print(f"{'':9}guard reverted: {r['guard_reverted']}")
 
 
 def run_registry_command(args: argparse.Namespace) -> int:
     from fairat.edge import registry
 
     if args.command == "approve":
-        result = registry.approve(args.model_name, args.version, args.by, args.note)
+        def confirm(description: str) -> bool:
+            """Show what is approved (the card summary); ask unless --yes."""
+            print(f"{args.model_name} version {args.version}:\n"
+                  f"{description or '(no model card summary)'}")
+            if args.yes:
+                return True
+            if not sys.stdin.isatty():
+                raise RegistryError("approve: stdin is not a terminal; read the card above, "
+                                    "then pass --yes")
+            return input(f"Make version {args.version} the champion? Type 'yes': ").strip() == "yes"
+
+        result = registry.approve(args.model_name, args.version, args.by, args.note, confirm)
+        if result is None:
+            print("not approved")
+            return 1
         print(f"approved {result['model_name']} version {result['version']} as "
               f"{result['alias']} (by {result['approved_by']} at {result['approved_at']})")
         return 0
@@ -255,7 +279,7 @@ def run_command(args: argparse.Namespace) -> int:
     if "evaluate" in stages:
         from fairat.steps.evaluate import evaluate_step
 
-        evaluate_step(params, args.data, args.model, args.report, args.plot, args.card,
+        evaluate_step(params, args.data, args.model, args.report, args.plot, args.markdown,
                       args.summary, args.metrics)
     if "gate" in stages:
         from fairat.steps.gate import gate_step
@@ -282,7 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return guard_cli.run(args)
     try:
         return run_command(args)
-    except (ConfigError, DataError, RegistryError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, DataError, RegistryError, TrainingDiverged, ValueError,
+            OSError) as err:  # OSError: a missing input, an unwritable or full output
         print(f"fairat {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -10,7 +10,8 @@ from typing import Any
 from fairat.config import Params
 from fairat.engine.checkpoint import load_model
 from fairat.engine.data import MANIFEST_NAME, load_prepared
-from fairat.engine.evaluation import evaluate, summary_metrics, write_report
+from fairat.artifacts import CLASSWISE_CSV
+from fairat.engine.evaluation import classwise_csv, evaluate, summary_metrics, write_report
 from fairat.evidence.gate import sidecar_path, write_sidecar
 from fairat.evidence.report import plot_classwise, report_markdown
 from fairat.io import sha256_file, write_json_atomic, write_text_atomic
@@ -55,6 +56,7 @@ def evaluate_step(params: Params, data_dir: str | Path, model_path: str | Path,
     write_sidecar(report_path)  # the gate and register refuse a report edited after this
     if plot_path:
         plot_classwise(report, plot_path)
+        write_text_atomic(Path(plot_path).with_name(CLASSWISE_CSV), classwise_csv(report))
     if markdown_path:
         write_text_atomic(markdown_path, report_markdown(report))
     if summary_path:

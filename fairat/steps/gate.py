@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from fairat.config import Params
-from fairat.evidence.gate import decide_files
+from fairat.artifacts import GATE_METRICS
+from fairat.evidence.gate import decide_files, gate_metrics
 from fairat.io import write_json_atomic
 
 
@@ -20,6 +21,7 @@ def gate_step(params: Params, report_path: str | Path, model_path: str | Path,
     """
     decision = decide_files(params.gate, report_path, model_path)
     write_json_atomic(out_path, decision)
+    write_json_atomic(Path(out_path).with_name(GATE_METRICS), gate_metrics(decision))
     verdict = "PASSED" if decision["passed"] else "BLOCKED"
     print(f"fairness gate {verdict} ({params.gate.attack}, min worst class "
           f"{params.gate.min_worst_class:.3f})", flush=True)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from fairat.artifacts import TRAIN_METRICS
 from fairat.config import Params, to_dict
+from fairat.engine.metrics import numeric_metrics
 from fairat.engine.data import load_prepared
 from fairat.engine.training import TrainPaths, TrainSummary, train
 from fairat.io import write_json_atomic
@@ -36,6 +38,9 @@ def train_step(params: Params, data_dir: str | Path, paths: TrainPaths,
         record = json.loads(Path(paths.metrics).read_text())
         record["mlflow_run_id"] = run_id  # evaluate and register attach to this run
         write_json_atomic(paths.metrics, record)
+    if ctx.is_main:  # the numbers alone (no run id, no names): what `dvc metrics` compares
+        record = json.loads(Path(paths.metrics).read_text())
+        write_json_atomic(Path(paths.metrics).with_name(TRAIN_METRICS), numeric_metrics(record))
     if ctx.is_main:
         print(f"trained {params.train.method}: {summary.epochs} epochs, model from epoch "
               f"{summary.chosen_epoch} ({summary.chosen_by}), "

@@ -1,0 +1,231 @@
+"""The model card an approver reads: the sections of Mitchell et al., *Model Cards for Model
+Reporting* (FAT* 2019), filled from the run's own files.
+
+Why written after the gate: the card states the verdict, its thresholds and every reason, so the
+person who approves a version reads the same decision the registry acts on. Everything here is a
+pure function of dicts (params, report, gate decision, data manifest, training summary, an optional
+baseline and registration), so the CLI, DVC and Kubeflow all write the same card.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Any
+
+from fairat.evidence.report import present_attacks
+
+CARD_SECTIONS = ("Model details", "Intended use", "Out-of-scope use", "Training data",
+                 "Evaluation data", "Metrics", "Fairness gate", "Comparison with a baseline",
+                 "Limitations", "Provenance")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _counts_row(counts: dict[str, int]) -> str:
+    return ", ".join(f"{c} {n}" for c, n in counts.items())
+
+
+def verdict_line(decision: dict[str, Any]) -> str:
+    """``PASSED`` / ``BLOCKED`` / ``INFORMATIONAL`` with the measured worst class and average."""
+    m = decision.get("measured") or {}
+    word = ("INFORMATIONAL (never a candidate)" if decision.get("informational")
+            else "PASSED" if decision.get("passed") else "BLOCKED")
+    if not m:
+        return f"{word}: no measured numbers"
+    return (f"{word}: worst class {m.get('worst_class')} {_pct(m.get('worst'))}, average "
+            f"{_pct(m.get('average'))} ({decision.get('attack')} robust accuracy)")
+
+
+def summary_text(decision: dict[str, Any], card_uri: str | None) -> str:
+    """The model-version description: what the MLflow version page shows an approver first."""
+    lines = [f"Fairness gate {verdict_line(decision)}."]
+    reasons = decision.get("reasons") or []
+    if reasons:
+        lines.append("Blocked because: " + "; ".join(reasons[:3])
+                     + (f" (+{len(reasons) - 3} more)" if len(reasons) > 3 else "") + ".")
+    if card_uri:
+        lines.append(f"Model card: {card_uri}")
+    return "\n".join(lines)
+
+
+def _standard_error(p: float, n: int) -> float:
+    return math.sqrt(max(p * (1 - p), 0.0) / n) if n else float("nan")
+
+
+def render_card(params: dict[str, Any], report: dict[str, Any] | None, decision: dict[str, Any],
+                manifest: dict[str, Any], train_summary: dict[str, Any] | None = None,
+                baseline: dict[str, Any] | None = None,
+                registration: dict[str, Any] | None = None,
+                n_parameters: int | None = None, now: datetime | None = None) -> str:
+    """The Markdown card. ``baseline``: {"label", "worst", "worst_class", "average", "method"}
+    of a comparable model (another version or run), or None; ``registration``: the version."""
+    train, model, track, gate = params["train"], params["model"], params["track"], params["gate"]
+    when = (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
+    name = track["model_name"]
+    version = (registration or {}).get("version")
+    title = f"# Model card: {name}" + (f" version {version}" if version else "")
+    eps = (report or {}).get("eps", params["evaluate"]["eps"])
+    lines = [title, "", f"**Fairness gate: {verdict_line(decision)}.**", ""]
+
+    lines += ["## Model details", "",
+              f"- Architecture: `{model['name']}` (width {model['width']}"
+              + (f", depth {model['depth']}" if model.get("depth") else "") + ")"
+              + (f", {n_parameters:,} parameters" if n_parameters else "")
+              + "; takes [0, 1] pixels and owns its normalisation.",
+              f"- Training method: `{train['method']}`"
+              + (f" on a `{train['fairat']['base']}` base: hard examples are the top "
+                 f"{train['fairat']['hard_ratio']:.0%} by {train['fairat']['score']}"
+                 f"{' within each class' if train['fairat']['per_class'] else ''}, trained with "
+                 f"{train['fairat']['copies']} augmented cop{'y' if train['fairat']['copies'] == 1 else 'ies'} "
+                 f"({', '.join(train['fairat']['augment'])}) after {train['fairat']['warmup_epochs']} "
+                 "warm-up epochs" if train["method"] == "fairat" else "")
+              + (f", TRADES beta {train['trades_beta']}" if train["method"] == "trades" else "") + ".",
+              f"- Training attack: L-inf PGD-{train['attack']['steps']}, eps {train['attack']['eps']:.4g} "
+              f"({train['attack']['eps'] * 255:.3g}/255), step {train['attack']['step_size']:.4g}; "
+              f"{train['epochs']} epochs, batch {train['batch_size']}, lr {train['lr']} "
+              f"({train['schedule']}), seed {train['seed']}.",
+              f"- Checkpoint: {_chosen(train_summary, train)}.",
+              f"- Owner: {track.get('owner') or 'not set (params track.owner)'}; date: {when}; "
+              f"licence: {track.get('license') or 'not set (params track.license)'}.", ""]
+
+    lines += ["## Intended use", "",
+              f"Image classification of the `{manifest.get('source')}` classes "
+              f"({', '.join(manifest.get('class_names', []))}) where inputs may be perturbed "
+              f"adversarially within an L-inf ball of radius {eps:.4g} ({eps * 255:.3g}/255) in "
+              "[0, 1] pixel units, and where the weakest class's robustness matters as much as "
+              "the average (the fairness gate below judges exactly that).", "",
+              "## Out-of-scope use", "",
+              "- Inputs from another distribution than the training data (other cameras, sizes, "
+              "classes): nothing here measures them.",
+              "- Threat models other than L-inf at this radius (L2, patches, larger eps, "
+              "physical-world attacks) and adaptive attacks beyond the ones listed.",
+              "- Decisions about people: the classes are objects or digits, not demographic groups, "
+              "and class-wise fairness here says nothing about fairness to people.", ""]
+
+    lines += ["## Training data", "",
+              f"Source `{manifest.get('source')}`; content hash `{manifest.get('content_hash')}`.", ""]
+    for split in ("train", "val"):
+        s = manifest.get("splits", {}).get(split)
+        if s:
+            lines.append(f"- {split}: {s['n']} images ({_counts_row(s['counts'])})"
+                         + ("; checkpoint and knob choice happen here, never on test"
+                            if split == "val" else ""))
+    lines.append("")
+
+    lines += ["## Evaluation data", ""]
+    if report:
+        prov = report.get("provenance", {})
+        lines.append(f"The `{prov.get('split')}` split, {sum(report['examples_per_class'].values())} "
+                     f"images ({_counts_row(report['examples_per_class'])}); data hash "
+                     f"`{prov.get('data_content_hash')}`.")
+    else:
+        lines.append("No evaluation report was available.")
+    lines.append("")
+
+    lines += ["## Metrics", ""]
+    if report:
+        attacks = present_attacks(report)
+        lines += [f"Accuracy per class (%), L-inf eps {eps:.4g}; robust = correct on the clean and "
+                  "the attacked input; worst_case = the per-example worst over every attack that "
+                  "ran.", "",
+                  "| class | n | " + " | ".join(attacks) + " |",
+                  "|---|---:|" + "---:|" * len(attacks)]
+        for c in report["class_names"]:
+            lines.append(f"| {_cell(c)} | {report['examples_per_class'][c]} | " + " | ".join(
+                f"{100 * report['attacks'][a]['per_class'][c]:.1f}" for a in attacks) + " |")
+        for key in ("average", "worst", "gap"):
+            lines.append(f"| **{key}** | | " + " | ".join(
+                f"{100 * report['attacks'][a]['summary'][key]:.1f}" for a in attacks) + " |")
+        lines += ["", "Attacks: " + "; ".join(
+            f"{a} on {report['attacks'][a]['n']} images" + (
+                f" ({_settings(report['attacks'][a]['settings'])})"
+                if report['attacks'][a].get('settings') else "")
+            for a in attacks if a != "clean") + "."]
+        for w in report.get("consistency", []):
+            lines.append(f"- {w.get('severity', '').upper()}: {_cell(w.get('message'))}")
+    else:
+        lines.append("No evaluation report was available.")
+    lines.append("")
+
+    lines += ["## Fairness gate", "",
+              f"Verdict: **{verdict_line(decision)}**.", "",
+              f"- Judged: `{gate['attack']}` robust accuracy on the `{gate['split']}` split.",
+              f"- Thresholds: min_worst_class {gate['min_worst_class']}, min_average "
+              f"{gate['min_average']}, max_gap {gate['max_gap']}, clean floor "
+              f"{gate['min_clean_class'] if gate['min_clean_class'] is not None else 'above chance'}"
+              f"{', informational' if gate.get('informational') else ''}."]
+    reasons = decision.get("reasons") or []
+    lines += (["- Reasons it blocked:"] + [f"  - {_cell(r)}" for r in reasons]) if reasons \
+        else ["- Every check passed."]
+    lines.append("")
+
+    lines += ["## Comparison with a baseline", ""]
+    measured = decision.get("measured") or {}
+    if baseline and measured:
+        dw = measured["worst"] - baseline["worst"]
+        da = measured["average"] - baseline["average"]
+        lines += ["| model | method | worst class | average |", "|---|---|---:|---:|",
+                  f"| this model | {train['method']} | {_pct(measured['worst'])} "
+                  f"({_cell(measured['worst_class'])}) | {_pct(measured['average'])} |",
+                  f"| {_cell(baseline['label'])} | {baseline.get('method', '?')} | "
+                  f"{_pct(baseline['worst'])} ({_cell(baseline.get('worst_class', '?'))}) | "
+                  f"{_pct(baseline['average'])} |", "",
+                  f"Difference: worst class {100 * dw:+.1f} points, average {100 * da:+.1f} points "
+                  f"({gate['attack']}). One run each: seed-to-seed spread is not included."]
+    else:
+        lines.append("No baseline found (a `pgd_at` version of this registered model, or a "
+                     "`pgd_at` run beside this one); register one with "
+                     "`fairat run -S train.method=pgd_at` to compare.")
+    lines.append("")
+
+    lines += ["## Limitations", ""]
+    if report:
+        worst = report["attacks"].get(gate["attack"], {})
+        n_min = min(worst.get("counts", {}).get("total", {"": 0}).values() or [0])
+        p = (worst.get("summary") or {}).get("worst")
+        if p is not None and n_min:
+            lines.append(f"- Per-class numbers rest on as few as {n_min} images: the worst class's "
+                         f"{_pct(p)} has a standard error of about {100 * _standard_error(p, n_min):.1f} "
+                         "points.")
+        aa = report["attacks"].get("autoattack")
+        if aa and aa["n"] < sum(report["examples_per_class"].values()):
+            lines.append(f"- AutoAttack (and so the worst case) ran on {aa['n']} of the "
+                         f"{sum(report['examples_per_class'].values())} evaluation images.")
+        if "autoattack" not in report["attacks"]:
+            lines.append("- AutoAttack did not run: the robust numbers are PGD/CW only and may "
+                         "overstate robustness.")
+    lines += ["- Only the L-inf threat model at the radius above is measured; no certified bound, "
+              "no distribution shift, no calibration.",
+              "- Numbers differ slightly between CPU and GPU models (float kernels differ); compare "
+              "runs made on the same kind of machine.", ""]
+
+    lines += ["## Provenance", "", "| key | value |", "|---|---|"]
+    prov = dict((report or {}).get("provenance", {}))
+    rows = {"model sha256": decision.get("model_sha256"), "report sha256": decision.get("report_sha256"),
+            "data content hash": manifest.get("content_hash"), "git commit": prov.get("git_commit"),
+            "torch": prov.get("torch"), "pyautoattack": prov.get("pyautoattack"),
+            "fairat": prov.get("fairat"), "device": prov.get("device")}
+    if registration:
+        rows.update({"registered model": registration.get("model_name"),
+                     "version": registration.get("version"), "MLflow run": registration.get("run_id")})
+    lines += [f"| {k} | `{_cell(v)}` |" for k, v in rows.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def _chosen(train_summary: dict[str, Any] | None, train: dict[str, Any]) -> str:
+    if not train_summary:
+        return f"`{train['checkpoint']}` (training summary not available)"
+    return (f"epoch {train_summary.get('chosen_epoch')} of {train_summary.get('epochs')}, chosen by "
+            f"{train_summary.get('chosen_by')} (on the validation split, never the test split)")
+
+
+def _settings(settings: dict[str, Any]) -> str:
+    keep = ("version", "attacks", "steps", "step_size", "loss", "restarts")
+    return ", ".join(f"{k} {settings[k]}" for k in keep if k in settings)

@@ -1,0 +1,83 @@
+"""The model card: every section present and filled from the run; registration policy."""
+
+from __future__ import annotations
+
+import pytest
+
+from fairat.config import GateConfig, Params, to_dict, with_overrides
+from fairat.engine.metrics import summarize
+from fairat.evidence.gate import decide
+from fairat.evidence.model_card import CARD_SECTIONS, render_card, summary_text
+from fairat.steps.register import registration_wanted
+
+SHA = "c" * 64
+
+
+def _entry(correct):
+    per_class = {c: k / 10 for c, k in correct.items()}
+    return {"per_class": per_class, "summary": summarize(per_class), "n": 10 * len(correct),
+            "counts": {"correct": correct, "total": {c: 10 for c in correct}}, "settings": {}}
+
+
+REPORT = {"class_names": ["cat", "dog"], "examples_per_class": {"cat": 10, "dog": 10}, "eps": 0.1,
+          "attacks": {"clean": _entry({"cat": 9, "dog": 10}), "pgd": _entry({"cat": 5, "dog": 8}),
+                      "worst_case": _entry({"cat": 4, "dog": 7})},
+          "provenance": {"model_sha256": SHA, "split": "test", "git_commit": "abc123",
+                         "data_content_hash": "d" * 64},
+          "consistency": []}
+MANIFEST = {"source": "digits", "class_names": ["cat", "dog"], "content_hash": "d" * 64,
+            "splits": {"train": {"n": 100, "counts": {"cat": 50, "dog": 50}},
+                       "val": {"n": 20, "counts": {"cat": 10, "dog": 10}}}}
+SUMMARY = {"chosen_epoch": 7, "epochs": 10, "chosen_by": "val_robust_avg"}
+
+
+def _card(cfg: GateConfig, **kw) -> tuple[str, dict]:
+    decision = decide(REPORT, cfg, SHA)
+    params = to_dict(Params(gate=cfg))
+    return render_card(params, REPORT, decision, MANIFEST, SUMMARY, n_parameters=1234, **kw), decision
+
+
+def test_card_has_every_section_filled_from_the_run():
+    card, _ = _card(GateConfig(min_worst_class=0.3),
+                    baseline={"label": "fairat-digits version 1", "method": "pgd_at",
+                              "worst": 0.2, "worst_class": "cat", "average": 0.5},
+                    registration={"model_name": "fairat-digits", "version": 2, "run_id": "r1"})
+    for section in CARD_SECTIONS:
+        assert f"## {section}" in card, section
+    assert "# Model card: fairat-digits version 2" in card
+    assert "PASSED: worst class cat 40.0%, average 55.0%" in card
+    assert "1,234 parameters" in card and "epoch 7 of 10" in card
+    assert "train: 100 images (cat 50, dog 50)" in card and MANIFEST["content_hash"] in card
+    assert "| cat | 10 | 90.0 | 50.0 | 40.0 |" in card
+    assert "worst class +20.0 points, average +5.0 points" in card
+    assert "standard error of about 15.5 points" in card  # sqrt(.4 * .6 / 10)
+    assert "Every check passed." in card and "abc123" in card
+
+
+def test_card_of_a_blocked_model_lists_the_reasons_and_says_so_first():
+    card, decision = _card(GateConfig(min_worst_class=0.9))
+    assert card.splitlines()[2].startswith("**Fairness gate: BLOCKED")
+    assert "below min_worst_class" in card and "No baseline found" in card
+    text = summary_text(decision, "runs:/r/evidence/model_card.md")
+    assert text.startswith("Fairness gate BLOCKED") and "below min_worst_class" in text
+    assert text.endswith("Model card: runs:/r/evidence/model_card.md")
+
+
+def test_informational_gate_says_it_never_makes_a_candidate():
+    card, decision = _card(GateConfig(min_worst_class=0.0, informational=True))
+    assert not decision["passed"] and "INFORMATIONAL (never a candidate)" in card
+
+
+@pytest.mark.parametrize("register, env, wanted, why", [
+    (None, {}, True, "track.register: null"),
+    (None, {"DVC_EXP_BASELINE_REV": "abc"}, False, "dvc exp run"),
+    (True, {"DVC_EXP_BASELINE_REV": "abc"}, True, "track.register: true"),
+    (False, {}, False, "track.register: false"),
+])
+def test_dvc_experiments_register_only_when_asked(monkeypatch, register, env, wanted, why):
+    monkeypatch.delenv("DVC_EXP_BASELINE_REV", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    params = with_overrides(Params(), {"track.register": register})
+    got, reason = registration_wanted(params)
+    assert got is wanted and why in reason
