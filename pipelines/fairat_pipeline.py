@@ -6,6 +6,12 @@ file when the pipeline is built, so the compiled YAML and the local pipeline sha
 truth. Each task receives only the knobs of the sections its step reads, so a cached step is reused
 when only other sections change (prepare, when training knobs change).
 
+The run form is typed (see :mod:`fairat.cluster.params`): integers, floats and booleans are
+``int``, ``float`` and ``bool`` parameters whose defaults are written as their type (``30``, not
+kfp's ``30.0``); a nullable knob keeps its base type with a sentinel for null (``-1``, ``-1.0``,
+``""``); lists are JSON text. Every parameter carries a description (the knob's comment in
+``params.yaml``), which kfp takes from the pipeline function's ``Args:`` docstring section.
+
 Three more run-time parameters size the training task: ``accelerator_type`` (the Kubernetes resource
 name, e.g. ``nvidia.com/gpu``), ``gpus_per_node`` (the accelerator limit, and the number of torchrun
 processes when above 1) and ``num_nodes``. kfp 2.17 accepts pipeline parameters for the accelerator
@@ -34,15 +40,18 @@ volume claim.
 from __future__ import annotations
 
 import inspect
+import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import yaml
 from kfp import compiler, dsl, kubernetes
 
 from components import IMAGE, evaluate, gate, prepare, register, train
 from fairat.config import Params, load_params
-from fairat.cluster.params import Knob, knob_lines, knobs
+from fairat.cluster.params import Knob, knob_lines, knobs, yaml_comments
 
 PIPELINE_NAME = "fairat"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -56,9 +65,17 @@ SECTIONS = {"prepare": ("data",), "train": ("model", "train"),
             "evaluate": ("evaluate", "track", "train.attack.eps"),
             "gate": ("gate",), "register": ("data", "model", "train", "evaluate", "gate", "track")}
 
-# Run-time sizing of the training task, beside the params.yaml knobs.
-RESOURCE_PARAMETERS = (("accelerator_type", str, "nvidia.com/gpu"),
-                       ("gpus_per_node", int, 1), ("num_nodes", int, 1))
+# Run-time sizing of the training task, beside the params.yaml knobs: (name, type, default, text).
+RESOURCE_PARAMETERS = (
+    ("accelerator_type", str, "nvidia.com/gpu",
+     "Kubernetes resource name of the GPUs the train task requests (nvidia.com/gpu, amd.com/gpu)"),
+    ("gpus_per_node", int, 1,
+     "GPUs per training node; above 1 torchrun starts one process per GPU; 0 trains on CPU"),
+    ("num_nodes", int, 1,
+     "training nodes; above 1 trains as a Kubeflow Trainer TrainJob, which needs the pipeline "
+     "compiled with --shared-volume-claim"))
+SUMMARY = ("fairat: adversarial training (PGD-AT, TRADES, FairAT), class-wise robustness "
+           "evaluation, fairness gate and MLflow registration.")
 
 
 @dataclass(frozen=True)
@@ -140,13 +157,29 @@ def _signature(table: list[Knob]) -> inspect.Signature:
     params = [P(k.name, P.POSITIONAL_OR_KEYWORD, default=k.default, annotation=types[k.kind])
               for k in table]
     params += [P(name, P.POSITIONAL_OR_KEYWORD, default=default, annotation=kind)
-               for name, kind, default in RESOURCE_PARAMETERS]
+               for name, kind, default, _ in RESOURCE_PARAMETERS]
     return inspect.Signature(params)
+
+
+def _docstring(table: list[Knob]) -> str:
+    """The pipeline function's docstring: kfp reads each parameter's description from its Google-
+    style ``Args:`` section into ``inputDefinitions.parameters.<name>.description``."""
+    lines = [SUMMARY, "", "Args:"]
+    lines += [f"    {k.name}: {k.description}" for k in table]
+    lines += [f"    {name}: {text}" for name, _, _, text in RESOURCE_PARAMETERS]
+    return "\n".join(lines) + "\n"
+
+
+@lru_cache(maxsize=1)
+def knob_comments(path: Path = PARAMS_FILE) -> dict[str, str]:
+    """The knobs' descriptions: end-of-line comments of the repository's ``params.yaml`` (the
+    reference file, whichever params file the defaults come from); none when it is absent."""
+    return yaml_comments(path.read_text()) if path.is_file() else {}
 
 
 def build_pipeline(params: Params, settings: ClusterSettings = ClusterSettings()) -> Any:
     """The pipeline (a kfp GraphComponent) with parameter defaults taken from ``params``."""
-    table = knobs(params)
+    table = knobs(params, knob_comments())
     signature = _signature(table)
 
     def fairat_pipeline(*args: Any) -> None:
@@ -178,8 +211,7 @@ def build_pipeline(params: Params, settings: ClusterSettings = ClusterSettings()
                        model=trained.outputs["model"]).set_caching_options(True)
         common = dict(params=knob_text("register"), data=data.outputs["data"],
                       model=trained.outputs["model"], summary=trained.outputs["summary"],
-                      report=evaluated.outputs["report"], decision=decided.outputs["decision"],
-                      card=evaluated.outputs["card"])
+                      report=evaluated.outputs["report"], decision=decided.outputs["decision"])
         with dsl.If(decided.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
             candidate = register(candidate=True, **common).set_display_name("register-candidate")
         with dsl.Else(name="gate-blocked"):
@@ -194,15 +226,54 @@ def build_pipeline(params: Params, settings: ClusterSettings = ClusterSettings()
             task.set_container_image(settings.image)
 
     fairat_pipeline.__signature__ = signature  # type: ignore[attr-defined]
-    fairat_pipeline.__doc__ = ("fairat: adversarial training (PGD-AT, TRADES, FairAT), class-wise "
-                               "robustness evaluation, fairness gate and MLflow registration.")
-    return dsl.pipeline(name=PIPELINE_NAME, description=fairat_pipeline.__doc__)(fairat_pipeline)
+    fairat_pipeline.__doc__ = _docstring(table)
+    return dsl.pipeline(name=PIPELINE_NAME, description=SUMMARY)(fairat_pipeline)
+
+
+def _integer_defaults(node: Any) -> None:
+    """Write the defaults of ``NUMBER_INTEGER`` parameters as integers, in place.
+
+    Why: the IR keeps every number as a protobuf double, so kfp writes an int default ``30`` as
+    ``30.0``; the run form and the YAML should show the type the parameter has.
+    """
+    if isinstance(node, dict):
+        for name, spec in (node.get("inputDefinitions", {}).get("parameters", {})).items():
+            value = spec.get("defaultValue")
+            if spec.get("parameterType") == "NUMBER_INTEGER" and isinstance(value, float) \
+                    and value.is_integer():
+                spec["defaultValue"] = int(value)
+        for child in node.values():
+            _integer_defaults(child)
+    elif isinstance(node, list):
+        for child in node:
+            _integer_defaults(child)
+
+
+_INT_COMMENT = re.compile(r"^(#    \w+: int \[Default: -?\d+)\.0\]$", re.MULTILINE)
+
+
+def write_package(pipeline: Any, out_path: str | Path) -> Path:
+    """Compile ``pipeline`` into ``out_path`` (YAML IR) with integer defaults as integers.
+
+    kfp writes a comment header and then the documents with ``yaml.dump_all(sort_keys=True)``;
+    the documents are re-dumped the same way, so only the integer defaults change.
+    """
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(pipeline, str(out_path))
+    text = out_path.read_text()
+    body_at = next(i for i, line in enumerate(text.splitlines(keepends=True))
+                   if not line.startswith("#"))
+    lines = text.splitlines(keepends=True)
+    header, body = "".join(lines[:body_at]), "".join(lines[body_at:])
+    documents = list(yaml.safe_load_all(body))
+    _integer_defaults(documents[0])
+    out_path.write_text(_INT_COMMENT.sub(r"\1]", header)
+                        + yaml.dump_all(documents, sort_keys=True))
+    return out_path
 
 
 def compile_pipeline(out_path: str | Path = COMPILED_FILE, params_file: str | Path = PARAMS_FILE,
                      settings: ClusterSettings = ClusterSettings()) -> Path:
     """Compile the pipeline with defaults from ``params_file`` into ``out_path`` (YAML IR)."""
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(load_params(params_file), settings), str(out_path))
-    return out_path
+    return write_package(build_pipeline(load_params(params_file), settings), out_path)

@@ -1,13 +1,15 @@
 """Kubeflow: knob mapping, the compiled IR, a local run through kfp.local, and a real SDK round trip.
 
 The submit tests talk to a stand-in KFP API server on 127.0.0.1 that answers the v2beta1 REST calls
-the kfp client makes (healthz, experiment lookup and creation, run creation) and records them, so
-the whole client stack (kfp.Client -> kfp_server_api -> urllib3 -> HTTP) really runs.
+the kfp client makes (healthz, experiment lookup and creation, run creation) and records them with
+their headers, so the whole client stack (kfp.Client -> kfp_server_api -> urllib3 -> HTTP) really
+runs, credentials included; on demand it refuses a route with 401, 403 or a login redirect.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -20,8 +22,9 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import yaml
 
-from fairat.config import ConfigError, load_params, to_dict, with_overrides
-from fairat.cluster.params import knob_lines, knobs, key_of, params_from_lines, pipeline_arguments
+from fairat.config import ConfigError, Params, load_params, to_dict, with_overrides
+from fairat.cluster.params import (NULL, NULL_MEANS, knob_lines, knobs, key_of, params_from_lines,
+                                   pipeline_arguments, yaml_comments)
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = load_params(REPO / "params.yaml")
@@ -46,13 +49,49 @@ def test_every_knob_round_trips_through_pipeline_text():
     assert params_from_lines(text) == PARAMS
 
 
-def test_nullable_and_list_knobs_are_json_text():
+def test_knobs_are_typed_with_a_sentinel_for_null_and_lists_as_json_text():
     kinds = {k.key: (k.kind, k.default) for k in knobs(PARAMS)}
     assert kinds["train.milestones"] == ("json", "[0.5, 0.75]")
-    assert kinds["data.train_per_class"] == ("json", "null")
-    assert kinds["model.width"] == ("json", "16")
+    assert kinds["data.train_per_class"] == ("int", -1)
+    assert kinds["model.width"] == ("int", 16)
+    assert kinds["gate.min_average"] == ("float", -1.0)
+    assert kinds["track.register"] == ("str", "")  # a nullable boolean: "", true or false
     assert kinds["train.epochs"] == ("int", 30) and kinds["train.flip"] == ("bool", False)
     assert kinds["train.method"] == ("str", "fairat")
+    assert {k for k, (kind, _) in kinds.items() if kind == "json"} == {
+        "train.milestones", "train.fairat.augment", "evaluate.autoattack_attacks"}
+
+
+def test_null_sentinels_decode_to_none_and_are_never_valid_values():
+    nullable = [k for k in knobs(PARAMS) if k.nullable]
+    assert {k.key for k in nullable} == set(NULL_MEANS)  # each says what null means
+    for knob in nullable:
+        sentinel = NULL[knob.base]
+        assert knob.null == sentinel
+        # the sentinel as a backend substitutes it ("-1.0" for an int too) decodes to None ...
+        decoded = to_dict(params_from_lines(f"{knob.key}={_as_backend_text(knob, sentinel)}"))
+        node = decoded
+        for part in knob.key.split("."):
+            node = node[part]
+        assert node is None, knob.key
+        # ... and is no value the CLI accepts, so no valid value is lost to it
+        with pytest.raises(ConfigError, match=knob.key.rsplit(".", 1)[-1]):
+            with_overrides(Params(), {knob.key: sentinel})
+    cfg = params_from_lines("data.train_per_class=20.0\ngate.max_gap=0.25\ntrack.register=true")
+    assert (cfg.data.train_per_class, cfg.gate.max_gap, cfg.track.register) == (20, 0.25, True)
+    assert params_from_lines("track.register=false").track.register is False
+
+
+@pytest.mark.parametrize("key,text,value", [
+    ("data.train_per_class", "-2", -2), ("model.width", "0", 0), ("gate.min_average", "1.5", 1.5),
+    ("gate.max_gap", "-0.5", -0.5), ("track.register", "yes", "yes"), ("train.epochs", "0", 0),
+    ("train.attack.eps", "2.0", 2.0), ("train.method", "sgd", "sgd")])
+def test_pipeline_values_fail_validation_with_the_cli_message(key, text, value):
+    with pytest.raises(ConfigError) as cli:
+        with_overrides(PARAMS, {key: value})
+    with pytest.raises(ConfigError) as pipeline:
+        params_from_lines(f"{key}={text}")
+    assert str(pipeline.value) == str(cli.value)
 
 
 def test_decoded_values_are_validated_like_the_cli():
@@ -92,12 +131,94 @@ def test_parameter_defaults_equal_params_yaml(ir):
     for knob in knobs(PARAMS):
         default = inputs[knob.name]["defaultValue"]
         value = json.loads(default) if knob.kind == "json" else default
+        if knob.nullable and default == knob.null:
+            value = None
+        elif knob.nullable and knob.base == "bool":
+            value = {"true": True, "false": False}[default]
         expected = raw
         for part in knob.key.split("."):
             expected = expected[part]
         assert value == expected, knob.key
     assert set(inputs) == {k.name for k in knobs(PARAMS)} | {
         "accelerator_type", "gpus_per_node", "num_nodes"}
+
+
+def _hint_types():
+    """params key -> the Python type of its value (the base type of an Optional)."""
+    import dataclasses
+    import typing
+
+    out = {}
+
+    def walk(cls, prefix):
+        for f in dataclasses.fields(cls):
+            hint = typing.get_type_hints(cls)[f.name]
+            if dataclasses.is_dataclass(hint):
+                walk(hint, f"{prefix}{f.name}.")
+                continue
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            origin = typing.get_origin(hint)
+            if origin is tuple:
+                out[prefix + f.name] = list
+            elif origin is typing.Literal:
+                out[prefix + f.name] = str
+            elif args and type(None) in typing.get_args(hint):
+                out[prefix + f.name] = args[0]
+            else:
+                out[prefix + f.name] = hint
+    walk(Params, "")
+    return out
+
+
+def test_run_form_is_typed_with_defaults_and_descriptions_from_params_yaml(ir):
+    """Every parameter: its type, its default as params.yaml has it (sentinel for null), and a
+    description from the params.yaml comment (or naming the key)."""
+    inputs = _spec(ir)["root"]["inputDefinitions"]["parameters"]
+    text = (REPO / "params.yaml").read_text()
+    raw, comments, hints = yaml.safe_load(text), yaml_comments(text), _hint_types()
+    ir_type = {int: "NUMBER_INTEGER", float: "NUMBER_DOUBLE", bool: "BOOLEAN", str: "STRING"}
+    sentinel = {int: -1, float: -1.0, str: "", bool: ""}
+    for knob in knobs(PARAMS, comments):
+        spec, hint = inputs[knob.name], hints[knob.key]
+        expected = raw
+        for part in knob.key.split("."):
+            expected = expected[part]
+        default = spec["defaultValue"]
+        if hint is list:
+            assert spec["parameterType"] == "STRING" and json.loads(default) == expected
+            assert "JSON list" in spec["description"], knob.key
+        elif hint is bool and knob.nullable:  # track.register: "", true or false
+            assert spec["parameterType"] == "STRING", knob.key
+            assert default == ("" if expected is None else str(expected).lower())
+        else:
+            assert spec["parameterType"] == ir_type[hint], knob.key
+            assert type(default) is hint, (knob.key, default)  # 30, never 30.0
+            assert default == (sentinel[hint] if expected is None else expected), knob.key
+        if knob.nullable:
+            assert f"{json.dumps(sentinel[hint])} = null" in spec["description"], knob.key
+        assert spec["description"] == knob.description, knob.key
+        if knob.key in comments:
+            assert spec["description"].startswith(comments[knob.key]), knob.key
+        else:
+            assert knob.key in spec["description"], knob.key
+    # the three sizing parameters are typed and described as well
+    assert inputs["gpus_per_node"]["defaultValue"] == 1 and "torchrun" in \
+        inputs["gpus_per_node"]["description"]
+    assert all(0 < len(spec.get("description", "")) <= 1024 for spec in inputs.values())  # proto limit
+    assert "#    train__epochs: int [Default: 30]\n" in ir  # kfp's header comment too
+    assert "defaultValue: 30.0" not in ir
+
+
+def test_knob_descriptions_come_from_the_params_yaml_comments():
+    text = ("data:\n  root: \"a # b\"   # the folder\n  seed: 0\n"
+            "train:   # section\n  attack:\n    eps: 0.1  # radius: L-inf\n")
+    assert yaml_comments(text) == {"data.root": "the folder", "train": "section",
+                                   "train.attack.eps": "radius: L-inf"}
+    described = {k.key: k.description for k in knobs(PARAMS, yaml_comments(text))}
+    assert described["train.attack.eps"] == "radius: L-inf"
+    assert described["data.seed"] == "params.yaml key data.seed"
+    assert described["train.attack.loss"] == "params.yaml key train.attack.loss. One of: ce | cw"
+    assert described["gate.max_gap"] == "params.yaml key gate.max_gap. -1.0 = null (no threshold)"
 
 
 def test_every_task_runs_the_project_image_without_installing_packages(ir):
@@ -174,7 +295,7 @@ def test_gate_and_evaluation_numbers_are_metrics_artifacts(ir):
         outputs = components[comp]["outputDefinitions"]["artifacts"]
         assert outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics", comp
     evaluate_out = components["comp-evaluate"]["outputDefinitions"]["artifacts"]
-    assert evaluate_out["card"]["artifactType"]["schemaTitle"] == "system.Markdown"
+    assert evaluate_out["report_md"]["artifactType"]["schemaTitle"] == "system.Markdown"
     assert evaluate_out["chart"]["artifactType"]["schemaTitle"] == "system.HTML"
     gate_out = components["comp-gate"]["outputDefinitions"]["parameters"]
     assert gate_out["Output"]["parameterType"] == "BOOLEAN"
@@ -353,7 +474,9 @@ TINY = {"data.val_per_class": 5, "model.width": 8, "train.epochs": 2, "train.max
         "train.batch_size": 64, "train.attack.steps": 2, "train.val_attack_steps": 2,
         "train.fairat.warmup_epochs": 1, "train.progress": False, "train.device": "cpu",
         "evaluate.examples_per_class": 5, "evaluate.pgd_steps": 3, "evaluate.autoattack": "none",
-        "evaluate.device": "cpu", "gate.min_worst_class": 0.0, "track.model_name": "fairat-kfp"}
+        "evaluate.device": "cpu", "gate.min_worst_class": 0.0, "track.model_name": "fairat-kfp",
+        # a tiny model: judged on clean accuracy, with one threshold (all-zero gates are refused)
+        "gate.attack": "clean", "gate.min_average": 0.01, "gate.min_clean_class": 0.0}
 
 
 @pytest.mark.slow
@@ -378,9 +501,9 @@ def test_pipeline_runs_end_to_end_with_kfp_local(tmp_path, monkeypatch):
     assert decision["passed"] is True and decision["thresholds"]["min_worst_class"] == 0.0
     for path in ("prepare/data/manifest.json", "train/model/model.pt", "train/summary/train.json",
                  "evaluate/report/eval.json", "evaluate/report/eval_classwise.png",
-                 "evaluate/card", "evaluate/chart"):
+                 "evaluate/report_md", "evaluate/chart"):
         assert (run_dir / path).exists(), path
-    assert "# Class-wise robustness report" in (run_dir / "evaluate" / "card").read_text()
+    assert "# Class-wise robustness report" in (run_dir / "evaluate" / "report_md").read_text()
 
     from mlflow import MlflowClient
 
@@ -392,10 +515,17 @@ def test_pipeline_runs_end_to_end_with_kfp_local(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- submission: a real SDK round trip
 
 class _StandInKFP(BaseHTTPRequestHandler):
-    """Answers the KFP v2beta1 calls `create_run_from_pipeline_package` makes; records them."""
+    """Answers the KFP v2beta1 calls `create_run_from_pipeline_package` makes; records them.
+
+    ``headers`` holds each request's (method, path, lower-cased headers); ``refuse`` maps a path
+    to the status it answers instead (401 like an auth proxy without credentials, 403 like a
+    profile the identity may not use, 302 like oauth2-proxy sending a browser to its login page).
+    """
 
     calls: list[tuple[str, str, dict, object]] = []
-    refuse_runs = False  # True: answer run creation with a 403 like an unauthorised profile
+    headers_seen: list[tuple[str, str, dict]] = []
+    refuse: dict[str, int] = {}
+    LOGIN = "https://dex.example.com/dex/auth?client_id=kubeflow-oidc-authservice&state=xyz"
 
     def _reply(self, body: dict, status: int = 200) -> None:
         data = json.dumps(body).encode()
@@ -409,10 +539,27 @@ class _StandInKFP(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         query = parse_qs(url.query)
         self.calls.append((self.command, url.path, query, body))
+        self.headers_seen.append((self.command, url.path,
+                                  {k.lower(): v for k, v in self.headers.items()}))
         return url.path, query
+
+    def _refused(self, path: str) -> bool:
+        status = self.refuse.get(path)
+        if status == 302:
+            self.send_response(302)
+            self.send_header("Location", self.LOGIN)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif status == 401:
+            self._reply({"error": "Unauthenticated: no user identity", "code": 16}, 401)
+        elif status == 403:
+            self._reply({"error": "user is not authorized in namespace", "code": 7}, 403)
+        return status is not None
 
     def do_GET(self) -> None:  # noqa: N802 (http.server naming)
         path, _ = self._record()
+        if self._refused(path):
+            return
         if path == "/apis/v2beta1/healthz":
             self._reply({"multi_user": False, "commit_sha": "stand-in"})
         elif path == "/apis/v2beta1/experiments":
@@ -423,10 +570,10 @@ class _StandInKFP(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         path, _ = self._record(body)
+        if self._refused(path):
+            return
         if path == "/apis/v2beta1/experiments":
             self._reply({"experiment_id": "exp-1", "display_name": body["display_name"]})
-        elif path == "/apis/v2beta1/runs" and self.refuse_runs:
-            self._reply({"error": "user is not authorized in namespace", "code": 7}, 403)
         elif path == "/apis/v2beta1/runs":
             self._reply({"run_id": "run-1", "experiment_id": body["experiment_id"],
                          "display_name": body["display_name"], "state": "PENDING"})
@@ -438,9 +585,12 @@ class _StandInKFP(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def stand_in_kfp():
+def stand_in_kfp(monkeypatch):
+    for var in ("KF_PIPELINES_TOKEN", "KF_PIPELINES_COOKIE", "KF_PIPELINES_SA_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)  # none of the machine's credentials
     _StandInKFP.calls = []
-    _StandInKFP.refuse_runs = False
+    _StandInKFP.headers_seen = []
+    _StandInKFP.refuse = {}
     server = ThreadingHTTPServer(("127.0.0.1", 0), _StandInKFP)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -489,7 +639,7 @@ def test_submit_reports_an_endpoint_error_with_status_and_body(stand_in_kfp, tmp
     from fairat.fronts.cli import main
 
     host, calls = stand_in_kfp
-    _StandInKFP.refuse_runs = True
+    _StandInKFP.refuse = {"/apis/v2beta1/runs": 403}
     monkeypatch.setenv("HOME", str(tmp_path))
     assert main(["pipeline", "submit", "--host", host, "--params",
                  str(REPO / "params.yaml")]) == 2
@@ -555,3 +705,181 @@ def test_help_loads_neither_kfp_nor_torch():
             "assert not bad, bad")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=env)
+
+
+# ---------------------------------------------------------------- submission: authentication
+
+SECRET_TOKEN = "fairat-test-token-7f3c9e1d5b"  # fake; must never leave the request headers
+SECRET_COOKIE = "authservice_session=fairat-test-session-4a8b2c"
+
+
+def _submit(host, *extra):
+    from fairat.fronts.cli import main
+
+    return main(["pipeline", "submit", "--host", host, "--params", str(REPO / "params.yaml"),
+                 *extra])
+
+
+def _assert_never_leaked(secret, capsys, caplog, tmp_path, calls=()):
+    out, err = capsys.readouterr()
+    assert secret not in out and secret not in err and secret not in caplog.text
+    for _, _, _, body in calls:  # the pipeline package and the run arguments sent
+        assert secret not in json.dumps(body)
+    for path in tmp_path.rglob("*"):  # ~/.config/kfp/context.json and friends
+        assert not path.is_file() or secret not in path.read_text(errors="replace"), path
+    return out, err
+
+
+def test_submit_sends_the_bearer_token_from_the_environment(stand_in_kfp, tmp_path, monkeypatch,
+                                                            capsys, caplog):
+    host, calls = stand_in_kfp
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KF_PIPELINES_TOKEN", SECRET_TOKEN)
+    caplog.set_level(logging.DEBUG)
+    assert _submit(host) == 0, capsys.readouterr().err
+    seen = _StandInKFP.headers_seen
+    assert {path for _, path, _ in seen} >= {"/apis/v2beta1/healthz", "/apis/v2beta1/runs"}
+    assert all(h.get("authorization") == f"Bearer {SECRET_TOKEN}" for _, _, h in seen), seen
+    assert all("cookie" not in h for _, _, h in seen)
+    out, _ = _assert_never_leaked(SECRET_TOKEN, capsys, caplog, tmp_path, calls)
+    assert "with the bearer token from $KF_PIPELINES_TOKEN" in out
+
+
+def test_submit_reads_the_token_from_another_variable_and_refuses_an_unset_one(
+        stand_in_kfp, tmp_path, monkeypatch, capsys, caplog):
+    host, calls = stand_in_kfp
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("TEAM_KFP_TOKEN", SECRET_TOKEN)
+    assert _submit(host, "--token-env", "TEAM_KFP_TOKEN") == 0, capsys.readouterr().err
+    assert all(h.get("authorization") == f"Bearer {SECRET_TOKEN}"
+               for _, _, h in _StandInKFP.headers_seen)
+    _assert_never_leaked(SECRET_TOKEN, capsys, caplog, tmp_path, calls)
+    assert _submit(host, "--token-env", "NO_SUCH_KFP_TOKEN") == 2
+    assert "NO_SUCH_KFP_TOKEN is not set" in capsys.readouterr().err
+
+
+def test_a_token_on_the_command_line_is_refused_without_echoing_it(stand_in_kfp, capsys):
+    host, calls = stand_in_kfp
+    assert _submit(host, "--token-env", "eyJhbGciOi.JSUzI1NiJ9-" + SECRET_TOKEN) == 2
+    err = capsys.readouterr().err
+    assert "NAME of an environment variable" in err and SECRET_TOKEN not in err
+    assert _submit(host, "--token-env", "abc123secret") == 2  # could be a name: still not shown
+    err = capsys.readouterr().err
+    assert "not set" in err and "abc123secret" not in err
+    assert calls == []  # nothing was sent
+
+
+def test_submit_with_the_in_cluster_service_account_token(stand_in_kfp, tmp_path, monkeypatch,
+                                                          capsys, caplog):
+    host, calls = stand_in_kfp
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KF_PIPELINES_TOKEN", "not-this-one")  # the in-cluster token replaces it
+    token_file = tmp_path / "sa" / "token"
+    token_file.parent.mkdir()
+    token_file.write_text(SECRET_TOKEN + "\n")
+    assert _submit(host, "--in-cluster-token", "--token-path", str(token_file)) == 0, \
+        capsys.readouterr().err
+    assert all(h.get("authorization") == f"Bearer {SECRET_TOKEN}"
+               for _, _, h in _StandInKFP.headers_seen)
+    out, _ = _assert_never_leaked(SECRET_TOKEN, capsys, caplog, tmp_path / "home-less", calls)
+    assert f"the ServiceAccount token at {token_file}" in out
+    assert _submit(host, "--in-cluster-token", "--token-path", str(tmp_path / "missing")) == 2
+    err = capsys.readouterr().err
+    assert "cannot read the ServiceAccount token" in err and len(err.splitlines()) == 1
+
+
+def test_submit_sends_the_session_cookie(stand_in_kfp, tmp_path, monkeypatch, capsys, caplog):
+    host, calls = stand_in_kfp
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KF_PIPELINES_COOKIE", SECRET_COOKIE)
+    assert _submit(host) == 0, capsys.readouterr().err
+    seen = _StandInKFP.headers_seen
+    assert seen and all(h.get("cookie") == SECRET_COOKIE for _, _, h in seen), seen
+    assert all("authorization" not in h for _, _, h in seen)
+    out, _ = _assert_never_leaked(SECRET_COOKIE.split("=", 1)[1], capsys, caplog, tmp_path, calls)
+    assert "the authservice_session cookie from $KF_PIPELINES_COOKIE" in out
+    monkeypatch.setenv("KF_PIPELINES_COOKIE", "just-a-value")
+    assert _submit(host) == 2
+    err = capsys.readouterr().err
+    assert "expected NAME=VALUE" in err and "just-a-value" not in err
+
+
+@pytest.mark.parametrize("route,status,reason", [
+    ("/apis/v2beta1/healthz", 401, "401 Unauthorized"),
+    ("/apis/v2beta1/healthz", 403, "403 Forbidden"),
+    ("/apis/v2beta1/healthz", 302, "302 Found"),
+    ("/apis/v2beta1/experiments", 401, "401 Unauthorized"),
+    ("/apis/v2beta1/runs", 403, "403 Forbidden")])
+@pytest.mark.parametrize("with_token", [False, True])
+def test_401_and_403_give_one_line_naming_what_to_provide(stand_in_kfp, tmp_path, monkeypatch,
+                                                          capsys, caplog, route, status, reason,
+                                                          with_token):
+    import time
+
+    host, calls = stand_in_kfp
+    monkeypatch.setenv("HOME", str(tmp_path))
+    if with_token:
+        monkeypatch.setenv("KF_PIPELINES_TOKEN", SECRET_TOKEN)
+    _StandInKFP.refuse = {route: status}
+    started = time.monotonic()
+    assert _submit(host, "--namespace", "team-a") == 2
+    assert time.monotonic() - started < 20  # no retries of the refused health check
+    _, err = _assert_never_leaked(SECRET_TOKEN, capsys, caplog, tmp_path, calls)
+    (line,) = err.splitlines()  # one line, no traceback
+    assert line.startswith(f"fairat pipeline submit: error: Kubeflow Pipelines at {host} "
+                           f"answered {reason}")
+    assert "KF_PIPELINES_TOKEN" in line and "--cookie-env" in line
+    assert "authservice_session" in line and "docs/kubeflow.md" in line
+    if with_token:
+        assert "the bearer token from $KF_PIPELINES_TOKEN" in line
+    else:
+        assert "no credentials were sent" in line
+    if status == 302:
+        assert "https://dex.example.com/dex/auth" in line and "state=" not in line
+    if status == 403 and with_token:
+        assert "namespace team-a" in line
+    if route != "/apis/v2beta1/healthz":
+        assert ("GET", "/apis/v2beta1/healthz") in [(m, p) for m, p, _, _ in calls]
+
+
+def test_compiled_package_holds_no_credentials(tmp_path, monkeypatch, capsys):
+    from fairat.fronts.cli import main
+
+    monkeypatch.setenv("KF_PIPELINES_TOKEN", SECRET_TOKEN)
+    monkeypatch.setenv("KF_PIPELINES_COOKIE", SECRET_COOKIE)
+    out = tmp_path / "p.yaml"
+    assert main(["pipeline", "compile", "--out", str(out), "--params",
+                 str(REPO / "params.yaml")]) == 0
+    text = out.read_text()
+    streams = "".join(capsys.readouterr())
+    for secret in (SECRET_TOKEN, SECRET_COOKIE):
+        assert secret not in text and secret not in streams
+
+
+def test_help_names_every_default():
+    import kfp.client
+
+    from fairat.fronts.cli import build_parser
+    from pipelines.cli import CLUSTER_DEFAULTS, SA_TOKEN_PATH
+    from pipelines.fairat_pipeline import ClusterSettings
+
+    defaults = ClusterSettings()
+    # the help's spelled-out defaults are the pipeline's (None for the auth secret: follows
+    # --mlflow-secret, whose default is the same name)
+    assert CLUSTER_DEFAULTS == {**{k: getattr(defaults, k) for k in CLUSTER_DEFAULTS},
+                                "mlflow_auth_secret": None}
+    assert defaults.mlflow_auth_secret == defaults.mlflow_secret
+    assert SA_TOKEN_PATH == kfp.client.KF_PIPELINES_SA_TOKEN_PATH
+    parser = build_parser()
+    pipeline = parser._subparsers._group_actions[0].choices["pipeline"]
+    actions = pipeline._subparsers._group_actions[0].choices
+    for action in ("compile", "submit"):
+        text = " ".join(actions[action].format_help().split())
+        for name in (defaults.image, defaults.s3_secret, defaults.mlflow_secret,
+                     defaults.endpoints_config_map, "train runs in its own pod",
+                     "the pipeline pod's", "default: params.yaml"):
+            assert name in text, (action, name)
+    text = " ".join(actions["submit"].format_help().split())
+    for name in ("default: KF_PIPELINES_TOKEN", "default: KF_PIPELINES_COOKIE", SA_TOKEN_PATH,
+                 "default: fairat", "default: none, single-user", "nvidia.com/gpu"):
+        assert name in text, name
