@@ -144,7 +144,7 @@ def test_dvc_repro_from_scratch_registers_and_caches(repo):
     changed = _dvc(repo, "repro")
     assert changed.returncode == 0, changed.stdout + changed.stderr
     assert _ran(changed) == {"train", "evaluate", "gate", "register"}
-    assert json.loads((repo / "metrics/registered.json").read_text())["version"] == 2
+    assert json.loads((repo / "metrics/registered.json").read_text())["version"] == 3  # 2: the asked-for experiment
     summary = json.loads((repo / "metrics/eval_summary.json").read_text())
     report = json.loads((repo / "metrics/eval.json").read_text())
     assert summary["worst_case"]["worst"] == report["attacks"]["worst_case"]["summary"]["worst"]
