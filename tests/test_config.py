@@ -69,3 +69,70 @@ def test_paper_scale_params_build_the_published_architectures():
     for p, low, high in ((paper, 11.0e6, 11.3e6), (wrn, 36.3e6, 36.6e6)):
         model = build_model(p.model.name, spec, p.model.width, p.model.depth)
         assert low < sum(w.numel() for w in model.parameters()) < high
+
+
+def _leaves(cls, prefix=""):
+    """(dotted key, type hint) of every knob of a config dataclass, recursively."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            yield from _leaves(hint, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", hint
+
+
+def _base(hint):
+    import types
+    import typing
+
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+FLOAT_KNOBS = [k for k, h in _leaves(Params) if _base(h) is float]
+CLOSED_KNOBS = [(k, h) for k, h in _leaves(Params)
+                if __import__("typing").get_origin(_base(h)) is __import__("typing").Literal]
+
+
+@pytest.mark.parametrize("key", FLOAT_KNOBS)
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_every_float_knob_refuses_non_finite_values(key, value):
+    with pytest.raises(ConfigError, match=rf"{key.split('.')[-1]}: .* is not a finite number"):
+        with_overrides(Params(), {key: value})
+
+
+@pytest.mark.parametrize("key, hint", CLOSED_KNOBS, ids=[k for k, _ in CLOSED_KNOBS])
+def test_every_closed_set_knob_refuses_an_unknown_value_up_front(key, hint):
+    import typing
+
+    allowed = typing.get_args(_base(hint))
+    typo = f"{allowed[0]}x"  # one letter off: the nearest allowed value is suggested
+    with pytest.raises(ConfigError, match=rf"{key}: '{typo}' is not one of .*did you mean"):
+        with_overrides(Params(), {key: typo})
+
+
+def test_float_knobs_and_closed_sets_are_found():
+    assert "train.attack.eps" in FLOAT_KNOBS and "gate.min_average" in FLOAT_KNOBS
+    assert {"model.name", "train.method", "data.source"} <= {k for k, _ in CLOSED_KNOBS}
+
+
+def test_overrides_are_merged_before_validation(tmp_path):
+    path = _write(tmp_path, "data:\n  source: imagefolder\n  root: ''\n")
+    with pytest.raises(ConfigError, match="data.root: required"):
+        load_params(path)
+    assert load_params(path, ["data.root=x.tar.gz"]).data.root == "x.tar.gz"
+    assert load_params(path, {"data.root": "x.tar.gz"}).data.source == "imagefolder"
+    with pytest.raises(ConfigError, match=r"unknown key 'epochz' in train \(did you mean 'epochs'\?\)"):
+        load_params(path, ["data.root=x", "train.epochz=3"])
+
+
+def test_gate_threat_model_must_equal_the_training_radius_unless_asked():
+    with pytest.raises(ConfigError, match="evaluate.eps: 0.05 differs from train.attack.eps 0.1"):
+        with_overrides(Params(), {"evaluate.eps": 0.05})
+    params = with_overrides(Params(), {"evaluate.eps": 0.05, "evaluate.require_train_eps": False})
+    assert params.evaluate.eps == 0.05

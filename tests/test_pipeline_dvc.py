@@ -139,6 +139,12 @@ def test_dvc_repro_from_scratch_registers_and_caches(repo):
     asked = _dvc(repo, "exp", "run", "-S", "track.register=true")
     assert asked.returncode == 0, asked.stdout + asked.stderr
     assert list(_versions(repo)) == [1, 2]
+    # the documented comparison of the two experiments fits a 120-column terminal
+    table = _dvc(repo, "exp", "show", "--only-changed", "--drop", "Created|State|Executor",
+                 "--csv")
+    header = table.stdout.splitlines()[0].split(",")
+    assert table.returncode == 0 and len(header) <= 12, header
+    assert "track.register" in header and "track.owner" in header
 
     _set_params(repo, {"train": {"epochs": 3}})
     changed = _dvc(repo, "repro")
