@@ -131,6 +131,9 @@ def test_dvc_repro_from_scratch_registers_and_caches(repo):
     description = client.get_model_version("fairat-digits", "1").description
     assert description.startswith("Fairness gate PASSED") and "evidence/model_card.md" in description
 
+    # commit the run, as a team does, so experiments are compared with it
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "commit", "-qm", "first run"], cwd=repo, check=True)
     # a DVC experiment re-runs register (track changed) but creates no version unless asked
     exp = _dvc(repo, "exp", "run", "-S", "track.owner=someone")
     assert exp.returncode == 0 and _ran(exp) == {"register"}, exp.stdout + exp.stderr

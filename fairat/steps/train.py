@@ -38,9 +38,10 @@ def train_step(params: Params, data_dir: str | Path, paths: TrainPaths,
         record = json.loads(Path(paths.metrics).read_text())
         record["mlflow_run_id"] = run_id  # evaluate and register attach to this run
         write_json_atomic(paths.metrics, record)
-    if ctx.is_main:  # the numbers alone (no run id, no names): what `dvc metrics` compares
-        record = json.loads(Path(paths.metrics).read_text())
-        write_json_atomic(Path(paths.metrics).with_name(TRAIN_METRICS), numeric_metrics(record))
+    if ctx.is_main:  # the aggregate numbers alone (no run id, no per-class validation detail):
+        record = json.loads(Path(paths.metrics).read_text())  # what `dvc metrics` compares
+        numbers = {k: v for k, v in numeric_metrics(record).items() if "per_class" not in k}
+        write_json_atomic(Path(paths.metrics).with_name(TRAIN_METRICS), numbers)
     if ctx.is_main:
         print(f"trained {params.train.method}: {summary.epochs} epochs, model from epoch "
               f"{summary.chosen_epoch} ({summary.chosen_by}), "
