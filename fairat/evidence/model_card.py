@@ -223,7 +223,7 @@ def _chosen(train_summary: dict[str, Any] | None, train: dict[str, Any]) -> str:
     if not train_summary:
         return f"`{train['checkpoint']}` (training summary not available)"
     return (f"epoch {train_summary.get('chosen_epoch')} of {train_summary.get('epochs')}, chosen by "
-            f"{train_summary.get('chosen_by')} (on the validation split, never the test split)")
+            f"{train_summary.get('chosen_by')} (never on the test split)")
 
 
 def _settings(settings: dict[str, Any]) -> str:
