@@ -347,6 +347,18 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     return value
 
 
+def leaves(cls: type, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    """(dotted key, type hint) of every knob of a config dataclass, recursively
+    (``("train.attack.eps", float)``, ...): the one walk over the params schema."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            yield from leaves(hint, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", hint
+
+
 def to_dict(obj: Any) -> dict[str, Any]:
     """Plain, YAML/JSON-ready dict of a config dataclass (tuples become lists)."""
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from fairat.config import ConfigError, Params, load_params, to_dict, with_overrides
+from fairat.config import ConfigError, Params, leaves, load_params, to_dict, with_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,20 +71,6 @@ def test_paper_scale_params_build_the_published_architectures():
         assert low < sum(w.numel() for w in model.parameters()) < high
 
 
-def _leaves(cls, prefix=""):
-    """(dotted key, type hint) of every knob of a config dataclass, recursively."""
-    import dataclasses
-    import typing
-
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        hint = hints[f.name]
-        if dataclasses.is_dataclass(hint):
-            yield from _leaves(hint, f"{prefix}{f.name}.")
-        else:
-            yield f"{prefix}{f.name}", hint
-
-
 def _base(hint):
     import types
     import typing
@@ -94,8 +80,8 @@ def _base(hint):
     return hint
 
 
-FLOAT_KNOBS = [k for k, h in _leaves(Params) if _base(h) is float]
-CLOSED_KNOBS = [(k, h) for k, h in _leaves(Params)
+FLOAT_KNOBS = [k for k, h in leaves(Params) if _base(h) is float]
+CLOSED_KNOBS = [(k, h) for k, h in leaves(Params)
                 if __import__("typing").get_origin(_base(h)) is __import__("typing").Literal]
 
 

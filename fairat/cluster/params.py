@@ -25,18 +25,17 @@ same dataclasses as the CLI.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Literal, Mapping
 
 import yaml
 
-from fairat.config import ConfigError, Params, to_dict, with_overrides
+from fairat.config import ConfigError, Params, leaves, to_dict, with_overrides
 
 Kind = Literal["str", "int", "float", "bool", "json"]
 SEP = "__"
@@ -116,16 +115,6 @@ def _choices(hint: Any) -> tuple[str, ...]:
     return ()
 
 
-def _leaves(cls: type, prefix: str = "") -> Iterable[tuple[str, Any]]:
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        hint = hints[f.name]
-        if dataclasses.is_dataclass(hint):
-            yield from _leaves(hint, f"{prefix}{f.name}.")
-        else:
-            yield f"{prefix}{f.name}", hint
-
-
 def _lookup(tree: Mapping[str, Any], key: str) -> Any:
     node: Any = tree
     for part in key.split("."):
@@ -197,7 +186,7 @@ def knobs(params: Params, comments: Mapping[str, str] | None = None) -> list[Kno
     """
     tree = to_dict(params)
     out = []
-    for key, hint in _leaves(Params):
+    for key, hint in leaves(Params):
         if SEP in key:
             raise ValueError(f"params key {key!r} contains {SEP!r}; the parameter mapping needs it free")
         kind, base, nullable = _kind(hint)
