@@ -23,7 +23,7 @@ from typing import Any
 from fairat.config import Params, load_params, to_dict, with_overrides
 from fairat.io import write_json_atomic
 
-METHODS = ("pgd_at", "trades", "fairat", "wat")
+METHODS = ("pgd_at", "trades", "fairat", "wat", "frl", "cfa", "dafa")
 
 
 def cell_tag(method: str, seed: int, split: str, variant: str) -> str:

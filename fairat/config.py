@@ -24,7 +24,7 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 import yaml
 
 DataSource = Literal["digits", "cifar10", "cifar100", "svhn", "imagefolder"]
-Method = Literal["pgd_at", "trades", "fairat", "wat"]
+Method = Literal["pgd_at", "trades", "fairat", "wat", "frl", "cfa", "dafa"]
 BaseMethod = Literal["pgd_at", "trades"]
 Schedule = Literal["piecewise", "cosine", "constant"]
 ScoreKind = Literal["adv_ce", "clean_ce", "entropy"]
@@ -130,6 +130,74 @@ class WATConfig:
 
 
 @dataclass(frozen=True)
+class FRLConfig:
+    """FRL's knobs (Xu et al., ICML 2021, reweight + remargin), authors' defaults.
+
+    FRL is TRADES split into its natural and boundary parts; each class's weight on either part,
+    and its attack radius, follow Lagrange multipliers of the fairness constraints "class error
+    <= average error + bound", updated every epoch from validation errors.
+    """
+
+    start: float = 0.5  # fraction of the epochs trained as plain TRADES first (the authors
+    #                     fine-tune a pre-trained model)
+    bound_clean: float = 0.1  # tolerated excess of a class's clean error over the average
+    bound_boundary: float = 0.1  # tolerated excess of a class's boundary error over the average
+    rate_weight: float = 0.05  # multiplier step for the reweighting (halved at each third)
+    rate_margin: float = 0.1  # multiplier step for the remargining (per-class radius)
+    limit: float = 0.5  # the reweighting multipliers are scaled back to sum <= limit
+    remargin: bool = True  # False: FRL-reweight only
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.start < 1, "start", self.start, "must lie in [0, 1)")
+        for key in ("bound_clean", "bound_boundary"):
+            _check(0 <= getattr(self, key) <= 1, key, getattr(self, key), "must lie in [0, 1]")
+        for key in ("rate_weight", "rate_margin"):
+            _check(0 <= getattr(self, key) <= 10, key, getattr(self, key), "must lie in [0, 10]")
+        _check(0 < self.limit < 1, "limit", self.limit, "must lie in (0, 1)")
+
+
+@dataclass(frozen=True)
+class CFAConfig:
+    """CFA's knobs (Wei et al., CVPR 2023), authors' defaults.
+
+    Per class: a radius ``(lambda_margin + A_c) * eps`` (CCM) and, on a TRADES base, a trade-off
+    ``(lambda_beta + A_c) * beta`` (CCR), where ``A_c`` is the class's robust accuracy on the
+    previous training epoch; the shipped model is the fairness-aware weight average (FAWA).
+    """
+
+    base: BaseMethod = "trades"  # the authors' main results use TRADES
+    begin: float = 0.05  # fraction of the epochs before the calibration starts (10 of 200)
+    lambda_margin: float = 0.5  # CCM
+    lambda_beta: float = 0.5  # CCR (TRADES base only)
+    fawa: bool = True  # ship the fairness-aware weight average instead of the live weights
+    fawa_decay: float = 0.88  # weight of the old average per epoch
+    fawa_threshold: float = 0.24  # an epoch enters the average only if its worst validation
+    #                               class reaches this robust accuracy
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.begin < 1, "begin", self.begin, "must lie in [0, 1)")
+        for key in ("lambda_margin", "lambda_beta"):
+            _check(0 < getattr(self, key) <= 2, key, getattr(self, key), "must lie in (0, 2]")
+        _check(0 <= self.fawa_decay < 1, "fawa_decay", self.fawa_decay, "must lie in [0, 1)")
+        _check(0 <= self.fawa_threshold <= 1, "fawa_threshold", self.fawa_threshold,
+               "must lie in [0, 1]")
+
+
+@dataclass(frozen=True)
+class DAFAConfig:
+    """DAFA's knobs (Lee et al., ICLR 2024), authors' defaults: once, after warm-up, class weights
+    (and radii) from how similar each class is to the others under attack."""
+
+    base: BaseMethod = "trades"  # the authors' main results use TRADES
+    warmup: float = 0.64  # fraction of the epochs before the weights are computed (70 of 110)
+    lam: float = 1.0  # the authors' lambda: how far weights move from 1
+
+    def __post_init__(self) -> None:
+        _check(0 < self.warmup < 1, "warmup", self.warmup, "must lie in (0, 1)")
+        _check(0 <= self.lam <= 5, "lam", self.lam, "must lie in [0, 5]")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """One training run: method, optimiser, schedule, attack, checkpoints."""
 
@@ -149,6 +217,9 @@ class TrainConfig:
     attack: AttackConfig = field(default_factory=AttackConfig)
     fairat: FairATConfig = field(default_factory=FairATConfig)
     wat: WATConfig = field(default_factory=WATConfig)
+    frl: FRLConfig = field(default_factory=FRLConfig)
+    cfa: CFAConfig = field(default_factory=CFAConfig)
+    dafa: DAFAConfig = field(default_factory=DAFAConfig)
     seed: int = 0
     device: DeviceName = "auto"
     amp: Literal["auto", "off", "bf16"] = "auto"  # auto: bf16 autocast on CUDA only (slow on CPU)
@@ -261,8 +332,14 @@ class Params:
     track: TrackConfig = field(default_factory=TrackConfig)
 
     def __post_init__(self) -> None:
-        if self.train.method == "wat" and self.data.val_per_class < 1:
-            raise ConfigError("train.method: 'wat' weights classes by their validation losses; "
+        needs_val = {"wat": "weights classes by their validation losses",
+                     "frl": "reweights classes by their validation errors",
+                     "cfa": "admits an epoch to its weight average by its validation worst class"}
+        why = needs_val.get(self.train.method)
+        if self.train.method == "cfa" and not self.train.cfa.fawa:
+            why = None  # CCM and CCR read training statistics only
+        if why and self.data.val_per_class < 1:
+            raise ConfigError(f"train.method: {self.train.method!r} {why}; "
                               "set data.val_per_class >= 1")
         # One threat model: the gate judges robustness at evaluate.eps, so a model trained at
         # another radius is refused unless the params say that is intended.

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The digits study (studies/digits.yaml) on the TEST split, one cell after another: a cell whose
 # result exists is skipped, a killed one resumes from its checkpoint, each finished cell is
-# committed on its own. Knobs are the params defaults (paper defaults for FairAT and WAT); the
-# knob search on validation for digits is still to do (docs/results.md).
+# committed on its own. Knobs are the params defaults: the papers' defaults for FairAT and for
+# every peer (WAT, FRL, CFA, DAFA); the knob search on validation for digits is still to do
+# (docs/results.md).
 #   studies/run-digits.sh                 # seeds 0-9, every method
 #   SEEDS="0 1 2" studies/run-digits.sh   # fewer seeds
 set -euo pipefail
@@ -26,6 +27,9 @@ for seed in $SEEDS; do
   cell pgd_at "$seed" ""
   cell fairat "$seed" ""                                   # the paper's global selection
   cell fairat "$seed" pc train.fairat.per_class=true       # a quota within every class
-  cell wat "$seed" ""
   cell trades "$seed" ""
+  cell wat "$seed" ""                                      # the fair-AT peers, authors' knobs
+  cell frl "$seed" ""
+  cell cfa "$seed" ""
+  cell dafa "$seed" ""
 done

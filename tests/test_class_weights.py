@@ -89,3 +89,153 @@ def test_wat_trains_in_the_one_loop_and_logs_its_weights(digits, tmp_path):
     names = digits.train.class_names
     assert weights[names[order[-1]]] >= weights[names[order[0]]]  # the costliest class weighs most
     assert "class_weights" in first
+
+
+# --- FRL, CFA, DAFA: class statistics and weights on hand-made inputs --------------------------
+
+from fairat.config import CFAConfig, DAFAConfig, FRLConfig  # noqa: E402
+from fairat.engine.class_weights import (CFAPolicy, DAFAPolicy, EpochStats, FRLPolicy,  # noqa: E402
+                                         cfa_terms, dafa_class_weights, frl_class_weights,
+                                         frl_margins, frl_project)
+
+
+def _val(clean, robust):
+    names = [str(i) for i in range(len(clean))]
+    return {"val_clean_per_class": dict(zip(names, clean)),
+            "val_robust_per_class": dict(zip(names, robust))}
+
+
+def test_frl_projection_and_weights():
+    lam = frl_project(torch.tensor([-0.2, 0.3, 0.5], dtype=torch.float64), limit=0.4)
+    assert lam.tolist() == pytest.approx([0.0, 0.15, 0.25])  # clipped at 0, scaled to sum 0.4
+    assert frl_project(torch.tensor([0.1, 0.1]), 0.5).tolist() == pytest.approx([0.1, 0.1])
+    w = frl_class_weights(lam)
+    assert w.tolist() == pytest.approx([1 - 0.4, 1 + 0.45 - 0.4, 1 + 0.75 - 0.4])
+    assert float(w.mean()) == pytest.approx(1.0)  # weights only move between classes
+    assert frl_class_weights(torch.zeros(4)).tolist() == [1, 1, 1, 1]  # plain TRADES at start
+    assert frl_margins(torch.tensor([-1.0, 0.0, 0.2, 5.0])).tolist() == pytest.approx(
+        [0.98, 1.0, math.exp(0.4), 2.5])
+
+
+def test_frl_moves_weight_and_margin_to_the_class_that_violates_its_bounds():
+    cfg = FRLConfig(start=0.5, bound_clean=0.05, bound_boundary=0.05, rate_weight=0.1,
+                    rate_margin=0.1, limit=0.5)
+    frl = FRLPolicy(cfg, num_classes=3, epochs=10, names=["a", "b", "c"])
+    val = _val(clean=[1.0, 1.0, 0.7], robust=[0.9, 0.9, 0.2])  # class c: high clean + boundary error
+    assert frl.after_epoch(4, None, val) == {}  # before start: plain TRADES
+    assert frl.terms(torch.tensor([0, 2])).w_natural.tolist() == [1.0, 1.0]
+    log = frl.after_epoch(5, None, val)
+    # clean errors 0, 0, 0.3 (mean 0.1): gamma = -0.15, -0.15, 0.15 -> lam = 0, 0, 0.015
+    assert frl.lam[0].tolist() == pytest.approx([0, 0, 0.015])
+    # boundary errors 0.1, 0.1, 0.5 (mean 0.2333): gamma_c = 0.2167 -> 2 * rate * gamma
+    assert frl.lam[1].tolist() == pytest.approx([0, 0, 2 * 0.1 * (0.5 - 0.7 / 3 - 0.05)])
+    assert frl.lam[2][2] > 0 > frl.lam[2][0]
+    assert log["class_weights"]["c"] > log["class_weights"]["a"]
+    assert log["class_eps_scale"]["c"] > 1 and log["class_eps_scale"]["a"] == pytest.approx(0.98)
+    terms = frl.terms(torch.tensor([0, 2, 2]))
+    assert terms.w_robust[1] > terms.w_robust[0] and terms.eps_scale.shape == (3,)
+    state = frl.state_dict()
+    again = FRLPolicy(cfg, 3, 10, ["a", "b", "c"])
+    again.load_state_dict(state)
+    assert torch.equal(again.lam, frl.lam)
+
+
+def test_cfa_margins_and_regularisation_from_training_robust_accuracy():
+    acc = torch.tensor([0.2, 0.5], dtype=torch.float64)
+    cfg = CFAConfig(lambda_margin=0.5, lambda_beta=0.5)
+    eps_scale, w_nat, w_rob = cfa_terms(acc, cfg, beta=6.0, trades=True)
+    assert eps_scale.tolist() == pytest.approx([0.7, 1.0])  # the weaker class gets a smaller radius
+    b = torch.tensor([0.7 * 6, 1.0 * 6], dtype=torch.float64)
+    beta_c = b / (1 + b)
+    assert w_nat.tolist() == pytest.approx((7 * (1 - beta_c)).tolist())
+    assert (w_rob * 6).tolist() == pytest.approx((7 * beta_c).tolist())
+    # at b_c = beta the weights are plain TRADES: CE + beta * KL
+    _, n1, r1 = cfa_terms(torch.tensor([0.5], dtype=torch.float64), cfg, 6.0, True)
+    assert (float(n1), float(r1)) == pytest.approx((1.0, 1.0))
+    assert cfa_terms(acc, cfg, 6.0, trades=False)[1:] == (None, None)
+
+    policy = CFAPolicy(CFAConfig(begin=0.2), 2, epochs=10, beta=6.0, trades=True, names=["a", "b"])
+    stats = EpochStats(acc, torch.eye(2))
+    assert policy.after_epoch(1, stats, {}) == {} and policy.terms(torch.tensor([0])).eps_scale is None
+    assert policy.after_epoch(2, stats, {})["class_eps_scale"] == {"a": 0.7, "b": 1.0}
+    assert policy.terms(torch.tensor([1, 0])).eps_scale.tolist() == pytest.approx([1.0, 0.7])
+
+
+def test_dafa_weights_flow_from_easy_to_similar_hard_classes():
+    # class 0 is hard (0.5 kept) and confused with class 1 (easy, 0.9); class 2 stands apart
+    s = torch.tensor([[0.5, 0.4, 0.1],
+                      [0.05, 0.9, 0.05],
+                      [0.0, 0.0, 1.0]], dtype=torch.float64)
+    w = dafa_class_weights(s, lam=1.0)
+    assert w[0] == pytest.approx(1 + 0.4 * 0.9 + 0.1 * 1.0)  # harder than both others
+    assert w[1] == pytest.approx(1 - 0.05 * 0.5 + 0.05 * 1.0)  # easier than 0, harder than 2
+    assert w[2] == pytest.approx(1.0)  # nobody is confused into it... and it is easiest
+    assert dafa_class_weights(s, lam=0.0).tolist() == [1, 1, 1]
+    assert (dafa_class_weights(s, lam=5.0) >= 0).all()
+
+    policy = DAFAPolicy(DAFAConfig(warmup=0.5, base="trades"), epochs=4, trades=True,
+                        names=["a", "b", "c"])
+    stats = EpochStats(torch.zeros(3), s)
+    assert policy.after_epoch(1, stats, {}) == {}
+    log = policy.after_epoch(2, stats, {})
+    assert log["class_weights"]["a"] == pytest.approx(float(w[0]), abs=1e-6)
+    terms = policy.terms(torch.tensor([0, 2]))
+    assert terms.w_robust is None and terms.w_natural.tolist() == pytest.approx([float(w[0]), 1.0])
+    assert torch.equal(terms.eps_scale, terms.step_scale)
+    assert policy.after_epoch(3, EpochStats(torch.zeros(3), torch.eye(3)), {}) == {}  # once only
+
+
+def test_per_example_radius_bounds_each_example(tiny_model):
+    from fairat.engine.attacks import pgd_attack, trades_attack
+
+    x = torch.rand(4, 1, 8, 8)
+    y = torch.tensor([0, 1, 2, 3])
+    eps = torch.tensor([0.0, 0.05, 0.1, 0.2])
+    x_adv = pgd_attack(tiny_model, x, y, eps, eps / 4, steps=5).x_adv
+    dist = (x_adv - x).abs().flatten(1).amax(1)
+    assert (dist <= eps + 1e-6).all() and dist[0] == 0 and dist[3] > 0.1
+    p = torch.softmax(tiny_model(x), 1).detach()
+    dist = (trades_attack(tiny_model, x, p, eps, 0.05, 3).x_adv - x).abs().flatten(1).amax(1)
+    assert (dist <= eps + 1e-6).all()
+    with pytest.raises(ValueError, match="shape"):
+        pgd_attack(tiny_model, x, y, eps[:2], 0.01, 1)
+
+
+def test_fawa_admits_only_qualifying_epochs_and_averages(tiny_model):
+    from fairat.engine.weight_average import FairWeightAverage
+
+    avg = FairWeightAverage(decay=0.5, threshold=0.3)
+    assert not avg.update(tiny_model, 0.2) and avg.average is None
+    assert avg.state_for(tiny_model) is not None  # before any epoch: the live model
+    first = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    assert avg.update(tiny_model, 0.3)
+    with torch.no_grad():
+        for p in tiny_model.parameters():
+            p.add_(1.0)
+    avg.update(tiny_model, 0.9)
+    key = next(k for k, v in first.items() if v.is_floating_point() and "weight" in k)
+    assert torch.allclose(avg.average[key], first[key] + 0.5)  # halfway: decay 0.5
+    assert avg.admitted == 2
+
+
+@pytest.mark.parametrize("method", ["frl", "cfa", "dafa"])
+def test_peer_trains_in_the_one_loop_and_logs_its_class_terms(method, digits, tmp_path):
+    from fairat.config import AttackConfig, ModelConfig, TrainConfig
+    from fairat.engine.training import TrainPaths, train
+
+    cfg = TrainConfig(method=method, epochs=3, batch_size=64, crop_padding=1, flip=False,
+                      attack=AttackConfig(eps=0.1, step_size=0.03, steps=2), val_attack_steps=2,
+                      max_batches=3, progress=False, frl=FRLConfig(start=0.67),
+                      cfa=CFAConfig(begin=0.67, fawa_threshold=0.0),
+                      dafa=DAFAConfig(warmup=0.67))
+    paths = TrainPaths(tmp_path / "m.pt", tmp_path / "ck", tmp_path / "t.json", tmp_path / "h.csv")
+    summary = train(ModelConfig(name="small_cnn", width=8), cfg, digits, paths)
+    first, last = summary.history[0], summary.history[-1]
+    assert set(first["train_robust_per_class"]) == set(digits.train.class_names)
+    # the record of the epoch that ends the warm-up logs the terms the next epochs train with
+    logged = {"frl": "class_eps_scale", "cfa": "class_eps_scale", "dafa": "class_weights"}[method]
+    assert logged not in first and logged in summary.history[1]
+    if method == "cfa":
+        assert last["fawa_admitted"] and last["fawa_epochs"] == 3 and "val_live_robust_avg" in last
+    state = torch.load(paths.checkpoints / "last.pt", weights_only=True)
+    assert state["weighting"] is not None

@@ -9,6 +9,8 @@ The caller owns the model's mode (``model.eval()`` for evaluation and, by defaul
 training attacks, so attack steps do not move BatchNorm running statistics).
 
 Shapes: ``x`` (N, C, H, W) float in [0, 1]; ``y`` (N,) int64 labels or (N, K) probability targets.
+Radius and step size are a float or, for the fair-AT methods that give each class its own margin
+(FRL, CFA, DAFA), an (N,) tensor of per-example values.
 """
 
 from __future__ import annotations
@@ -55,7 +57,24 @@ def _hard_labels(y: torch.Tensor) -> torch.Tensor:
     return y if y.dim() == 1 else y.argmax(1)
 
 
-def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float,
+Radius = float | torch.Tensor  # a float, or (N,) per-example values
+
+
+def per_example(value: Radius, x: torch.Tensor) -> Radius:
+    """A float stays a float; an (N,) tensor becomes (N, 1, 1, 1) on ``x``'s device and dtype."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    if value.shape != (x.shape[0],):
+        raise ValueError(f"per-example radius/step must have shape ({x.shape[0]},), "
+                         f"got {tuple(value.shape)}")
+    return value.to(x.device, x.dtype).view(-1, *([1] * (x.dim() - 1)))
+
+
+def _positive(eps: Radius) -> bool:
+    return bool((eps > 0).any()) if isinstance(eps, torch.Tensor) else eps > 0
+
+
+def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Radius, step_size: Radius,
                steps: int, loss: LossName = "ce", random_start: bool = True,
                generator: torch.Generator | None = None, track_best: bool = False,
                noise: torch.Tensor | None = None) -> AttackResult:
@@ -65,7 +84,8 @@ def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, s
         model: maps [0, 1] inputs to logits; its mode is left as the caller set it.
         x: clean inputs, (N, C, H, W) in [0, 1].
         y: (N,) labels, or (N, K) probability targets (soft labels from CutMix/Mixup).
-        eps: L-inf radius in pixel units. step_size: per-step size in pixel units.
+        eps: L-inf radius in pixel units. step_size: per-step size in pixel units. Either may be
+            an (N,) tensor of per-example values (class-wise margins).
         steps: number of gradient-sign steps (0 returns the random start, or x).
         loss: "ce" (cross-entropy) or "cw" (CW margin, for evaluation).
         random_start: start from a uniform point in the eps-ball.
@@ -77,7 +97,8 @@ def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, s
             (lets data-parallel ranks slice one draw made for the global batch).
     """
     x = x.detach()
-    if random_start and eps > 0:
+    eps, step_size = per_example(eps, x), per_example(step_size, x)
+    if random_start and _positive(eps):
         if noise is None:
             noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         delta = (noise * 2 - 1) * eps
@@ -121,8 +142,8 @@ def _keep_best(x_now, loss_now, wrong_now, best_x, best_loss, best_wrong):
     return best_x, best_loss, best_wrong
 
 
-def trades_attack(model: nn.Module, x: torch.Tensor, p_clean: torch.Tensor, eps: float,
-                  step_size: float, steps: int,
+def trades_attack(model: nn.Module, x: torch.Tensor, p_clean: torch.Tensor, eps: Radius,
+                  step_size: Radius, steps: int,
                   generator: torch.Generator | None = None,
                   noise: torch.Tensor | None = None) -> AttackResult:
     """TRADES' inner maximisation (Zhang et al., 2019): maximise KL(p_clean || p(x_adv)).
@@ -132,9 +153,10 @@ def trades_attack(model: nn.Module, x: torch.Tensor, p_clean: torch.Tensor, eps:
     standard-normal tensor shaped like ``x``.
     """
     x = x.detach()
+    eps, step_size = per_example(eps, x), per_example(step_size, x)
     if noise is None:
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    delta = (0.001 * noise).clamp_(-eps, eps)
+    delta = torch.clamp(0.001 * noise, -eps, eps)
     with torch.enable_grad():
         for _ in range(steps):
             delta = _trades_step(model, x, p_clean, delta, eps, step_size)

@@ -1,5 +1,9 @@
-"""Class weights from validation statistics: WAT (Li and Liu, AAAI 2023, worst-class adversarial
-training).
+"""Class-wise fair adversarial training: per-class weights and radii from class statistics.
+
+WAT (Li and Liu, AAAI 2023), FRL (Xu et al., ICML 2021), CFA (Wei et al., CVPR 2023) and DAFA
+(Lee et al., ICLR 2024) as policies of the one training loop (bottom of this module).
+
+WAT, worst-class adversarial training:
 
 WAT treats each class, plus the average over all classes, as an "expert" of a no-regret (Hedge,
 exponentiated-gradient) game: after every epoch the per-class validation loss is added to a
@@ -19,9 +23,12 @@ Class statistics come from the validation split, never the test split.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from fairat.engine.methods import ClassTerms
 
 
 def hedge_weights(cumulative: torch.Tensor, eta: float) -> torch.Tensor:
@@ -60,3 +67,262 @@ class WATWeights:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.eta = float(state["eta"])
         self.cumulative = state["cumulative"].double().clone()
+
+
+# --- the class-wise fair-AT methods as policies of the one training loop ----------------------
+#
+# A policy turns class statistics into per-example radii and loss weights (ClassTerms) for the base
+# objective, and updates itself once per epoch from the epoch's training statistics and the
+# validation record. Statistics come from the training set or the validation split, never the test
+# split. Every policy's state is a dict of tensors and floats, saved in ``last.pt``.
+
+
+@dataclass
+class EpochStats:
+    """What an epoch of training saw, per class (originals only, not FairAT copies).
+
+    ``robust_acc`` (C,) is the training attack's accuracy per class (CFA's ``A_c``);
+    ``similarity`` (C, C) row i is the mean softmax at the adversarial examples of class i (DAFA).
+    """
+
+    robust_acc: torch.Tensor
+    similarity: torch.Tensor
+
+
+class ClassPolicy:
+    """Base: no class-wise terms. Subclasses override :meth:`terms` and :meth:`after_epoch`."""
+
+    def terms(self, labels: torch.Tensor) -> ClassTerms:
+        return ClassTerms()
+
+    def after_epoch(self, epochs_done: int, stats: EpochStats,
+                    val: dict[str, Any]) -> dict[str, Any]:
+        """Update from the epoch just trained; returns fields for the epoch's history record."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def _per_class(values: dict[str, float] | list[float]) -> torch.Tensor:
+    seq = list(values.values()) if isinstance(values, dict) else list(values)
+    return torch.tensor(seq, dtype=torch.float64)
+
+
+def _named(tensor: torch.Tensor, names: list[str]) -> dict[str, float]:
+    return dict(zip(names, (round(v, 6) for v in tensor.tolist())))
+
+
+class WATPolicy(ClassPolicy):
+    """WAT: the whole per-example objective weighed by ``w[y] + w[average]``."""
+
+    def __init__(self, num_classes: int, eta: float, names: list[str]) -> None:
+        self.game, self.names = WATWeights(num_classes, eta), names
+
+    def terms(self, labels: torch.Tensor) -> ClassTerms:
+        w = self.game.example_weights(labels)
+        return ClassTerms(w_natural=w, w_robust=w)
+
+    def after_epoch(self, epochs_done, stats, val):
+        self.game.update(val["val_cost_per_class"], val["val_cost_avg"])
+        return {"class_weights": _named(self.game.weights()[:-1], self.names)}
+
+    def state_dict(self):
+        return self.game.state_dict()
+
+    def load_state_dict(self, state):
+        self.game.load_state_dict(state)
+
+
+def frl_project(lam: torch.Tensor, limit: float) -> torch.Tensor:
+    """Clip multipliers at 0 and scale them back to ``sum <= limit`` (FRL's normalisation)."""
+    lam = lam.clamp(min=0)
+    total = float(lam.sum())
+    return lam * (limit / total) if total > limit else lam
+
+
+def frl_class_weights(lam: torch.Tensor) -> torch.Tensor:
+    """(C,) example weights ``1 + C * lam_c - sum(lam)``: mean 1 over classes, equal when lam is.
+
+    The authors' cost-sensitive weights are ``1/C + lam_c - mean(lam)`` and their loss divides by
+    the batch's weight sum; scaling by C instead keeps FRL at exactly TRADES' loss scale while the
+    multipliers are 0, so both train under the same learning rate.
+    """
+    c = lam.numel()
+    return 1 + c * lam - lam.sum()
+
+
+def frl_margins(lam_margin: torch.Tensor) -> torch.Tensor:
+    """(C,) radius multipliers ``clip(exp(2 * lam), 0.98, 2.5)`` (the authors' remargin map)."""
+    return torch.exp(2 * lam_margin).clamp(0.98, 2.5)
+
+
+class FRLPolicy(ClassPolicy):
+    """FRL (Xu et al., ICML 2021), reweight + remargin, on TRADES.
+
+    After every epoch from ``start``: with per-class validation clean error ``e_c`` and boundary
+    error ``b_c`` (clean-correct but attacked-wrong), and their class means ``e``, ``b``, the
+    multipliers move by the constraint violations ``e_c - e - bound_clean`` and
+    ``b_c - b - bound_boundary``: the clean and boundary reweighting multipliers by
+    ``rate_weight`` and ``2 * rate_weight`` (then projected), the margin multiplier by
+    ``rate_margin``. ``rate_weight`` halves after each third of the FRL phase (the authors halve
+    it every 40 of 120 fine-tuning epochs).
+    """
+
+    def __init__(self, cfg: Any, num_classes: int, epochs: int, names: list[str]) -> None:
+        self.cfg, self.names = cfg, names
+        self.start = int(round(cfg.start * epochs))
+        self.phase = max(epochs - self.start, 1)
+        self.lam = torch.zeros(3, num_classes, dtype=torch.float64)  # clean, boundary, margin
+
+    def terms(self, labels):
+        dev = labels.device
+        w_clean = frl_class_weights(self.lam[0]).to(dev, torch.float32)
+        w_bndy = frl_class_weights(self.lam[1]).to(dev, torch.float32)
+        out = ClassTerms(w_natural=w_clean[labels], w_robust=w_bndy[labels])
+        if self.cfg.remargin:
+            out.eps_scale = frl_margins(self.lam[2]).to(dev, torch.float32)[labels]
+        return out
+
+    def after_epoch(self, epochs_done, stats, val):
+        if epochs_done < self.start:
+            return {}
+        clean = _per_class(val["val_clean_per_class"])
+        robust = _per_class(val["val_robust_per_class"])
+        clean_err, bndy_err = 1 - clean, clean - robust
+        gamma_clean = clean_err - clean_err.mean() - self.cfg.bound_clean
+        gamma_bndy = bndy_err - bndy_err.mean() - self.cfg.bound_boundary
+        rate = self.cfg.rate_weight * 0.5 ** min(2, 3 * (epochs_done - self.start) // self.phase)
+        self.lam[0] = frl_project(self.lam[0] + rate * gamma_clean, self.cfg.limit)
+        self.lam[1] = frl_project(self.lam[1] + 2 * rate * gamma_bndy, self.cfg.limit)
+        if self.cfg.remargin:
+            self.lam[2] = self.lam[2] + self.cfg.rate_margin * gamma_bndy
+        out = {"class_weights": _named(frl_class_weights(self.lam[0]), self.names),
+               "class_weights_boundary": _named(frl_class_weights(self.lam[1]), self.names)}
+        if self.cfg.remargin:
+            out["class_eps_scale"] = _named(frl_margins(self.lam[2]), self.names)
+        return out
+
+    def state_dict(self):
+        return {"lam": self.lam.clone()}
+
+    def load_state_dict(self, state):
+        self.lam = state["lam"].double().clone()
+
+
+def cfa_terms(robust_acc: torch.Tensor, cfg: Any, beta: float, trades: bool,
+              ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """CFA's class-wise radius multipliers and, on TRADES, natural / robust weights.
+
+    CCM: radius ``(lambda_margin + A_c) * eps``. CCR: the authors train
+    ``(1 - beta_c) * CE + beta_c * KL`` with ``beta_c = b_c / (1 + b_c)``, ``b_c = (lambda_beta +
+    A_c) * beta``; multiplied by ``1 + beta`` it is exactly TRADES' ``CE + beta * KL`` when
+    ``b_c = beta``, so we return weights on that scale.
+    """
+    eps_scale = cfg.lambda_margin + robust_acc
+    if not trades:
+        return eps_scale, None, None
+    b = (cfg.lambda_beta + robust_acc) * beta
+    beta_c = b / (1 + b)
+    return eps_scale, (1 + beta) * (1 - beta_c), (1 + beta) * beta_c / beta
+
+
+class CFAPolicy(ClassPolicy):
+    """CFA (Wei et al., CVPR 2023): class-wise calibrated margins (CCM) and, on a TRADES base,
+    regularisation (CCR), from the previous epoch's per-class training robust accuracy. FAWA (the
+    weight average) lives in the Trainer, since it averages the model, not the loss."""
+
+    def __init__(self, cfg: Any, num_classes: int, epochs: int, beta: float, trades: bool,
+                 names: list[str]) -> None:
+        self.cfg, self.beta, self.trades, self.names = cfg, beta, trades, names
+        self.begin = int(round(cfg.begin * epochs))
+        self.acc: torch.Tensor | None = None  # A_c, once calibration has begun
+
+    def terms(self, labels):
+        if self.acc is None:
+            return ClassTerms()
+        eps_scale, w_nat, w_rob = (None if t is None else t.to(labels.device, torch.float32)
+                                   for t in cfa_terms(self.acc, self.cfg, self.beta, self.trades))
+        return ClassTerms(eps_scale=eps_scale[labels],
+                          w_natural=None if w_nat is None else w_nat[labels],
+                          w_robust=None if w_rob is None else w_rob[labels])
+
+    def after_epoch(self, epochs_done, stats, val):
+        if epochs_done < self.begin:
+            return {}
+        self.acc = stats.robust_acc.double().cpu().clone()
+        eps_scale, _, _ = cfa_terms(self.acc, self.cfg, self.beta, self.trades)
+        return {"class_eps_scale": _named(eps_scale, self.names)}
+
+    def state_dict(self):
+        return {"acc": None if self.acc is None else self.acc.clone()}
+
+    def load_state_dict(self, state):
+        self.acc = None if state["acc"] is None else state["acc"].double().clone()
+
+
+def dafa_class_weights(similarity: torch.Tensor, lam: float) -> torch.Tensor:
+    """DAFA's class weights from the class-similarity matrix ``S`` (row i: mean adversarial
+    softmax over examples of class i, so ``S[i, i]`` is how well class i holds up).
+
+    For every other class j, a class harder than j (``S[i, i] < S[j, j]``) gains
+    ``lam * S[i, j] * S[j, j]`` and an easier one gives as much up: weight moves between classes
+    that are confused with each other, from the easy to the hard one. Clipped at 0 (only reachable
+    for ``lam > 1``), since the weights also scale the attack radius.
+    """
+    s = similarity.double()
+    diag = s.diagonal()
+    sign = torch.where(diag[:, None] < diag[None, :], 1.0, -1.0).double()
+    contrib = sign * s * diag[None, :]
+    contrib.fill_diagonal_(0)
+    return (1 + lam * contrib.sum(1)).clamp(min=0)
+
+
+class DAFAPolicy(ClassPolicy):
+    """DAFA (Lee et al., ICLR 2024): after warm-up, once, class weights from class similarity on
+    the training set; each class's weight then scales its loss term (TRADES: the clean CE, as the
+    authors do; PGD-AT: the adversarial CE) and its attack radius and step size."""
+
+    def __init__(self, cfg: Any, epochs: int, trades: bool, names: list[str]) -> None:
+        self.cfg, self.trades, self.names = cfg, trades, names
+        self.warmup = max(1, int(round(cfg.warmup * epochs)))
+        self.weights: torch.Tensor | None = None
+
+    def terms(self, labels):
+        if self.weights is None:
+            return ClassTerms()
+        w = self.weights.to(labels.device, torch.float32)[labels]
+        if self.trades:
+            return ClassTerms(eps_scale=w, step_scale=w, w_natural=w)
+        return ClassTerms(eps_scale=w, step_scale=w, w_robust=w)
+
+    def after_epoch(self, epochs_done, stats, val):
+        if epochs_done != self.warmup or self.weights is not None:
+            return {}
+        self.weights = dafa_class_weights(stats.similarity.cpu(), self.cfg.lam)
+        return {"class_weights": _named(self.weights, self.names)}
+
+    def state_dict(self):
+        return {"weights": None if self.weights is None else self.weights.clone()}
+
+    def load_state_dict(self, state):
+        self.weights = None if state["weights"] is None else state["weights"].double().clone()
+
+
+def make_policy(cfg: Any, num_classes: int, names: list[str]) -> ClassPolicy | None:
+    """The class-wise policy of ``cfg.method`` (a TrainConfig), or None for the others."""
+    from fairat.engine.methods import objective_name
+
+    trades = objective_name(cfg) == "trades"
+    if cfg.method == "wat":
+        return WATPolicy(num_classes, cfg.wat.eta, names)
+    if cfg.method == "frl":
+        return FRLPolicy(cfg.frl, num_classes, cfg.epochs, names)
+    if cfg.method == "cfa":
+        return CFAPolicy(cfg.cfa, num_classes, cfg.epochs, cfg.trades_beta, trades, names)
+    if cfg.method == "dafa":
+        return DAFAPolicy(cfg.dafa, cfg.epochs, trades, names)
+    return None

@@ -1,7 +1,10 @@
 """Adversarial-training objectives that plug into the one training loop: PGD-AT and TRADES.
 
 FairAT is not a separate objective: it trains its base objective (``fairat.base``) on a batch that
-also holds augmented copies of hard examples (see :mod:`fairat.engine.hard_examples`).
+also holds augmented copies of hard examples (see :mod:`fairat.engine.hard_examples`). The
+class-wise fair-AT methods (WAT, FRL, CFA, DAFA) are not separate objectives either: they hand the
+base objective per-example radii and loss weights (:class:`ClassTerms`, from
+:mod:`fairat.engine.class_weights`).
 
 Each step function crafts the attack with the model in eval mode (attack steps must not move
 BatchNorm statistics), then runs the training forward in train mode through ``train_model`` (the
@@ -10,7 +13,7 @@ DDP wrapper when data-parallel) and returns per-sample losses; the loop reduces 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -19,6 +22,34 @@ from torch import nn
 
 from fairat.engine.attacks import pgd_attack, trades_attack
 from fairat.config import TrainConfig
+
+
+@dataclass
+class ClassTerms:
+    """Per-example knobs a class-wise method sets for one shard; None = the plain base method.
+
+    ``eps_scale`` and ``step_scale`` multiply the training attack's radius and step size;
+    ``w_natural`` weighs TRADES' clean cross-entropy, ``w_robust`` the adversarial term (PGD-AT's
+    adversarial cross-entropy, TRADES' KL term).
+    """
+
+    eps_scale: torch.Tensor | None = None
+    step_scale: torch.Tensor | None = None
+    w_natural: torch.Tensor | None = None
+    w_robust: torch.Tensor | None = None
+
+    def radius(self, eps: float, step_size: float) -> tuple[float | torch.Tensor, ...]:
+        e = eps if self.eps_scale is None else eps * self.eps_scale
+        s = step_size if self.step_scale is None else step_size * self.step_scale
+        return e, s
+
+    def slice(self, part: slice) -> "ClassTerms":
+        return ClassTerms(*(None if t is None else t[part] for t in
+                            (self.eps_scale, self.step_scale, self.w_natural, self.w_robust)))
+
+
+def _weighted(loss: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    return loss if weight is None else loss * weight
 
 
 @dataclass
@@ -33,6 +64,7 @@ class Batch:
     targets: torch.Tensor
     labels: torch.Tensor
     noise: torch.Tensor
+    terms: ClassTerms = field(default_factory=ClassTerms)
 
 
 @dataclass
@@ -53,8 +85,9 @@ def pgd_at_step(attack_model: nn.Module, train_model: nn.Module, batch: Batch, c
                 need_clean: bool) -> StepOutput:
     """Madry et al. (2018): minimise cross-entropy at the PGD adversarial example."""
     a = cfg.attack
+    eps, step = batch.terms.radius(a.eps, a.step_size)
     _set_mode(attack_model, False)
-    x_adv = pgd_attack(attack_model, batch.x, batch.targets, a.eps, a.step_size, a.steps,
+    x_adv = pgd_attack(attack_model, batch.x, batch.targets, eps, step, a.steps,
                        loss=a.loss, random_start=a.random_start, noise=batch.noise).x_adv
     logits_clean = None
     if need_clean:  # only for the clean_ce hardness score: one extra no-grad forward
@@ -63,17 +96,18 @@ def pgd_at_step(attack_model: nn.Module, train_model: nn.Module, batch: Batch, c
     _set_mode(train_model, True)
     logits_adv = train_model(x_adv)
     loss = F.cross_entropy(logits_adv.float(), batch.targets, reduction="none")
-    return StepOutput(loss, logits_adv.detach(), logits_clean)
+    return StepOutput(_weighted(loss, batch.terms.w_robust), logits_adv.detach(), logits_clean)
 
 
 def trades_step(attack_model: nn.Module, train_model: nn.Module, batch: Batch, cfg: TrainConfig,
                 need_clean: bool) -> StepOutput:
     """Zhang et al. (2019): CE(clean) + beta * KL(p(clean) || p(adv)), attack maximises the KL."""
     a = cfg.attack
+    eps, step = batch.terms.radius(a.eps, a.step_size)
     _set_mode(attack_model, False)
     with torch.no_grad():
         p_clean = F.softmax(attack_model(batch.x).float(), dim=1)
-    x_adv = trades_attack(attack_model, batch.x, p_clean, a.eps, a.step_size, a.steps,
+    x_adv = trades_attack(attack_model, batch.x, p_clean, eps, step, a.steps,
                           noise=batch.noise).x_adv
     _set_mode(train_model, True)
     # Two forwards, as in the reference implementation: each half normalised by its own batch
@@ -83,15 +117,19 @@ def trades_step(attack_model: nn.Module, train_model: nn.Module, batch: Batch, c
     natural = F.cross_entropy(logits_clean, batch.targets, reduction="none")
     robust = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits_clean, 1),
                       reduction="none").sum(1)
-    return StepOutput(natural + cfg.trades_beta * robust, logits_adv.detach(), logits_clean.detach())
+    loss = (_weighted(natural, batch.terms.w_natural)
+            + cfg.trades_beta * _weighted(robust, batch.terms.w_robust))
+    return StepOutput(loss, logits_adv.detach(), logits_clean.detach())
 
 
 METHODS: dict[str, StepFn] = {"pgd_at": pgd_at_step, "trades": trades_step}
 
 
 def objective_name(cfg: TrainConfig) -> str:
-    """The objective a run trains with: its method, or the base objective of FairAT / WAT."""
-    return {"fairat": cfg.fairat.base, "wat": cfg.wat.base}.get(cfg.method, cfg.method)
+    """The objective a run trains with: its method, or the base objective of a fair-AT method.
+    FRL is TRADES by construction (it weighs TRADES' natural and boundary terms apart)."""
+    return {"fairat": cfg.fairat.base, "wat": cfg.wat.base, "frl": "trades",
+            "cfa": cfg.cfa.base, "dafa": cfg.dafa.base}.get(cfg.method, cfg.method)
 
 
 def validation_cost(objective: str, logits_clean: torch.Tensor, logits_adv: torch.Tensor,

@@ -1,4 +1,5 @@
-"""The one training loop: PGD-AT, TRADES and FairAT, on CPU or GPU, single process or `torchrun`.
+"""The one training loop: PGD-AT, TRADES, FairAT and the class-wise fair-AT methods (WAT, FRL, CFA,
+DAFA), on CPU or GPU, single process or `torchrun`.
 
 Design:
 - Data stays as a uint8 tensor on the device; each batch is gathered, converted and augmented in
@@ -16,6 +17,7 @@ Design:
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import math
@@ -41,8 +43,10 @@ from fairat.engine.distributed import (DistContext, all_gather_cat, all_reduce_s
 from fairat.engine.metrics import flatten
 from fairat.engine.hard_examples import HardExampleTracker, example_scores
 from fairat.io import write_json_atomic, write_text_atomic
-from fairat.engine.class_weights import WATWeights
-from fairat.engine.methods import Batch, objective_name, start_noise, step_for, validation_cost
+from fairat.engine.class_weights import EpochStats, make_policy
+from fairat.engine.weight_average import FairWeightAverage
+from fairat.engine.methods import (Batch, ClassTerms, objective_name, start_noise, step_for,
+                                   validation_cost)
 from fairat.engine.models import ModelSpec, build_model
 from fairat.engine.seeds import generator
 from fairat.errors import TrainingDiverged
@@ -158,7 +162,12 @@ class Trainer:
         self.images = train.images.to(self.device)
         self.labels = train.labels.to(self.device)
         self.tracker = HardExampleTracker(self.labels, train.num_classes, cfg.fairat)
-        self.weighting = WATWeights(train.num_classes, cfg.wat.eta) if cfg.method == "wat" else None
+        # WAT, FRL, CFA, DAFA: per-class radii and loss weights from class statistics
+        self.policy = make_policy(cfg, train.num_classes, train.class_names)
+        self.fawa = (FairWeightAverage(cfg.cfa.fawa_decay, cfg.cfa.fawa_threshold)
+                     if cfg.method == "cfa" and cfg.cfa.fawa else None)
+        self.shadow = copy.deepcopy(self.model) if self.fawa is not None else None
+        self.epoch_stats: EpochStats | None = None  # per-class statistics of the last epoch
         self.step_fn = step_for(cfg)
         self.epoch = 0  # epochs completed
         self.history: list[dict[str, Any]] = []
@@ -171,7 +180,8 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "tracker": self.tracker.state_dict(),
-                "weighting": None if self.weighting is None else self.weighting.state_dict(),
+                "weighting": None if self.policy is None else self.policy.state_dict(),
+                "fawa": None if self.fawa is None else self.fawa.state_dict(),
                 "history": self.history, "best": self.best, "config": self.config_dict()}
 
     def resume(self) -> bool:
@@ -187,8 +197,10 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.tracker.load_state_dict(state["tracker"])
-        if self.weighting is not None:
-            self.weighting.load_state_dict(state["weighting"])
+        if self.policy is not None:
+            self.policy.load_state_dict(state["weighting"])
+        if self.fawa is not None:
+            self.fawa.load_state_dict(state["fawa"])
         self.epoch, self.history, self.best = state["epoch"], state["history"], state["best"]
         return True
 
@@ -200,10 +212,10 @@ class Trainer:
             record = self.train_epoch(self.epoch)
             trained += record["examples"]
             record.update(self.validate())
-            if self.weighting is not None:
-                self.weighting.update(record["val_cost_per_class"], record["val_cost_avg"])
-                names = self.data.train.class_names
-                record["class_weights"] = dict(zip(names, self.weighting.weights()[:-1].tolist()))
+            if self.policy is not None:  # from the live model's statistics
+                record.update(self.policy.after_epoch(self.epoch + 1, self.epoch_stats, record))
+            if self.fawa is not None:  # validation and selection then judge the average
+                record.update(self._fawa_step(record))
             self.epoch += 1
             value = self._selection_value(record)
             if value is not None and value > self.best["value"]:
@@ -229,7 +241,9 @@ class Trainer:
         plan_gen, dev_gen = epoch_generators(cfg.seed, epoch, self.device)
         batches = epoch_plan(len(self.data.train), hard, cfg.fairat.copies, cfg.batch_size,
                              ctx.world_size, plan_gen, cfg.max_batches)
-        totals = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, n, correct, copies
+        k = self.spec.num_classes
+        # loss, n, correct, copies; per class: n, correct; adversarial softmax sums (k x k)
+        totals = torch.zeros(4 + 2 * k + k * k, dtype=torch.float64, device=self.device)
         t0 = time.perf_counter()
         progress = self._progress(batches, epoch)
         for i, (idx, is_copy) in enumerate(progress):
@@ -243,17 +257,23 @@ class Trainer:
                                      adv_acc=f"{totals[2] / max(totals[1] - totals[3], 1):.3f}")
         totals = all_reduce_sum(totals, ctx)
         seconds = time.perf_counter() - t0
-        loss, n, correct, copies = totals.tolist()
+        loss, n, correct, copies = totals[:4].tolist()
+        n_c, correct_c = totals[4:4 + k], totals[4 + k:4 + 2 * k]
+        robust_c = (correct_c / n_c.clamp(min=1)).cpu()
+        similarity = (totals[4 + 2 * k:].view(k, k) / n_c.clamp(min=1)[:, None]).cpu()
+        self.epoch_stats = EpochStats(robust_c, similarity)
         names = self.data.train.class_names
         return {"epoch": epoch + 1, "lr": lr_at(cfg, epoch / cfg.epochs),
                 "train_loss": loss / max(n, 1), "train_robust_acc": correct / max(n - copies, 1),
+                "train_robust_per_class": dict(zip(names, robust_c.tolist())),
                 "examples": int(n), "hard_count": int(hard.numel()),
                 "hard_per_class": dict(zip(names, self.tracker.histogram(hard.to(self.device)))),
                 "seconds": seconds, "examples_per_second": n / max(seconds, 1e-9)}
 
     def train_batch(self, idx: torch.Tensor, is_copy: torch.Tensor, gen: torch.Generator,
                     where: tuple[int, int, int, float] = (0, 0, 0, 0.0)) -> torch.Tensor:
-        """Augment the global batch, train this rank's slice; returns [loss sum, n, correct, copies]."""
+        """Augment the global batch, train this rank's slice; returns [loss sum, n, correct,
+        copies, then per class n and correct, then the (k x k) adversarial softmax sums]."""
         cfg, ctx = self.cfg, self.ctx
         x = random_crop_flip(self.images[idx].float().div_(255), cfg.crop_padding, cfg.flip, gen)
         labels = self.labels[idx]
@@ -269,16 +289,14 @@ class Trainer:
         part = rank_slice(idx.numel(), ctx)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        batch = Batch(x[part], targets[part], labels[part], noise[part])
+        terms = self.policy.terms(labels).slice(part) if self.policy is not None else ClassTerms()
+        batch = Batch(x[part], targets[part], labels[part], noise[part], terms)
         need_clean = cfg.method == "fairat" and cfg.fairat.score == "clean_ce"
         # Attacks run on an eval-mode view with BatchNorm folded where the architecture allows it.
         attack_model = self.model.attack_view()
         with self._autocast():
             out = self.step_fn(attack_model, self.train_model, batch, cfg, need_clean)
-        per_sample = out.per_sample_loss
-        if self.weighting is not None:  # WAT: w[y] + w[average] from the last validation
-            per_sample = per_sample * self.weighting.example_weights(batch.labels)
-        loss = per_sample.sum() * (ctx.world_size / idx.numel())
+        loss = out.per_sample_loss.sum() * (ctx.world_size / idx.numel())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self._stop_if_diverged(loss, where)
@@ -289,10 +307,17 @@ class Trainer:
                                     batch.targets)
             self.tracker.update(all_gather_cat(idx[part][original], ctx),
                                 all_gather_cat(scores[original], ctx))
-        correct = (out.logits_adv.argmax(1) == batch.labels)[original].sum()
-        return torch.stack([out.per_sample_loss.detach().sum().double(),
-                            torch.tensor(float(batch.x.shape[0]), dtype=torch.float64, device=x.device),
-                            correct.double(), (~original).sum().double()])
+        k = self.spec.num_classes
+        hit = out.logits_adv.argmax(1) == batch.labels
+        y = batch.labels[original]
+        probs = torch.softmax(out.logits_adv[original].float(), 1).double()
+        similarity = torch.zeros(k, k, dtype=torch.float64, device=x.device).index_add_(0, y, probs)
+        return torch.cat([torch.stack([
+            out.per_sample_loss.detach().sum().double(),
+            torch.tensor(float(batch.x.shape[0]), dtype=torch.float64, device=x.device),
+            hit[original].sum().double(), (~original).sum().double()]),
+            torch.bincount(y, minlength=k).double(),
+            torch.bincount(y[hit[original]], minlength=k).double(), similarity.flatten()])
 
     def _stop_if_diverged(self, loss: torch.Tensor, where: tuple[int, int, int, float]) -> None:
         """Raise before the step when the loss or the (all-reduced) gradients are not finite.
@@ -342,8 +367,10 @@ class Trainer:
             self.tracker.seen[gathered_idx] = True
 
     # --- validation and model choice --------------------------------------------------------
-    def validate(self) -> dict[str, Any]:
-        """Per-class clean and PGD accuracy on the validation split (this rank's shard, reduced)."""
+    def validate(self, model: nn.Module | None = None) -> dict[str, Any]:
+        """Per-class clean and PGD accuracy on the validation split (this rank's shard, reduced),
+        of ``model`` (default: the live model)."""
+        model = self.model if model is None else model
         val = self.data.val
         if len(val) == 0:
             return {}
@@ -351,7 +378,7 @@ class Trainer:
         k = val.num_classes
         # total, clean, robust counts and the base objective's loss sum (WAT's cost)
         counts = torch.zeros(4, k, dtype=torch.float64, device=self.device)
-        self.model.eval()
+        model.eval()
         # Blocks of 256 dealt round-robin to ranks, each with its own seeded attack start: the
         # per-example results, hence the counts, do not depend on the world size.
         for block, idx in block_shard(len(val), 256, self.ctx):
@@ -360,13 +387,13 @@ class Trainer:
             y = val.labels[idx].to(self.device)
             with self._autocast():
                 with torch.no_grad():
-                    logits = self.model(x)
+                    logits = model(x)
                 clean = logits.argmax(1) == y
-                res = pgd_attack(self.model, x, y, a.eps, a.step_size, self.cfg.val_attack_steps,
+                res = pgd_attack(model, x, y, a.eps, a.step_size, self.cfg.val_attack_steps,
                                  generator=gen, track_best=True)
                 with torch.no_grad():
                     cost = validation_cost(objective_name(self.cfg), logits.float(),
-                                           self.model(res.x_adv).float(), y, self.cfg.trades_beta)
+                                           model(res.x_adv).float(), y, self.cfg.trades_beta)
             for row, flags in enumerate((torch.ones_like(clean), clean, res.correct)):
                 counts[row] += torch.bincount(y[flags], minlength=k).double()
             counts[3] += torch.bincount(y, weights=cost.double(), minlength=k)
@@ -382,6 +409,18 @@ class Trainer:
                 "val_clean_per_class": dict(zip(names, clean_pc)),
                 "val_robust_per_class": dict(zip(names, robust_pc))}
 
+    def _fawa_step(self, live: dict[str, Any]) -> dict[str, Any]:
+        """CFA's FAWA: fold this epoch in if its worst validation class qualifies, then validate
+        the average, whose numbers replace the live model's (kept as ``val_live_*``)."""
+        admitted = self.fawa.update(self.model, live["val_robust_worst"])
+        out = {"fawa_admitted": admitted, "fawa_epochs": self.fawa.admitted,
+               **{f"val_live_{key[4:]}": live[key]
+                  for key in ("val_clean_avg", "val_robust_avg", "val_robust_worst")}}
+        if self.fawa.average is not None:
+            self.shadow.load_state_dict(self.fawa.average)
+            out.update(self.validate(self.shadow))
+        return out
+
     def _selection_value(self, record: dict[str, Any]) -> float | None:
         if "val_robust_avg" not in record:
             return None
@@ -391,7 +430,9 @@ class Trainer:
         return record[metric]
 
     def model_payload(self) -> dict[str, Any]:
-        return model_file_payload(self.model.state_dict(), self.model_cfg, self.spec,
+        """The shippable model now: the live weights, or CFA's weight average."""
+        weights = self.model.state_dict() if self.fawa is None else self.fawa.state_for(self.model)
+        return model_file_payload(weights, self.model_cfg, self.spec,
                                   self.data.train.class_names, self.epoch, self.config_dict())
 
     def finish(self, seconds: float, trained: int) -> TrainSummary:
