@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -177,6 +178,84 @@ def aggregate(results: Path, split: str = "test") -> dict[str, Any]:
     return out
 
 
+# Two-sided 95% Student-t quantiles for 1..30 degrees of freedom (beyond: the normal 1.96).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def mean_ci95(values: list[float]) -> dict[str, float]:
+    """Mean, sd and the 95% t-interval of the mean (the interval is None below two values)."""
+    n = len(values)
+    mean = statistics.fmean(values)
+    if n < 2:
+        return {"mean": mean, "sd": 0.0, "n": n, "low": None, "high": None}
+    sd = statistics.stdev(values)
+    half = (_T975[n - 2] if n - 1 <= len(_T975) else 1.96) * sd / math.sqrt(n)
+    return {"mean": mean, "sd": sd, "n": n, "low": mean - half, "high": mean + half}
+
+
+def paired_differences(results: Path, baseline: str = "pgd_at", attack: str = "autoattack",
+                       split: str = "test") -> dict[str, Any]:
+    """Per method, the difference to ``baseline`` on the same seed (same data split, same
+    initial draw), for the worst class and the class average under ``attack``; mean, sd and
+    95% interval over the seeds both have. Pairing removes the seed-to-seed spread that both
+    methods share, which on 15 validation images per class is most of the spread."""
+    folder = results if split == "test" else results / "val"
+    cells: dict[str, dict[int, dict[str, Any]]] = {}
+    for path in sorted(folder.glob("*.json")):
+        if path.name == "summary.json":
+            continue
+        cell = json.loads(path.read_text())
+        key = cell["method"] if not cell.get("variant") else f"{cell['method']}-{cell['variant']}"
+        if attack in cell["eval"]:
+            cells.setdefault(key, {})[cell["seed"]] = cell
+    base = cells.get(baseline, {})
+    out: dict[str, Any] = {"baseline": baseline, "attack": attack, "methods": {}}
+    for key, by_seed in cells.items():
+        seeds = sorted(set(by_seed) & set(base))
+        if key == baseline or not seeds:
+            continue
+        def diff(stat: str) -> list[float]:
+            return [by_seed[s]["eval"][attack]["summary"][stat]
+                    - base[s]["eval"][attack]["summary"][stat] for s in seeds]
+        cost = [by_seed[s]["wall_seconds"]["train"] / base[s]["wall_seconds"]["train"]
+                for s in seeds]
+        out["methods"][key] = {"seeds": seeds, "worst": mean_ci95(diff("worst")),
+                               "average": mean_ci95(diff("average")),
+                               "train_time_ratio": mean_ci95(cost)}
+    return out
+
+
+def paired_table(paired: dict[str, Any], summary: dict[str, Any]) -> str:
+    """Markdown: each method's paired difference to the baseline (points, 95% interval)."""
+    def fmt(m: dict[str, float]) -> str:
+        ci = "" if m["low"] is None else f" [{100 * m['low']:+.1f}, {100 * m['high']:+.1f}]"
+        return f"{100 * m['mean']:+.1f}{ci}"
+    rows = [f"| method | seeds | worst class vs {paired['baseline']} (95% CI) | "
+            f"average vs {paired['baseline']} (95% CI) | train time x |", "|---|---|---|---|---|"]
+    for method in ordered_methods(summary):
+        entry = paired["methods"].get(method)
+        if entry is None:
+            continue
+        rows.append(f"| {method} | {len(entry['seeds'])} | {fmt(entry['worst'])} | "
+                    f"{fmt(entry['average'])} | {entry['train_time_ratio']['mean']:.2f} |")
+    return "\n".join(rows) + "\n"
+
+
+def per_class_table(summary: dict[str, Any], attack: str = "autoattack") -> str:
+    """Markdown: per-class accuracy under ``attack``, mean over seeds, one row per method."""
+    methods = [m for m in ordered_methods(summary) if attack in summary["methods"][m]]
+    if not methods:
+        return ""
+    classes = list(summary["methods"][methods[0]][attack]["per_class_mean"])
+    rows = ["| method | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+    for m in methods:
+        pc = summary["methods"][m][attack]["per_class_mean"]
+        rows.append(f"| {m} | " + " | ".join(f"{100 * pc[c]:.1f}" for c in classes) + " |")
+    return "\n".join(rows) + "\n"
+
+
 def ordered_methods(summary: dict[str, Any]) -> list[str]:
     """Baselines first, then FairAT variants: the order every table and chart uses."""
     rank = {m: i for i, m in enumerate(METHODS)}
@@ -297,9 +376,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(record["wall_seconds"]), flush=True)
         return 0
     summary = aggregate(args.results, args.split)
+    summary["paired"] = paired_differences(args.results, split=args.split)
     folder = args.results if args.split == "test" else args.results / "val"
     write_json_atomic(folder / "summary.json", summary)
     print(markdown_table(summary, ("clean", "pgd", "cw", "autoattack")))
+    if summary["paired"]["methods"]:
+        print(paired_table(summary["paired"], summary))
+    print(per_class_table(summary))
     for tag, attacks in summary["autoattack_standard"].items():
         print(f"standard AutoAttack, {tag}: " + ", ".join(
             f"{name} {100 * a['average']:.1f} / {100 * a['worst']:.1f} ({a['worst_class']}, n={a['n']})"

@@ -71,3 +71,36 @@ def test_reevaluate_changes_only_the_evaluation_and_keeps_the_old_one_visible(tm
         study.reevaluate_cell(params, "pgd_at", 0, work, results)
     with pytest.raises(FileNotFoundError, match="run the cell first"):
         study.reevaluate_cell(params, "trades", 0, work, results)
+
+
+def test_mean_ci95_is_the_student_t_interval():
+    ci = study.mean_ci95([0.1, 0.2, 0.3])
+    half = 4.303 * 0.1 / 3 ** 0.5  # t(0.975, df=2) * sd / sqrt(n)
+    assert ci["mean"] == pytest.approx(0.2) and ci["low"] == pytest.approx(0.2 - half)
+    assert study.mean_ci95([0.5])["low"] is None
+
+
+def _fake_cell(folder, method, seed, worst, average, train_s):
+    summary = {"worst": worst, "average": average, "gap": 0.1, "worst_class": "0"}
+    cell = {"tag": f"{method}-seed{seed}", "method": method, "seed": seed, "variant": "",
+            "eval": {"autoattack": {"summary": summary, "per_class": {"0": worst, "1": average}}},
+            "wall_seconds": {"train": train_s, "evaluate": 1.0},
+            "train": {"examples_per_second": 1.0}}
+    (folder / f"{method}-seed{seed}.json").write_text(json.dumps(cell))
+
+
+def test_paired_differences_pair_by_seed_and_skip_unpaired_seeds(tmp_path):
+    for seed, (b, f) in enumerate([(0.5, 0.6), (0.4, 0.45), (0.6, 0.7)]):
+        _fake_cell(tmp_path, "pgd_at", seed, b, 0.8, 10.0)
+        _fake_cell(tmp_path, "fairat", seed, f, 0.8, 20.0)
+    _fake_cell(tmp_path, "fairat", 7, 0.9, 0.9, 20.0)  # no baseline for seed 7: left out
+    paired = study.paired_differences(tmp_path)
+    entry = paired["methods"]["fairat"]
+    assert entry["seeds"] == [0, 1, 2]
+    assert entry["worst"]["mean"] == pytest.approx((0.1 + 0.05 + 0.1) / 3)
+    assert entry["worst"]["low"] > 0  # every seed gains: the interval excludes zero
+    assert entry["average"]["mean"] == pytest.approx(0.0)
+    assert entry["train_time_ratio"]["mean"] == pytest.approx(2.0)
+    summary = study.aggregate(tmp_path)
+    assert "| fairat | 3 | +8.3 [" in study.paired_table(paired, summary)
+    assert study.per_class_table(summary).splitlines()[0] == "| method | 0 | 1 |"
