@@ -44,3 +44,14 @@ def trained_model(digits) -> torch.nn.Module:
         opt.step()
     model.zero_grad(set_to_none=True)
     return model.eval()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA: on a machine without one they are reported as skipped
+    (never passed); `benchmarks/gpu_check.sh` runs them where a GPU is lent."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (run benchmarks/gpu_check.sh on one)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -56,3 +56,25 @@ def test_missing_tarball_falls_back_to_digits(throughput, tmp_path, capsys):
     assert info["source"] == "digits" and "fell back" in info["note"]
     assert len(data.train) == 20
     assert "NOTE" in capsys.readouterr().out
+
+
+def test_gpu_check_smoke_mode_runs_every_step_on_cpu(tmp_path):
+    """benchmarks/gpu_check.py --smoke: the one-command GPU check at toy size, on the CPU."""
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT.parent / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    out = tmp_path / "gpu_check.json"
+    report = gpu_check.main(["--smoke", "--data", str(tmp_path / "absent.tar.gz"),
+                             "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    steps = report["steps"]
+    assert steps["tests"]["status"] == "skipped"  # without a GPU they would only skip
+    tp = steps["throughput"]
+    assert tp["status"] == "done" and tp["data"]["source"] == "random"
+    assert tp["model"] == "preact_resnet18" and tp["examples_per_second"] > 0
+    assert tp["train_flops_per_example"] == (2 * tp["pgd_steps"] + 3) * tp["forward_flops_per_example"]
+    assert tp["mfu"] is None  # no datasheet peak for a CPU: no guessed utilisation
+    assert set(steps["compare"]["methods"]) == {"pgd_at", "fairat"}
+    for method in steps["compare"]["methods"].values():
+        assert method["autoattack"]["average"] <= method["pgd"]["average"] + 1e-9
+    assert gpu_check.peak_flops("NVIDIA H200") == 989e12 and gpu_check.peak_flops("Tesla T4") is None
