@@ -113,6 +113,31 @@ def test_push_creates_missing_bucket_and_pull_of_empty_prefix_fails(s3_env, tmp_
         storage.pull(f"s3://{s3_env}/nothing-here", tmp_path / "out")
 
 
+def test_folder_mirror_pushes_what_changed_and_restores_into_an_empty_folder(s3_env, tmp_path):
+    """The checkpoints' copy on S3 (fairat.steps.train): nothing there yet is a fresh start."""
+    src, url = tmp_path / "checkpoints", f"s3://{s3_env}/ckpt/fairat-0123456789abcdef"
+    with pytest.raises(StorageError, match="bucket does not exist.*create it first"):
+        storage.FolderMirror(src, url).check()
+    storage.ensure_bucket(s3_env)
+    mirror = storage.FolderMirror(src, url)
+    mirror.check()
+    assert mirror.restore() == [] and not src.exists()
+    src.mkdir()
+    (src / "last.pt").write_bytes(b"epoch 1")
+    (src / "best.pt").write_bytes(b"epoch 1")
+    (src / ".last.pt.x1y2.tmp").write_bytes(b"half")  # an atomic write in flight: not pushed
+    assert mirror.push() == ["ckpt/fairat-0123456789abcdef/best.pt",
+                             "ckpt/fairat-0123456789abcdef/last.pt"]
+    (src / "last.pt").write_bytes(b"epoch 2!")
+    assert mirror.push() == ["ckpt/fairat-0123456789abcdef/last.pt"]  # best.pt is unchanged
+    fresh = storage.FolderMirror(tmp_path / "retried-pod", url)
+    assert sorted(p.name for p in fresh.restore()) == ["best.pt", "last.pt"]
+    assert (tmp_path / "retried-pod" / "last.pt").read_bytes() == b"epoch 2!"
+    assert fresh.push() == []  # what was just fetched is not sent back
+    with pytest.raises(StorageError, match="expected s3://bucket/prefix"):
+        storage.parse_prefix_url("s3://Bad_Bucket/x")
+
+
 def test_missing_key_and_bucket_leave_local_file_untouched(s3_env, tmp_path):
     storage.ensure_bucket(s3_env)
     local = tmp_path / "model.pt"

@@ -17,6 +17,7 @@ would land outside the target folder are refused before anything is written.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -64,6 +65,22 @@ def parse_s3_url(url: str) -> S3Url:
     bucket, _, key = url[len("s3://"):].partition("/")
     if not bucket:
         raise StorageError(f"S3 URL has no bucket: {url!r}", "invalid")
+    return S3Url(bucket, key.strip("/"))
+
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def parse_prefix_url(url: str) -> S3Url:
+    """:func:`parse_s3_url`, also requiring a valid bucket name (3-63 lower-case letters, digits,
+    dots, hyphens), for URLs that arrive as run parameters. A URL that fails is not repeated in
+    the message: it might hold a credential typed in the wrong place (``s3://KEY:SECRET@...``)."""
+    bucket, _, key = url[len("s3://"):].partition("/") if url.startswith("s3://") else ("", "", "")
+    if not _BUCKET.match(bucket):
+        raise StorageError("not an S3 prefix URL: expected s3://bucket/prefix with a bucket "
+                           "name of 3-63 lower-case letters, digits, dots and hyphens "
+                           "(credentials never go into the URL: they come from the environment)",
+                           "invalid")
     return S3Url(bucket, key.strip("/"))
 
 
@@ -240,16 +257,20 @@ def upload_dir(local_dir: str | Path, url: str, client: Any = None) -> list[str]
     return keys
 
 
-def download_dir(url: str, local_dir: str | Path, client: Any = None) -> list[Path]:
+def download_dir(url: str, local_dir: str | Path, client: Any = None,
+                 missing_ok: bool = False) -> list[Path]:
     """Download every object under ``url/`` into ``local_dir``, each file atomically.
 
     Every key is checked before the first byte is written: one unsafe key refuses the whole pull.
+    Nothing under ``url/`` is an error unless ``missing_ok`` (then nothing is written).
     """
     source, local_dir = parse_s3_url(url), Path(local_dir)
     client = client or s3_client()
     prefix = f"{source.key}/" if source.key else ""
     keys = _list_keys(client, source)
     if not keys:
+        if missing_ok:
+            return []
         raise StorageError(f"nothing under {source} ({_where(source.bucket)})", "no_key")
     plan = [(key, rel) for key in keys if (rel := safe_relative_key(prefix, key)) is not None]
     written = []
@@ -258,6 +279,73 @@ def download_dir(url: str, local_dir: str | Path, client: Any = None) -> list[Pa
         download_file(str(S3Url(source.bucket, key)), dest, client)
         written.append(dest)
     return written
+
+
+class FolderMirror:
+    """An S3 prefix kept as a copy of a local folder that may not outlive its machine.
+
+    Why: a Kubernetes pod's disk is gone when the pod is retried; training checkpoints written
+    there must also live where the next pod finds them. :meth:`restore` fetches what the prefix
+    holds (each file atomically; an empty prefix is a fresh start, not an error) and :meth:`push`
+    uploads the files that changed since the last push or restore (size or modification time), in
+    name order. An S3 object appears whole or not at all, so a push cut short leaves each object
+    either old or new, never half-written.
+    """
+
+    def __init__(self, local_dir: str | Path, url: str, client: Any = None) -> None:
+        self.local_dir, self.url = Path(local_dir), url
+        self.target = parse_prefix_url(url)  # a bad URL fails here, before any work
+        self._client = client
+        self._pushed: dict[str, tuple[int, int]] = {}
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = s3_client()
+        return self._client
+
+    def check(self) -> None:
+        """Fail now, with the endpoint and bucket named, when the bucket cannot be used."""
+        try:
+            self.client.head_bucket(Bucket=self.target.bucket)
+        except _failures() as exc:
+            err = _translate(exc, self.target.bucket)
+            if err.kind == "no_bucket":
+                err = StorageError(f"{err}: create it first (fairat never creates a bucket "
+                                   f"for checkpoints, so a typo cannot go unnoticed)", "no_bucket")
+            raise err from exc
+
+    def _signature(self, path: Path) -> tuple[int, int]:
+        stat = path.stat()
+        return stat.st_size, stat.st_mtime_ns
+
+    def restore(self) -> list[Path]:
+        """Download everything under the prefix into the folder; [] when there is nothing yet."""
+        written = download_dir(self.url, self.local_dir, self.client, missing_ok=True)
+        for path in written:
+            self._pushed[path.relative_to(self.local_dir).as_posix()] = self._signature(path)
+        return written
+
+    def push(self) -> list[str]:
+        """Upload the files that changed since the last push or restore; returns their keys.
+
+        Hidden files (the temporary files of atomic writes) are skipped.
+        """
+        keys = []
+        if not self.local_dir.is_dir():
+            return keys
+        for path in sorted(p for p in self.local_dir.rglob("*") if p.is_file()):
+            rel = path.relative_to(self.local_dir).as_posix()
+            if any(part.startswith(".") for part in rel.split("/")):
+                continue
+            signature = self._signature(path)
+            if self._pushed.get(rel) == signature:
+                continue
+            dest = self.target.child(rel)
+            upload_file(path, str(dest), self.client)
+            self._pushed[rel] = signature
+            keys.append(dest.key)
+        return keys
 
 
 def push(local_dir: str | Path, url: str) -> list[str]:

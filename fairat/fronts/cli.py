@@ -80,6 +80,10 @@ def _add_train_outputs(p: argparse.ArgumentParser) -> None:
                    help="per-epoch metrics CSV (default: %(default)s)")
     p.add_argument("--resume", action="store_true",
                    help="continue from <checkpoints>/last.pt if it exists (same params required)")
+    p.add_argument("--checkpoint-url", default=None, metavar="S3_URL",
+                   help="also keep the checkpoints under s3://bucket/prefix after every epoch; "
+                        "with --resume and no local last.pt, fetch them from there first "
+                        "(endpoint and credentials from the environment, docs/storage.md)")
 
 
 def _add_eval_outputs(p: argparse.ArgumentParser, with_model: bool) -> None:
@@ -275,7 +279,8 @@ def run_command(args: argparse.Namespace) -> int:
         from fairat.steps.train import train_step
 
         train_step(params, args.data, TrainPaths(args.model, args.checkpoints, args.metrics,
-                                                 args.history), resume=args.resume)
+                                                 args.history), resume=args.resume,
+                   checkpoint_url=args.checkpoint_url)
     if "evaluate" in stages:
         from fairat.steps.evaluate import evaluate_step
 
@@ -304,9 +309,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return storage_cli.run(args)
     if args.command == "guard":  # alias guard beside `mlflow server`
         return guard_cli.run(args)
+    from fairat.edge.storage import StorageError  # light: boto3 loads on use
+
     try:
         return run_command(args)
-    except (ConfigError, DataError, RegistryError, TrainingDiverged, ValueError,
+    except (ConfigError, DataError, RegistryError, StorageError, TrainingDiverged, ValueError,
             OSError) as err:  # OSError: a missing input, an unwritable or full output
         print(f"fairat {args.command}: error: {err}", file=sys.stderr)
         return 2
