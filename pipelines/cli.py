@@ -276,7 +276,8 @@ def submit(host: str, params: Params, experiment: str = "fairat", run_name: str 
     Args:
         host: KFP API endpoint, e.g. ``http://127.0.0.1:8888`` (a port-forward of ml-pipeline-ui).
         params: the full params (file plus overrides); every knob is sent as a run argument.
-        resources: pipeline arguments ``accelerator_type``, ``gpus_per_node``, ``num_nodes``.
+        resources: pipeline arguments ``accelerator_type``, ``gpus_per_node``, ``num_nodes``,
+            ``checkpoint_url``.
         enable_caching: None keeps the compiled per-task caching; False forces every step to run.
         credentials: what authenticates the requests (:func:`credentials_from`); None: nothing.
     """
@@ -290,6 +291,13 @@ def submit(host: str, params: Params, experiment: str = "fairat", run_name: str 
     settings = settings or ClusterSettings()
     creds = credentials or Credentials()
     num_nodes = (resources or {}).get("num_nodes", 1)
+    if (resources or {}).get("checkpoint_url"):
+        from fairat.edge.storage import StorageError, parse_prefix_url
+
+        try:
+            parse_prefix_url(resources["checkpoint_url"])
+        except StorageError as err:
+            raise KubeflowError(f"--checkpoint-url: {err}") from None
     if num_nodes < 1:
         raise KubeflowError(f"--num-nodes {num_nodes} must be >= 1")
     if num_nodes > 1 and not settings.shared_volume_claim:
@@ -338,6 +346,10 @@ def add_parser(sub: Any) -> None:
         for flag, field_name in CLUSTER_FLAGS.items():
             cluster.add_argument(flag, dest=field_name, default=CLUSTER_DEFAULTS[field_name],
                                  help=CLUSTER_HELP[field_name])
+        cluster.add_argument("--keep-failed-trainjob", action="store_true",
+                             help="leave a failed TrainJob for inspection instead of deleting "
+                                  "it (a cancelled run's TrainJob is deleted either way; "
+                                  "default: delete)")
     compile_p, submit_p = actions.choices["compile"], actions.choices["submit"]
     compile_p.add_argument("--out", default="pipelines/fairat_pipeline.yaml", type=Path,
                            help="output YAML (default: %(default)s)")
@@ -361,6 +373,9 @@ def add_parser(sub: Any) -> None:
     submit_p.add_argument("--num-nodes", type=int, default=None,
                           help="training nodes; above 1 a Kubeflow Trainer TrainJob trains "
                                "(needs --shared-volume-claim) (default: 1)")
+    submit_p.add_argument("--checkpoint-url", default=None, metavar="S3_URL",
+                          help="s3://bucket/prefix for train's epoch checkpoints, so a retried "
+                               "train pod resumes (default: none, pod scratch space)")
     submit_p.add_argument("--no-cache", action="store_true",
                           help="run every step even where a cached result exists")
     auth = submit_p.add_argument_group(
@@ -388,6 +403,7 @@ def add_parser(sub: Any) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run `fairat pipeline ...`; errors print one line and return 2."""
     settings_values = {name: getattr(args, name) for name in CLUSTER_FLAGS.values()}
+    settings_values["keep_failed_trainjob"] = args.keep_failed_trainjob or None
     if settings_values["mlflow_auth_secret"] is None:  # one secret serves both, unless told
         settings_values["mlflow_auth_secret"] = settings_values["mlflow_secret"]
     try:
@@ -398,7 +414,8 @@ def main(args: argparse.Namespace) -> int:
             return 0
         resources = {k: v for k, v in (("accelerator_type", args.accelerator_type),
                                        ("gpus_per_node", args.gpus_per_node),
-                                       ("num_nodes", args.num_nodes)) if v is not None}
+                                       ("num_nodes", args.num_nodes),
+                                       ("checkpoint_url", args.checkpoint_url)) if v is not None}
         params = load_params(args.params, args.overrides)
         creds = credentials_from(args.token_env, args.cookie_env, args.in_cluster_token,
                                  args.token_path)

@@ -12,10 +12,13 @@ kfp's ``30.0``); a nullable knob keeps its base type with a sentinel for null (`
 ``""``); lists are JSON text. Every parameter carries a description (the knob's comment in
 ``params.yaml``), which kfp takes from the pipeline function's ``Args:`` docstring section.
 
-Three more run-time parameters size the training task: ``accelerator_type`` (the Kubernetes resource
-name, e.g. ``nvidia.com/gpu``), ``gpus_per_node`` (the accelerator limit, and the number of torchrun
-processes when above 1) and ``num_nodes``. kfp 2.17 accepts pipeline parameters for the accelerator
-type and limit.
+Four more run-time parameters set up the training task: ``accelerator_type`` (the Kubernetes
+resource name, e.g. ``nvidia.com/gpu``), ``gpus_per_node`` (the accelerator limit, and the number of
+torchrun processes when above 1), ``num_nodes`` and ``checkpoint_url`` (an S3 prefix for the epoch
+checkpoints, so a retried train pod resumes). kfp 2.17 accepts pipeline parameters for the
+accelerator type and limit. The train task also gets the run's id
+(``dsl.PIPELINE_JOB_ID_PLACEHOLDER``), which keys its checkpoints and its TrainJob so that a retry
+finds them.
 
 How train runs is fixed at compile time by ``ClusterSettings.shared_volume_claim``:
 
@@ -65,7 +68,8 @@ SECTIONS = {"prepare": ("data",), "train": ("model", "train"),
             "evaluate": ("evaluate", "track", "train.attack.eps"),
             "gate": ("gate",), "register": ("data", "model", "train", "evaluate", "gate", "track")}
 
-# Run-time sizing of the training task, beside the params.yaml knobs: (name, type, default, text).
+# Run-time settings of the training task, beside the params.yaml knobs: (name, type, default,
+# text).
 RESOURCE_PARAMETERS = (
     ("accelerator_type", str, "nvidia.com/gpu",
      "Kubernetes resource name of the GPUs the train task requests (nvidia.com/gpu, amd.com/gpu)"),
@@ -73,7 +77,13 @@ RESOURCE_PARAMETERS = (
      "GPUs per training node; above 1 torchrun starts one process per GPU; 0 trains on CPU"),
     ("num_nodes", int, 1,
      "training nodes; above 1 trains as a Kubeflow Trainer TrainJob, which needs the pipeline "
-     "compiled with --shared-volume-claim"))
+     "compiled with --shared-volume-claim"),
+    ("checkpoint_url", str, "",
+     "s3://bucket/prefix where train keeps its epoch checkpoints (under <prefix>/fairat-<run "
+     "key>/, pushed after every epoch), so a retried train pod resumes instead of starting "
+     "again; empty: pod scratch space only. With a shared volume they live on the volume and "
+     "are also mirrored here. Endpoint and keys come from the fairat-s3 secret and the "
+     "fairat-endpoints ConfigMap"))
 SUMMARY = ("fairat: adversarial training (PGD-AT, TRADES, FairAT), class-wise robustness "
            "evaluation, fairness gate and MLflow registration.")
 
@@ -99,6 +109,8 @@ class ClusterSettings:
             ``num_nodes > 1`` fails with a message saying so.
         trainer_namespace: where the TrainJob is created; None = the pipeline pod's namespace
             (its service account needs the RBAC in docs/kubeflow.md).
+        keep_failed_trainjob: leave a failed TrainJob (and its pods) for inspection instead of
+            deleting it; a cancelled launcher deletes its TrainJob either way.
     """
 
     image: str = IMAGE
@@ -110,6 +122,7 @@ class ClusterSettings:
     shared_volume_claim: str | None = None
     shared_mount_path: str = "/fairat-shared"
     trainer_namespace: str | None = None
+    keep_failed_trainjob: bool = False
 
 
 def trainjob_settings(settings: ClusterSettings) -> str:
@@ -123,7 +136,8 @@ def trainjob_settings(settings: ClusterSettings) -> str:
                        "namespace": settings.trainer_namespace, "s3_secret": settings.s3_secret,
                        "mlflow_secret": settings.mlflow_secret,
                        "mlflow_auth_secret": settings.mlflow_auth_secret,
-                       "endpoints_config_map": settings.endpoints_config_map}, sort_keys=True)
+                       "endpoints_config_map": settings.endpoints_config_map,
+                       "keep_failed_trainjob": settings.keep_failed_trainjob}, sort_keys=True)
 
 
 def _trainer_inputs(settings: ClusterSettings, accelerator_type: Any) -> dict[str, Any]:
@@ -190,20 +204,23 @@ def build_pipeline(params: Params, settings: ClusterSettings = ClusterSettings()
                                if k.section in SECTIONS[step] or k.key in SECTIONS[step]})
 
         data = prepare(params=knob_text("prepare")).set_caching_options(True)
+        # run_id: the run's uuid, the same for every retry, keys the checkpoints and TrainJob
         trained = train(params=knob_text("train"), data=data.outputs["data"],
                         gpus_per_node=values["gpus_per_node"], num_nodes=values["num_nodes"],
+                        checkpoint_url=values["checkpoint_url"],
+                        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                         **_trainer_inputs(settings, values["accelerator_type"]))
         trained.set_caching_options(False)  # GPU training is not bitwise reproducible
         if settings.shared_volume_claim:
-            # A launcher: no GPUs (the TrainJob's nodes hold them) and no retries (its operator
-            # restarts the job; a retried launcher would start a second TrainJob beside the first)
+            # A launcher: no GPUs (the TrainJob's nodes hold them); a retried launcher adopts
+            # the TrainJob of the attempt before it (named after the run), never a second one
             kubernetes.mount_pvc(trained, pvc_name=settings.shared_volume_claim,
                                  mount_path=settings.shared_mount_path)
         else:
             trained.set_accelerator_type(values["accelerator_type"])
             trained.set_accelerator_limit(values["gpus_per_node"])
-            trained.set_retry(num_retries=settings.train_retries, backoff_duration="60s",
-                              backoff_factor=2.0)
+        trained.set_retry(num_retries=settings.train_retries, backoff_duration="60s",
+                          backoff_factor=2.0)
         evaluated = evaluate(params=knob_text("evaluate"), data=data.outputs["data"],
                              model=trained.outputs["model"], summary=trained.outputs["summary"],
                              ).set_caching_options(True)

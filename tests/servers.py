@@ -12,6 +12,7 @@ Credentials are fake, generated per session, and passed through the environment 
 from __future__ import annotations
 
 import glob
+import json
 import os
 import secrets
 import shutil
@@ -24,6 +25,7 @@ import time
 import urllib.request
 import uuid
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Iterator
 
@@ -226,3 +228,180 @@ def mlflow_server(postgres_server, s3_server, tmp_path_factory) -> Iterator[Mlfl
     server = start_server(cmd, f"{url}/health", log, env=env, timeout=90)
     yield MlflowServer(url, bucket, artifacts, s3_server)
     server.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Stand-in API servers in this process (http.server on loopback, one thread)
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """A request handler that answers JSON and keeps pytest's output clean."""
+
+    def _reply(self, body: dict, status: int = 200) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+# A stand-in Kubernetes API server for Kubeflow Trainer (TrainJob custom objects)
+
+TRAINER_API = "/apis/trainer.kubeflow.org/v1alpha1"
+TORCH_RUNTIME = {  # the torch-distributed ClusterTrainingRuntime, as the SDK reads it
+    "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "ClusterTrainingRuntime",
+    "metadata": {"name": "torch-distributed",
+                 "labels": {"trainer.kubeflow.org/framework": "torch"}},
+    "spec": {"mlPolicy": {"numNodes": 1, "torch": {"numProcPerNode": "auto"}},
+             "template": {"spec": {"replicatedJobs": [{
+                 "name": "node",
+                 "template": {"metadata": {"labels": {
+                     "trainer.kubeflow.org/trainjob-ancestor-step": "trainer"}},
+                     "spec": {"template": {"spec": {"containers": [{
+                         "name": "node", "image": "pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime",
+                         "command": ["torchrun"]}]}}}}}]}}}}
+
+
+class StandInKubeAPI:
+    """Just the Kubernetes API calls the Kubeflow SDK's TrainerClient makes, over real HTTP.
+
+    TrainJobs (``trainer.kubeflow.org/v1alpha1``, namespaced) can be created, read, listed and
+    deleted; the ``torch-distributed`` ClusterTrainingRuntime and the Trainer's version ConfigMap
+    can be read; pods are listed (none). ``calls`` records ``(method, path)``; ``jobs`` holds the
+    stored TrainJobs by name; ``fate`` (``running`` | ``complete`` | ``failed``) is the status
+    every TrainJob reports; ``on_create(body)`` runs when a TrainJob is created (a stand-in for
+    what its pods would do, e.g. write rank 0's outputs). Anything else answers 404.
+    """
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import ThreadingHTTPServer
+
+        self.calls: list[tuple[str, str]] = []
+        self.jobs: dict[str, dict] = {}
+        self.fate = "running"
+        self.on_create = None
+        self.lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def kubeconfig(self, path: Path, namespace: str = "ml") -> Path:
+        """A kubeconfig whose current context is this server (a fake token, plain HTTP)."""
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "stand-in",
+            "clusters": [{"name": "stand-in", "cluster": {"server": self.url}}],
+            "users": [{"name": "tester", "user": {"token": "fake-kube-token"}}],
+            "contexts": [{"name": "stand-in", "context": {"cluster": "stand-in",
+                                                          "user": "tester",
+                                                          "namespace": namespace}}]}))
+        return path
+
+    def add_job(self, name: str, namespace: str = "ml", labels: dict | None = None) -> dict:
+        """A TrainJob that exists before the test starts (an earlier launcher created it)."""
+        job = {"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+               "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
+               "spec": {"runtimeRef": {"name": "torch-distributed",
+                                       "kind": "ClusterTrainingRuntime"},
+                        "trainer": {"numNodes": 1}}}
+        return self._store(job, namespace)
+
+    def _store(self, body: dict, namespace: str) -> dict:
+        body.setdefault("metadata", {}).update(
+            namespace=namespace, uid=str(uuid.uuid4()), creationTimestamp="2026-11-24T10:00:00Z")
+        with self.lock:
+            self.jobs[body["metadata"]["name"]] = body
+        return body
+
+    def _status(self, job: dict) -> dict:
+        kind = {"complete": "Complete", "failed": "Failed"}.get(self.fate)
+        if kind is None:
+            return {**job, "status": {}}
+        condition = {"type": kind, "status": "True", "reason": kind, "message": kind,
+                     "lastTransitionTime": "2026-11-24T10:05:00Z"}
+        return {**job, "status": {"conditions": [condition]}}
+
+    def _handler(self):
+        import re
+        from urllib.parse import urlparse
+
+        api = self
+        job_path = re.compile(rf"^{TRAINER_API}/namespaces/([^/]+)/trainjobs(?:/([^/]+))?$")
+
+        class Handler(JsonHandler):
+            def _missing(self, what: str) -> None:
+                self._reply({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                             "reason": "NotFound", "code": 404,
+                             "message": f"{what} not found"}, 404)
+
+            def _route(self) -> tuple[str, re.Match | None]:
+                path = urlparse(self.path).path
+                with api.lock:
+                    api.calls.append((self.command, path))
+                return path, job_path.match(path)
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+                path, job = self._route()
+                if path == "/api/v1/namespaces/kubeflow-system/configmaps/kubeflow-trainer-public":
+                    self._reply({"apiVersion": "v1", "kind": "ConfigMap",
+                                 "metadata": {"name": "kubeflow-trainer-public"},
+                                 "data": {"kubeflow_trainer_version": "2.1.0"}})
+                elif path == f"{TRAINER_API}/clustertrainingruntimes/torch-distributed":
+                    self._reply(TORCH_RUNTIME)
+                elif re.match(r"^/api/v1/namespaces/[^/]+/pods$", path):
+                    self._reply({"apiVersion": "v1", "kind": "PodList", "items": [],
+                                 "metadata": {}})
+                elif job and job.group(2):
+                    stored = api.jobs.get(job.group(2))
+                    if stored is None:
+                        self._missing(f'trainjobs.trainer.kubeflow.org "{job.group(2)}"')
+                    else:
+                        self._reply(api._status(stored))
+                elif job:
+                    self._reply({"apiVersion": "trainer.kubeflow.org/v1alpha1",
+                                 "kind": "TrainJobList", "metadata": {},
+                                 "items": [api._status(j) for j in api.jobs.values()]})
+                else:
+                    self._missing(path)
+
+            def do_POST(self) -> None:  # noqa: N802
+                path, job = self._route()
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if not job or job.group(2):
+                    return self._missing(path)
+                if body["metadata"]["name"] in api.jobs:
+                    return self._reply({"kind": "Status", "apiVersion": "v1", "code": 409,
+                                        "status": "Failure", "reason": "AlreadyExists",
+                                        "message": "already exists"}, 409)
+                stored = api._store(body, job.group(1))
+                if api.on_create is not None:
+                    api.on_create(stored)
+                self._reply(stored, 201)
+
+            def do_DELETE(self) -> None:  # noqa: N802
+                path, job = self._route()
+                if not (job and job.group(2)) or job.group(2) not in api.jobs:
+                    return self._missing(path)
+                with api.lock:
+                    del api.jobs[job.group(2)]
+                self._reply({"kind": "Status", "apiVersion": "v1", "status": "Success"})
+
+        return Handler
+
+
+@pytest.fixture
+def kube_api(tmp_path, monkeypatch) -> Iterator[StandInKubeAPI]:
+    """A stand-in Kubernetes API on loopback, made the current kube context ($KUBECONFIG)."""
+    api = StandInKubeAPI()
+    monkeypatch.setenv("KUBECONFIG", str(api.kubeconfig(tmp_path / "kubeconfig")))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # never the in-cluster config
+    yield api
+    api.stop()

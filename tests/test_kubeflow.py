@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -25,6 +26,7 @@ import yaml
 from fairat.config import ConfigError, Params, load_params, to_dict, with_overrides
 from fairat.cluster.params import (NULL, NULL_MEANS, knob_lines, knobs, key_of, params_from_lines,
                                    pipeline_arguments, yaml_comments)
+from servers import JsonHandler
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = load_params(REPO / "params.yaml")
@@ -140,7 +142,7 @@ def test_parameter_defaults_equal_params_yaml(ir):
             expected = expected[part]
         assert value == expected, knob.key
     assert set(inputs) == {k.name for k in knobs(PARAMS)} | {
-        "accelerator_type", "gpus_per_node", "num_nodes"}
+        "accelerator_type", "gpus_per_node", "num_nodes", "checkpoint_url"}
 
 
 def _hint_types():
@@ -260,10 +262,10 @@ def test_with_a_shared_volume_train_launches_a_trainjob_without_gpus(ir, tmp_pat
         "constant": "fairat-work", "mountPath": "/shared",
         "pvcNameParameter": {"runtimeValue": {"constant": "fairat-work"}}}]
     assert [name for name, ex in executors.items() if "pvcMount" in ex] == ["exec-train"]
-    # a launcher: the TrainJob's nodes hold the GPUs, and its operator (not KFP) restarts it
+    # a launcher: the TrainJob's nodes hold the GPUs; a retried launcher adopts its TrainJob
     assert "resources" not in pipeline["deploymentSpec"]["executors"]["exec-train"]["container"]
     task = pipeline["root"]["dag"]["tasks"]["train"]
-    assert "retryPolicy" not in task
+    assert task["retryPolicy"]["maxRetryCount"] == 2
     inputs = task["inputs"]["parameters"]
     assert inputs["accelerator_type"] == {"componentInputParameter": "accelerator_type"}
     assert inputs["num_nodes"] == {"componentInputParameter": "num_nodes"}
@@ -271,7 +273,8 @@ def test_with_a_shared_volume_train_launches_a_trainjob_without_gpus(ir, tmp_pat
     assert sent == {"image": settings.image, "volume_claim": "fairat-work", "mount_path": "/shared",
                     "namespace": None, "s3_secret": "fairat-s3", "mlflow_secret": "fairat-mlflow",
                     "mlflow_auth_secret": "fairat-mlflow",
-                    "endpoints_config_map": "fairat-endpoints"}  # names only, never values
+                    "endpoints_config_map": "fairat-endpoints",
+                    "keep_failed_trainjob": False}  # names only, never values
 
 
 def test_registration_as_candidate_only_inside_the_gate_condition(ir):
@@ -352,6 +355,100 @@ def test_train_launches_torchrun_per_gpu_on_one_node_and_checks_sizes(tmp_path):
     assert cmd[5:8] == ["-m", "fairat", "train"] and "m/model.pt" in cmd
 
 
+RESUME_KNOBS = {"data.val_per_class": 5, "model.width": 8, "train.epochs": 5,
+                "train.max_batches": 3, "train.batch_size": 64, "train.attack.steps": 2,
+                "train.val_attack_steps": 2, "train.fairat.warmup_epochs": 1,
+                "train.progress": False, "train.device": "cpu", "track.enabled": False}
+TRAIN_POD = """
+import sys
+from fairat.cluster.runtime import run_train
+run_train(open(sys.argv[1]).read(), *sys.argv[2:5], gpus_per_node=0, num_nodes=1,
+          checkpoint_url=sys.argv[5], run_id="3f2a9c1e-run")
+"""
+
+
+def test_a_killed_train_pod_resumes_from_its_s3_checkpoints(tmp_path, s3_env, capsys):
+    """What the pipeline's train task runs, in a process of its own (a pod): killed after its
+    first epoch checkpoint reached S3 (a preempted node), run again (KFP's retry, same run id),
+    it fetches the checkpoints and continues; the history holds every epoch once."""
+    import csv
+
+    from fairat.cluster.runtime import run_key, run_prepare
+    from fairat.edge.storage import ensure_bucket
+
+    ensure_bucket(s3_env)
+    text = knob_lines(RESUME_KNOBS)
+    (tmp_path / "params.txt").write_text(text)
+    run_prepare(text, str(tmp_path / "data"))
+    args = [sys.executable, "-c", TRAIN_POD, str(tmp_path / "params.txt"), str(tmp_path / "data"),
+            str(tmp_path / "model"), str(tmp_path / "summary"), f"s3://{s3_env}/checkpoints"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    pod = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=env)
+    first = []
+    try:
+        for line in pod.stdout:  # epoch 1's checkpoint is pushed before epoch 2 is logged
+            first.append(line)
+            if line.startswith("epoch 2/5"):
+                pod.kill()
+                break
+    finally:
+        pod.kill()
+        pod.wait(30)
+    assert any(line.startswith("epoch 2/5") for line in first), "".join(first)
+    key = run_key(params_from_lines(text), "3f2a9c1e-run")
+    assert f"checkpoints: s3://{s3_env}/checkpoints/{key} " in "".join(first)
+
+    from fairat.cluster.runtime import run_train  # the retry: here, torch is imported already
+
+    import torch
+
+    capsys.readouterr()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread is faster on a busy machine
+    try:
+        run_train(text, *args[4:7], gpus_per_node=0, num_nodes=1, checkpoint_url=args[7],
+                  run_id="3f2a9c1e-run")
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert f"fetched best.pt, last.pt from s3://{s3_env}/checkpoints/{key}" in out
+    resumed = re.search(r"resumed after epoch (\d+)", out)
+    assert resumed and 1 <= int(resumed.group(1)) < 5, out
+    assert f"epoch {int(resumed.group(1)) + 1}/5" in out and "epoch 1/5" not in out
+    with open(tmp_path / "summary" / "train.csv") as f:
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == list(range(1, 6))
+    assert (tmp_path / "model" / "model.pt").is_file()
+
+
+def test_train_refuses_a_bad_checkpoint_url_before_any_work(tmp_path):
+    from fairat.cluster.runtime import run_train
+    from fairat.edge.storage import StorageError
+
+    for url in ("/mnt/checkpoints", "s3://", "s3://AKIAEXAMPLE:hunter2@bucket/ckpt"):
+        with pytest.raises(StorageError, match="expected s3://bucket/prefix") as err:
+            run_train("train.epochs=1", str(tmp_path / "none"), str(tmp_path / "m"),
+                      str(tmp_path / "s"), 0, 1, checkpoint_url=url)
+        assert "hunter2" not in str(err.value)
+    assert not (tmp_path / "m").exists()
+
+
+def test_submit_refuses_a_bad_checkpoint_url_before_contacting_the_host(capsys):
+    from fairat.fronts.cli import main
+
+    assert main(["pipeline", "submit", "--host", "http://127.0.0.1:1", "--params",
+                 str(REPO / "params.yaml"), "--checkpoint-url", "minio/bucket"]) == 2
+    assert "--checkpoint-url: not an S3 prefix URL" in capsys.readouterr().err
+
+
+def test_train_gets_the_run_id_and_the_checkpoint_url(ir):
+    task = _spec(ir)["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]
+    assert task["run_id"] == {"runtimeValue": {"constant": "{{$.pipeline_job_uuid}}"}}
+    assert task["checkpoint_url"] == {"componentInputParameter": "checkpoint_url"}
+    default = _spec(ir)["root"]["inputDefinitions"]["parameters"]["checkpoint_url"]
+    assert default["defaultValue"] == "" and "s3://" in default["description"]
+
+
 # ---------------------------------------------------------------- multi-node: the TrainJob launcher
 # No cluster here: the launcher is run with the pipeline's own compile-time JSON, the TrainJob it
 # would create is rendered by the Kubeflow SDK offline (fairat.cluster.trainjob.trainjob_manifest), and
@@ -421,34 +518,63 @@ def test_multi_node_stages_data_and_builds_the_trainjob(tmp_path):
         "name": "fairat-endpoints", "key": "AWS_ENDPOINT_URL", "optional": True}}
 
 
-def test_multi_node_runs_the_trainjob_and_copies_its_outputs(tmp_path, monkeypatch):
-    import fairat.cluster.trainjob
-    from fairat.cluster.runtime import run_train
+def _rank0_writes_outputs(body):
+    """What the TrainJob's rank 0 leaves on the shared volume when it completes."""
+    cmd = body["spec"]["trainer"]["command"]
+    work = Path(cmd[cmd.index("--model") + 1]).parent
+    work.mkdir(parents=True)
+    (work / "model.pt").write_bytes(b"weights")
+    (work / "train.json").write_text(json.dumps({"best": {"val_robust": 0.5}, "epochs": 3}))
+    (work / "train.csv").write_text("epoch,loss\n1,2.0\n")
 
-    submitted = []
 
-    def stand_in(spec, namespace=None, wait=False):
-        """What the TrainJob's rank 0 leaves on the shared volume when it completes."""
-        submitted.append((spec, namespace, wait))
-        work = Path(spec.work_dir)
-        work.mkdir(parents=True)
-        (work / "model.pt").write_bytes(b"weights")
-        (work / "train.json").write_text(json.dumps({"best": {"val_robust": 0.5}, "epochs": 3}))
-        (work / "train.csv").write_text("epoch,loss\n1,2.0\n")
-        return "fairat-train-abc"
+def test_multi_node_runs_the_trainjob_and_copies_its_outputs(tmp_path, kube_api):
+    """Against a stand-in Kubernetes API (tests/servers.py): the SDK's real HTTP calls."""
+    from fairat.cluster.runtime import run_train, run_key
 
-    monkeypatch.setattr(fairat.cluster.trainjob, "submit_trainjob", stand_in)
+    kube_api.fate = "complete"
+    kube_api.on_create = _rank0_writes_outputs
     mount = tmp_path / "shared"
     numbers = run_train("train.epochs=3", str(_prepared(tmp_path)), str(tmp_path / "model"),
                         str(tmp_path / "summary"), 4, 3,
-                        _trainjob_json(mount, trainer_namespace="team-a"), "amd.com/gpu")
-    ((spec, namespace, wait),) = submitted
-    assert (spec.num_nodes, spec.gpus_per_node, spec.accelerator_type) == (3, 4, "amd.com/gpu")
-    assert namespace == "team-a" and wait is True
+                        _trainjob_json(mount, trainer_namespace="team-a"), "amd.com/gpu",
+                        run_id="run-7")
+    (job,) = kube_api.jobs.values()
+    name = run_key(params_from_lines("train.epochs=3"), "run-7")
+    assert job["metadata"]["name"] == name and job["metadata"]["namespace"] == "team-a"
+    assert job["metadata"]["labels"]["fairat/kfp-run-id"] == "run-7"
+    trainer = job["spec"]["trainer"]
+    assert trainer["numNodes"] == 3 and trainer["resourcesPerNode"]["limits"] == {
+        "amd.com/gpu": "4"}
     assert (tmp_path / "model" / "model.pt").read_bytes() == b"weights"
     assert (tmp_path / "summary" / "train.csv").exists()
     assert numbers == {"best.val_robust": 0.5, "epochs": 3.0}
     assert list(mount.iterdir()) == []  # the staged folder is gone once the outputs are copied
+
+
+def test_a_retried_launcher_collects_the_outputs_of_the_trainjob_it_started(tmp_path, kube_api,
+                                                                           capsys):
+    """The first launcher died after its TrainJob completed: the retry (same run id, same knobs,
+    hence the same folder and TrainJob name) creates nothing and copies the outputs."""
+    from fairat.cluster.runtime import run_key, run_train
+
+    mount = tmp_path / "shared"
+    name = run_key(params_from_lines("train.epochs=3"), "run-7")
+    assert name != run_key(params_from_lines("train.epochs=4"), "run-7")  # other knobs
+    assert name != run_key(params_from_lines("train.epochs=3"), "run-8")  # another run
+    kube_api.add_job(name)
+    kube_api.fate = "complete"
+    staged = mount / name / "run"
+    _rank0_writes_outputs({"spec": {"trainer": {"command": ["--model",
+                                                            str(staged / "model.pt")]}}})
+    run_train("train.epochs=3", str(_prepared(tmp_path)), str(tmp_path / "model"),
+              str(tmp_path / "summary"), 1, 2, _trainjob_json(mount, trainer_namespace="ml"),
+              run_id="run-7")
+    assert [m for m, _ in kube_api.calls if m in ("POST", "DELETE")] == []
+    assert ("GET", f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/ml/trainjobs/{name}") in \
+        kube_api.calls
+    assert (tmp_path / "model" / "model.pt").read_bytes() == b"weights"
+    assert "adopted from an earlier attempt" in capsys.readouterr().out
 
 
 def test_multi_node_without_a_shared_volume_says_what_to_configure(tmp_path):
@@ -514,7 +640,7 @@ def test_pipeline_runs_end_to_end_with_kfp_local(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- submission: a real SDK round trip
 
-class _StandInKFP(BaseHTTPRequestHandler):
+class _StandInKFP(JsonHandler):
     """Answers the KFP v2beta1 calls `create_run_from_pipeline_package` makes; records them.
 
     ``headers`` holds each request's (method, path, lower-cased headers); ``refuse`` maps a path
@@ -526,14 +652,6 @@ class _StandInKFP(BaseHTTPRequestHandler):
     headers_seen: list[tuple[str, str, dict]] = []
     refuse: dict[str, int] = {}
     LOGIN = "https://dex.example.com/dex/auth?client_id=kubeflow-oidc-authservice&state=xyz"
-
-    def _reply(self, body: dict, status: int = 200) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def _record(self, body: object = None) -> tuple[str, dict]:
         url = urlparse(self.path)
@@ -579,9 +697,6 @@ class _StandInKFP(BaseHTTPRequestHandler):
                          "display_name": body["display_name"], "state": "PENDING"})
         else:
             self._reply({"error": f"unexpected POST {path}"}, 404)
-
-    def log_message(self, *args) -> None:  # keep pytest output clean
-        pass
 
 
 @pytest.fixture

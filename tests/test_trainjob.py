@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 
@@ -136,3 +141,86 @@ def test_submit_without_a_cluster_fails_loudly(tmp_path, monkeypatch):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(Exception):
         submit_trainjob(_spec(), namespace="ml")
+
+
+# ---------------------------------------------------------------- against a stand-in API server
+# `kube_api` (tests/servers.py) answers the Kubernetes calls the SDK's TrainerClient makes, over
+# HTTP on loopback, as the current kube context: nothing in the SDK is patched.
+
+JOBS = "/apis/trainer.kubeflow.org/v1alpha1/namespaces/ml/trainjobs"
+
+
+def _named(**kw) -> TrainJobSpec:
+    return _spec(name="fairat-0123456789abcdef", secret_env={}, config_map_env={}, **kw)
+
+
+def _routes(api, method):
+    return [path for m, path in api.calls if m == method]
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_failed_trainjob_is_deleted_unless_kept(kube_api, keep, capsys):
+    kube_api.fate = "failed"
+    with pytest.raises(RuntimeError, match="fairat-0123456789abcdef did not complete"):
+        submit_trainjob(_named(), namespace="ml", wait=True, keep_failed=keep, poll_s=0.05)
+    assert _routes(kube_api, "POST") == [JOBS]
+    deleted = _routes(kube_api, "DELETE")
+    if keep:
+        assert deleted == [] and "fairat-0123456789abcdef" in kube_api.jobs
+        assert "kept for inspection" in capsys.readouterr().out
+    else:
+        assert deleted == [f"{JOBS}/fairat-0123456789abcdef"] and kube_api.jobs == {}
+
+
+@pytest.mark.parametrize("status", ["running", "complete"])
+def test_a_retried_launcher_adopts_its_trainjob_instead_of_creating_another(kube_api, status,
+                                                                            capsys):
+    kube_api.add_job("fairat-0123456789abcdef")
+    kube_api.fate = status
+    if status == "running":  # it completes while the retried launcher waits
+        threading.Timer(0.5, setattr, (kube_api, "fate", "complete")).start()
+    assert submit_trainjob(_named(), namespace="ml", wait=True,
+                           poll_s=0.05) == "fairat-0123456789abcdef"
+    assert _routes(kube_api, "POST") == [] and _routes(kube_api, "DELETE") == []
+    assert f"{JOBS}/fairat-0123456789abcdef" in _routes(kube_api, "GET")
+    assert "adopted from an earlier attempt" in capsys.readouterr().out
+
+
+def test_a_failed_earlier_attempt_is_replaced_or_kept(kube_api):
+    kube_api.add_job("fairat-0123456789abcdef")
+    kube_api.fate = "failed"
+    with pytest.raises(RuntimeError, match="failed and is kept"):
+        submit_trainjob(_named(), namespace="ml", wait=True, keep_failed=True, poll_s=0.05)
+    assert _routes(kube_api, "POST") == [] and _routes(kube_api, "DELETE") == []
+    kube_api.on_create = lambda body: setattr(kube_api, "fate", "complete")
+    submit_trainjob(_named(), namespace="ml", wait=True, poll_s=0.05)
+    assert _routes(kube_api, "DELETE") == [f"{JOBS}/fairat-0123456789abcdef"]
+    assert _routes(kube_api, "POST") == [JOBS]  # a new one, resuming from the checkpoints
+
+
+LAUNCHER = """
+from fairat.cluster.trainjob import TrainJobSpec, submit_trainjob
+spec = TrainJobSpec(image="registry.example.com/fairat:0.3.1", name="fairat-0123456789abcdef",
+                    secret_env={}, config_map_env={})
+submit_trainjob(spec, namespace="ml", wait=True, poll_s=0.05)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_cancelled_launcher_deletes_its_trainjob(kube_api, signum):
+    """Kubernetes stops a terminated run's pods with SIGTERM; Ctrl-C is SIGINT."""
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while _routes(kube_api, "GET").count(f"{JOBS}/fairat-0123456789abcdef") < 3:
+            assert launcher.poll() is None and time.monotonic() < deadline, launcher.stdout.read()
+            time.sleep(0.05)
+        launcher.send_signal(signum)
+        out, _ = launcher.communicate(timeout=30)
+    finally:
+        launcher.kill()
+    assert launcher.returncode != 0
+    assert _routes(kube_api, "POST") == [JOBS]
+    assert _routes(kube_api, "DELETE") == [f"{JOBS}/fairat-0123456789abcdef"], out
+    assert kube_api.jobs == {} and "deleted (the launcher was cancelled" in out

@@ -11,22 +11,23 @@ Every ``params`` argument is the ``key=value`` text of :func:`fairat.cluster.par
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from fairat.config import to_dict
+from fairat.config import Params, to_dict
 from fairat.engine.metrics import numeric_metrics
-from fairat.io import write_text_atomic
+from fairat.io import atomic_folder, write_text_atomic
 from fairat.cluster.params import params_from_lines
 
 from fairat.artifacts import EVAL_JSON, EVAL_PNG, GATE_JSON, MODEL, REGISTERED_JSON, TRAIN_CSV, TRAIN_JSON
@@ -38,20 +39,57 @@ def run_prepare(params: str, data_dir: str) -> None:
     prepare_step(params_from_lines(params), data_dir)
 
 
+RUN_ID_ENV = "FAIRAT_RUN_ID"  # a run id for callers outside KFP (the pipeline passes its own)
+
+
+def run_key(cfg: Params, run_id: str = "") -> str:
+    """``fairat-<16 hex>``: where one training run keeps its checkpoints, and its TrainJob's name.
+
+    The hash covers the run id and the decoded params, so every retry of a run (KFP retries a
+    task, and "Retry" of a failed run, under the same run id) finds the checkpoints of the
+    attempts before it, while another run, or the same run id with other knobs, starts apart.
+    ``run_id`` is the KFP run's uuid (the pipeline passes ``dsl.PIPELINE_JOB_ID_PLACEHOLDER``);
+    empty: ``$FAIRAT_RUN_ID``, else the params alone (two runs with identical knobs then share
+    checkpoints, and the second resumes the first). A DNS-1035 label: usable as a Kubernetes
+    name, a folder name and an S3 key.
+    """
+    run_id = run_id_or_env(run_id)
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=True)
+    return "fairat-" + hashlib.sha256(f"{run_id}\n{text}".encode()).hexdigest()[:16]
+
+
+def run_id_or_env(run_id: str = "") -> str:
+    """The run id given, else ``$FAIRAT_RUN_ID``, else ""; an unsubstituted KFP placeholder
+    (``{{$.pipeline_job_uuid}}`` on a backend that does not fill it in) counts as none."""
+    run_id = (run_id or os.environ.get(RUN_ID_ENV, "")).strip()
+    return "" if "{{" in run_id else run_id
+
+
+def checkpoint_location(checkpoint_url: str, key: str) -> str:
+    """``<checkpoint_url>/<key>``, after checking that the URL is ``s3://bucket[/prefix]``."""
+    from fairat.edge.storage import parse_prefix_url
+
+    return str(parse_prefix_url(checkpoint_url).child(key))
+
+
 def torchrun_command(params_file: Path, data_dir: str, model_dir: str, train_dir: str,
-                     checkpoints: Path, gpus_per_node: int) -> list[str]:
-    """`torch.distributed.run` launching `fairat train` with one process per GPU of this node."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={gpus_per_node}", "-m", "fairat", "train",
-            "--params", str(params_file), "--data", data_dir,
-            "--model", str(Path(model_dir) / MODEL), "--checkpoints", str(checkpoints),
-            "--metrics", str(Path(train_dir) / TRAIN_JSON),
-            "--history", str(Path(train_dir) / TRAIN_CSV)]
+                     checkpoints: Path, gpus_per_node: int,
+                     checkpoint_url: str | None = None) -> list[str]:
+    """`torch.distributed.run` launching `fairat train --resume` with one process per GPU of
+    this node (``checkpoint_url``: mirrored there, see :func:`fairat.steps.train.train_step`)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={gpus_per_node}", "-m", "fairat", "train",
+           "--params", str(params_file), "--data", data_dir,
+           "--model", str(Path(model_dir) / MODEL), "--checkpoints", str(checkpoints),
+           "--metrics", str(Path(train_dir) / TRAIN_JSON),
+           "--history", str(Path(train_dir) / TRAIN_CSV), "--resume"]
+    return cmd + (["--checkpoint-url", checkpoint_url] if checkpoint_url else [])
 
 
 def run_train(params: str, data_dir: str, model_dir: str, train_dir: str, gpus_per_node: int,
               num_nodes: int, trainjob: str = "",
-              accelerator_type: str = "nvidia.com/gpu") -> dict[str, float]:
+              accelerator_type: str = "nvidia.com/gpu", checkpoint_url: str = "",
+              run_id: str = "") -> dict[str, float]:
     """Train into ``model_dir/model.pt`` and ``train_dir/{train.json,train.csv}``.
 
     Without ``trainjob`` (the pipeline compiled without a shared volume) this pod trains, on one
@@ -60,52 +98,70 @@ def run_train(params: str, data_dir: str, model_dir: str, train_dir: str, gpus_p
     shared volume; this pod then has no GPUs) the pod only launches a Kubeflow Trainer TrainJob of
     ``num_nodes`` x ``gpus_per_node`` ``accelerator_type`` (see :func:`stage_trainjob`), waits for
     it and copies its outputs back, because the training operator, not this pod, starts and wires
-    the node pods. Checkpoints go to a scratch folder: they are not part of the model artifact.
+    the node pods.
+
+    Checkpoints, so that a retried pod continues instead of starting again: in the TrainJob
+    shape on the shared volume, in ``fairat-<key>/`` (:func:`run_key` of ``run_id`` and the
+    params); in a pod of its own under ``checkpoint_url/<key>/`` on S3 (pushed after every epoch,
+    fetched before training), or, with ``checkpoint_url`` empty, in pod scratch space only.
     Returns the flat numbers of the training summary for a Metrics artifact.
     """
     if num_nodes < 1:
         raise ValueError(f"num_nodes={num_nodes} must be >= 1")
     if gpus_per_node < 0:
         raise ValueError(f"gpus_per_node={gpus_per_node} must be >= 0")
+    cfg = params_from_lines(params)
+    key = run_key(cfg, run_id)
+    mirror = checkpoint_location(checkpoint_url, key) if checkpoint_url else None
     Path(model_dir).mkdir(parents=True, exist_ok=True)
     Path(train_dir).mkdir(parents=True, exist_ok=True)
     if trainjob or num_nodes > 1:  # without trainjob settings, stage_trainjob says what is missing
         _train_with_trainjob(params, data_dir, model_dir, train_dir, gpus_per_node, num_nodes,
-                             trainjob, accelerator_type)
+                             trainjob, accelerator_type, mirror, run_id)
         return numeric_metrics(json.loads((Path(train_dir) / TRAIN_JSON).read_text()))
-    cfg = params_from_lines(params)
+    print(f"checkpoints: {mirror} (run key {key})" if mirror else
+          "checkpoints: pod scratch space only (a retried pod starts again at epoch 1; set the "
+          "checkpoint_url parameter to s3://bucket/prefix to resume instead)", flush=True)
     with tempfile.TemporaryDirectory(prefix="fairat-train-") as scratch:
         checkpoints = Path(scratch) / "checkpoints"
         if gpus_per_node > 1:
             params_file = Path(scratch) / "params.yaml"
             params_file.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
             subprocess.run(torchrun_command(params_file, data_dir, model_dir, train_dir,
-                                            checkpoints, gpus_per_node), check=True)
+                                            checkpoints, gpus_per_node, mirror), check=True)
         else:
             from fairat.steps.train import train_step
             from fairat.engine.training import TrainPaths
 
             train_step(cfg, data_dir, TrainPaths(Path(model_dir) / MODEL, checkpoints,
                                                  Path(train_dir) / TRAIN_JSON,
-                                                 Path(train_dir) / TRAIN_CSV))
+                                                 Path(train_dir) / TRAIN_CSV),
+                       resume=True, checkpoint_url=mirror)
     summary = json.loads((Path(train_dir) / TRAIN_JSON).read_text())
     return numeric_metrics(summary)
 
 
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
+
 def stage_trainjob(params: str, data_dir: str, gpus_per_node: int, num_nodes: int,
                    trainjob: str, accelerator_type: str = "nvidia.com/gpu",
+                   checkpoint_url: str | None = None, run_id: str = "",
                    ) -> tuple[Any, str | None]:
     """Copy the prepared data and the params onto the shared volume; the TrainJob to run on them.
 
     Why a copy: the node pods cannot see this pod's artifact folders, only the shared
     PersistentVolumeClaim that the pipeline mounts here and the TrainJob mounts on every node (at
-    the same path). Each launch gets its own ``fairat-<id>`` folder there, so concurrent runs do
-    not mix checkpoints. The params travel as a file, not as ``-S`` overrides, so the nodes read
-    exactly the decoded, validated knobs.
+    the same path). Each run gets its own ``fairat-<key>`` folder there (:func:`run_key`: the
+    run id and the params), so concurrent runs do not mix checkpoints, while a retried launcher
+    finds the folder, the checkpoints and the TrainJob (named the same) of the attempt before it.
+    Data already staged there is left alone (a TrainJob may be reading it); a first copy goes
+    in whole or not at all. The params travel as a file, not as ``-S`` overrides, so the nodes
+    read exactly the decoded, validated knobs.
 
     ``trainjob`` is the compile-time JSON of the pipeline (image, volume claim, mount path,
-    namespace, Secret and ConfigMap *names*). Returns ``(TrainJobSpec, namespace)``; a None
-    namespace lets the SDK use this pod's service-account namespace.
+    namespace, Secret and ConfigMap *names*, keep_failed_trainjob). Returns ``(TrainJobSpec,
+    namespace)``; a None namespace lets the SDK use this pod's service-account namespace.
     """
     from fairat.cluster.trainjob import TrainJobSpec, credential_refs
 
@@ -120,9 +176,15 @@ def stage_trainjob(params: str, data_dir: str, gpus_per_node: int, num_nodes: in
     secret_env, config_map_env = credential_refs(
         settings["s3_secret"], settings["mlflow_secret"], settings["mlflow_auth_secret"],
         settings["endpoints_config_map"])
-    run_dir = Path(settings["mount_path"]) / f"fairat-{uuid.uuid4().hex[:12]}"
-    shutil.copytree(data_dir, run_dir / "data")
+    key = run_key(cfg, run_id)
+    run_dir = Path(settings["mount_path"]) / key
+    if not (run_dir / "data").is_dir():
+        with atomic_folder(run_dir / "data") as staged:
+            shutil.copytree(data_dir, staged, dirs_exist_ok=True)
     write_text_atomic(run_dir / "params.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    labels = {"fairat/run-key": key}
+    if _LABEL_VALUE.match(run_id_or_env(run_id)):
+        labels["fairat/kfp-run-id"] = run_id_or_env(run_id)
     spec = TrainJobSpec(
         image=settings["image"], num_nodes=num_nodes, gpus_per_node=gpus_per_node,
         accelerator_type=accelerator_type,
@@ -130,24 +192,37 @@ def stage_trainjob(params: str, data_dir: str, gpus_per_node: int, num_nodes: in
         work_dir=str(run_dir / "run"), volume_claim=settings["volume_claim"],
         mount_path=settings["mount_path"],
         secret_env=secret_env, config_map_env=config_map_env,
-        labels={"fairat/staging": run_dir.name})
+        checkpoint_url=checkpoint_url, name=key, labels=labels)
     return spec, settings.get("namespace")
 
 
 def _train_with_trainjob(params: str, data_dir: str, model_dir: str, train_dir: str,
                          gpus_per_node: int, num_nodes: int, trainjob: str,
-                         accelerator_type: str) -> None:
-    """Stage, run the TrainJob to completion (a failed job raises), copy its outputs back.
+                         accelerator_type: str, checkpoint_url: str | None = None,
+                         run_id: str = "") -> None:
+    """Stage, run the TrainJob to completion (or adopt the one a previous attempt of this run
+    started), copy its outputs back.
 
     The staged folder is removed once the outputs are in the KFP artifacts; after a failure it
-    stays on the volume for inspection (its checkpoints let a manual ``--resume`` continue).
+    stays on the volume, with its checkpoints, for the next attempt to resume from. A failed or
+    cancelled TrainJob is deleted (:func:`fairat.cluster.trainjob.submit_trainjob`) unless the
+    pipeline was compiled with ``--keep-failed-trainjob``.
     """
     from fairat.cluster.trainjob import submit_trainjob
 
     spec, namespace = stage_trainjob(params, data_dir, gpus_per_node, num_nodes, trainjob,
-                                     accelerator_type)
-    submit_trainjob(spec, namespace=namespace, wait=True)
+                                     accelerator_type, checkpoint_url, run_id)
+    print(f"checkpoints: {Path(spec.work_dir) / 'checkpoints'} on the shared volume "
+          f"{spec.volume_claim}" + (f", mirrored to {checkpoint_url}" if checkpoint_url else ""),
+          flush=True)
+    keep = bool(json.loads(trainjob).get("keep_failed_trainjob"))
+    submit_trainjob(spec, namespace=namespace, wait=True, keep_failed=keep)
     work = Path(spec.work_dir)
+    missing = [name for name in (MODEL, TRAIN_JSON, TRAIN_CSV) if not (work / name).is_file()]
+    if missing:
+        raise RuntimeError(f"TrainJob {spec.name} completed but {', '.join(missing)} are not in "
+                           f"{work}: delete the TrainJob (kubectl delete trainjob {spec.name}) "
+                           "and retry the run")
     shutil.copy2(work / MODEL, Path(model_dir) / MODEL)
     for name in (TRAIN_JSON, TRAIN_CSV):
         shutil.copy2(work / name, Path(train_dir) / name)

@@ -17,9 +17,14 @@ cluster, by running the SDK's own Kubernetes backend against a recorder instead 
 
 from __future__ import annotations
 
+import os
 import shlex
+import signal
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 RUNTIME = "torch-distributed"  # Kubeflow Trainer's ClusterTrainingRuntime for PyTorch DDP
 NODE = "node"  # the runtime's replicated job and trainer container name
@@ -70,7 +75,9 @@ class TrainJobSpec:
         config_map_env: variable -> (ConfigMap name, key), optional references (endpoints).
         volume_claim: PersistentVolumeClaim holding ``work_dir``/``data_dir``; None = none mounted.
         resume: pass ``--resume`` (continue from ``checkpoints/last.pt`` after a retry).
-        name: TrainJob name; None lets the SDK pick one.
+        checkpoint_url: ``s3://...`` where rank 0 also mirrors the checkpoints; None = not.
+        name: TrainJob name; None lets the SDK pick one. Set, :func:`submit_trainjob` adopts an
+            existing TrainJob of that name instead of creating a second one.
         labels: extra TrainJob labels.
     """
 
@@ -92,6 +99,7 @@ class TrainJobSpec:
     volume_claim: str | None = None
     mount_path: str = "/workspace"
     resume: bool = True
+    checkpoint_url: str | None = None
     name: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
 
@@ -122,6 +130,8 @@ def train_command(spec: TrainJobSpec) -> list[str]:
            "--history", f"{out}/train.csv"]
     if spec.resume:
         cmd.append("--resume")
+    if spec.checkpoint_url:
+        cmd += ["--checkpoint-url", spec.checkpoint_url]
     for key, value in spec.overrides.items():
         cmd += ["-S", f"{key}={_yaml_scalar(value)}"]
     return cmd
@@ -224,23 +234,155 @@ def trainjob_manifest(spec: TrainJobSpec, namespace: str = "default") -> dict[st
     return call["body"]
 
 
+class TrainJobCancelled(BaseException):
+    """SIGTERM reached the launcher (Kubeflow terminating the run, or the pod being evicted).
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way (the
+    SDK has several) swallows it before the TrainJob is deleted.
+    """
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Inside, SIGTERM raises :class:`TrainJobCancelled` (main thread only: Python delivers
+    signals there; elsewhere the default action stays)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def cancel(signum: int, frame: Any) -> None:
+        raise TrainJobCancelled(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, cancel)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _sigterm_ignored() -> Iterator[None]:
+    """Inside, a second SIGTERM does not cut the clean-up short (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _find_job(client: Any, name: str) -> Any:
+    """The TrainJob ``name`` as the SDK describes it, or None when the API server has none."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return client.get_job(name)
+    except RuntimeError as err:  # the SDK wraps the API's answer
+        cause = err.__cause__
+        if isinstance(cause, ApiException) and cause.status == 404:
+            return None
+        raise
+
+
+def _print_logs(client: Any, name: str) -> None:
+    for line in client.get_job_logs(name):
+        print(line, end="" if line.endswith("\n") else "\n")
+
+
+def _delete(client: Any, name: str, why: str, timeout_s: float = 60.0) -> None:
+    """Delete the TrainJob and wait (up to ``timeout_s``) until the API server no longer has it,
+    so that a retry may create one of the same name; a failed delete is reported, not raised, so
+    it never hides the error that led here."""
+    try:
+        client.delete_job(name)
+        deadline = time.monotonic() + timeout_s
+        while _find_job(client, name) is not None and time.monotonic() < deadline:
+            time.sleep(1.0)
+        print(f"TrainJob {name}: deleted ({why})", flush=True)
+    except Exception as err:  # noqa: BLE001 (report and go on: the original error matters more)
+        print(f"TrainJob {name}: could not delete it ({why}): {err}; delete it by hand: "
+              f"kubectl delete trainjob {name}", flush=True)
+
+
 def submit_trainjob(spec: TrainJobSpec, namespace: str | None = None, wait: bool = False,
-                    timeout_s: int = 24 * 3600) -> str:
+                    timeout_s: int = 24 * 3600, keep_failed: bool = False,
+                    poll_s: float = 10.0) -> str:
     """Create the TrainJob on the cluster in the current kube context; returns its name.
 
-    With ``wait``, block until it completes (a failed TrainJob raises, so a pipeline step
-    wrapping this fails too) and print the rank-0 node's logs.
+    With ``spec.name`` set, a TrainJob of that name (left by an earlier attempt of the same run:
+    a retried or re-submitted launcher) is adopted instead of creating a second one: a running
+    one is waited for, a completed one only has its logs printed, and a failed one is deleted and
+    created anew (its checkpoints let it resume), unless ``keep_failed`` says to leave it for
+    inspection (then this raises, naming it).
+
+    With ``wait``, block until it completes and print the rank-0 node's logs. A TrainJob that
+    fails or does not finish within ``timeout_s`` raises (so a pipeline step wrapping this fails
+    too) and is deleted unless ``keep_failed``; one whose launcher is cancelled (SIGTERM, which
+    Kubernetes sends when a run is terminated, or Ctrl-C) is always deleted: no TrainJob goes
+    on holding GPUs for a launcher that is gone.
     """
     from kubeflow.common.types import KubernetesBackendConfig
     from kubeflow.trainer import TrainerClient
 
-    client = TrainerClient(backend_config=KubernetesBackendConfig(namespace=namespace))
+    # $KUBECONFIG as it is now (the kubernetes client reads it once, when first imported);
+    # unset inside a pod, where the SDK takes the in-cluster service account
+    client = TrainerClient(backend_config=KubernetesBackendConfig(
+        namespace=namespace, config_file=os.environ.get("KUBECONFIG") or None))
+    name = spec.name
+    try:
+        with _sigterm_raises():
+            name, status = _create_or_adopt(client, spec, keep_failed)
+            if not wait:
+                return name
+            if status != "Complete":
+                _wait(client, name, timeout_s, poll_s, keep_failed)
+    except (TrainJobCancelled, KeyboardInterrupt) as err:
+        if name:
+            with _sigterm_ignored():
+                _delete(client, name, f"the launcher was cancelled: {err or 'interrupted'}")
+        raise
+    _print_logs(client, name)
+    return name
+
+
+def _create_or_adopt(client: Any, spec: TrainJobSpec, keep_failed: bool) -> tuple[str, str]:
+    """``(name, status)`` of the TrainJob this launcher follows: the one an earlier attempt
+    created under ``spec.name`` (a failed one replaced unless ``keep_failed``), else a new one."""
+    existing = _find_job(client, spec.name) if spec.name else None
+    if existing is not None and existing.status == "Failed":
+        if keep_failed:
+            raise RuntimeError(f"TrainJob {spec.name} of an earlier attempt failed and is kept "
+                               f"(keep_failed_trainjob): inspect it, delete it (kubectl delete "
+                               f"trainjob {spec.name}) and retry; its checkpoints stay")
+        _delete(client, spec.name, "it failed in an earlier attempt; starting it again")
+        existing = None
+    if existing is not None:
+        print(f"TrainJob {existing.name}: adopted from an earlier attempt of this run "
+              f"({existing.status}); not creating another", flush=True)
+        return existing.name, existing.status
     trainer, options = trainjob_request(spec)
     name = client.train(runtime=RUNTIME, trainer=trainer, options=options)
     print(f"TrainJob {name}: {spec.num_nodes} node(s) x {spec.gpus_per_node or 'CPU'} "
           f"({RUNTIME}): {shlex.join(train_command(spec))}", flush=True)
-    if wait:
-        client.wait_for_job_status(name, status={"Complete"}, timeout=timeout_s)
-        for line in client.get_job_logs(name):
-            print(line, end="" if line.endswith("\n") else "\n")
-    return name
+    return name, "Created"
+
+
+def _wait(client: Any, name: str, timeout_s: float, poll_s: float, keep_failed: bool) -> None:
+    """Wait for Complete; on Failed or a timeout print what the rank-0 node logged, delete the
+    TrainJob unless ``keep_failed``, and raise."""
+    try:
+        client.wait_for_job_status(name, status={"Complete"}, timeout=timeout_s,
+                                   polling_interval=poll_s)
+    except (RuntimeError, TimeoutError) as err:  # Failed, or not done in time
+        try:
+            _print_logs(client, name)
+        except Exception:  # noqa: BLE001 (the pods may be gone; the failure is what matters)
+            pass
+        if keep_failed:
+            print(f"TrainJob {name}: kept for inspection (keep_failed_trainjob); delete it with "
+                  f"kubectl delete trainjob {name}", flush=True)
+        else:
+            _delete(client, name, str(err))
+        raise RuntimeError(f"TrainJob {name} did not complete: {err}") from err
