@@ -82,18 +82,30 @@ class EpochStats:
     """What an epoch of training saw, per class (originals only, not FairAT copies).
 
     ``robust_acc`` (C,) is the training attack's accuracy per class (CFA's ``A_c``);
-    ``similarity`` (C, C) row i is the mean softmax at the adversarial examples of class i (DAFA).
+    ``similarity`` (C, C) row i is the mean softmax at the adversarial examples of class i (DAFA;
+    None for the other methods, which do not need it).
     """
 
     robust_acc: torch.Tensor
-    similarity: torch.Tensor
+    similarity: torch.Tensor | None = None
 
 
 class ClassPolicy:
-    """Base: no class-wise terms. Subclasses override :meth:`terms` and :meth:`after_epoch`."""
+    """Base: no class-wise terms. Subclasses override :meth:`class_terms` and :meth:`after_epoch`.
+
+    Terms are per class; the Trainer moves them to the device after each update and indexes them
+    by label per batch, so no policy computes anything per example.
+    """
+
+    needs_similarity = False  # True: the loop must gather EpochStats.similarity (DAFA)
+
+    def class_terms(self) -> ClassTerms:
+        """(C,) terms per class, as the policy stands now; None fields = the plain base method."""
+        return ClassTerms()
 
     def terms(self, labels: torch.Tensor) -> ClassTerms:
-        return ClassTerms()
+        """Per-example terms for ``labels`` (N,), on their device."""
+        return self.class_terms().to(labels.device).index(labels)
 
     def after_epoch(self, epochs_done: int, stats: EpochStats,
                     val: dict[str, Any]) -> dict[str, Any]:
@@ -122,8 +134,8 @@ class WATPolicy(ClassPolicy):
     def __init__(self, num_classes: int, eta: float, names: list[str]) -> None:
         self.game, self.names = WATWeights(num_classes, eta), names
 
-    def terms(self, labels: torch.Tensor) -> ClassTerms:
-        w = self.game.example_weights(labels)
+    def class_terms(self) -> ClassTerms:
+        w = self.game.example_weights(torch.arange(len(self.names)))
         return ClassTerms(w_natural=w, w_robust=w)
 
     def after_epoch(self, epochs_done, stats, val):
@@ -178,14 +190,10 @@ class FRLPolicy(ClassPolicy):
         self.phase = max(epochs - self.start, 1)
         self.lam = torch.zeros(3, num_classes, dtype=torch.float64)  # clean, boundary, margin
 
-    def terms(self, labels):
-        dev = labels.device
-        w_clean = frl_class_weights(self.lam[0]).to(dev, torch.float32)
-        w_bndy = frl_class_weights(self.lam[1]).to(dev, torch.float32)
-        out = ClassTerms(w_natural=w_clean[labels], w_robust=w_bndy[labels])
-        if self.cfg.remargin:
-            out.eps_scale = frl_margins(self.lam[2]).to(dev, torch.float32)[labels]
-        return out
+    def class_terms(self):
+        return ClassTerms(eps_scale=frl_margins(self.lam[2]) if self.cfg.remargin else None,
+                          w_natural=frl_class_weights(self.lam[0]),
+                          w_robust=frl_class_weights(self.lam[1]))
 
     def after_epoch(self, epochs_done, stats, val):
         if epochs_done < self.start:
@@ -241,14 +249,11 @@ class CFAPolicy(ClassPolicy):
         self.begin = int(round(cfg.begin * epochs))
         self.acc: torch.Tensor | None = None  # A_c, once calibration has begun
 
-    def terms(self, labels):
+    def class_terms(self):
         if self.acc is None:
             return ClassTerms()
-        eps_scale, w_nat, w_rob = (None if t is None else t.to(labels.device, torch.float32)
-                                   for t in cfa_terms(self.acc, self.cfg, self.beta, self.trades))
-        return ClassTerms(eps_scale=eps_scale[labels],
-                          w_natural=None if w_nat is None else w_nat[labels],
-                          w_robust=None if w_rob is None else w_rob[labels])
+        eps_scale, w_nat, w_rob = cfa_terms(self.acc, self.cfg, self.beta, self.trades)
+        return ClassTerms(eps_scale=eps_scale, w_natural=w_nat, w_robust=w_rob)
 
     def after_epoch(self, epochs_done, stats, val):
         if epochs_done < self.begin:
@@ -291,10 +296,12 @@ class DAFAPolicy(ClassPolicy):
         self.warmup = max(1, int(round(cfg.warmup * epochs)))
         self.weights: torch.Tensor | None = None
 
-    def terms(self, labels):
+    needs_similarity = True
+
+    def class_terms(self):
         if self.weights is None:
             return ClassTerms()
-        w = self.weights.to(labels.device, torch.float32)[labels]
+        w = self.weights
         if self.trades:
             return ClassTerms(eps_scale=w, step_scale=w, w_natural=w)
         return ClassTerms(eps_scale=w, step_scale=w, w_robust=w)

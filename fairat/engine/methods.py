@@ -43,9 +43,20 @@ class ClassTerms:
         s = step_size if self.step_scale is None else step_size * self.step_scale
         return e, s
 
-    def slice(self, part: slice) -> "ClassTerms":
-        return ClassTerms(*(None if t is None else t[part] for t in
+    def _map(self, fn) -> "ClassTerms":
+        return ClassTerms(*(None if t is None else fn(t) for t in
                             (self.eps_scale, self.step_scale, self.w_natural, self.w_robust)))
+
+    def slice(self, part: slice) -> "ClassTerms":
+        return self._map(lambda t: t[part])
+
+    def to(self, device: torch.device) -> "ClassTerms":
+        """float32 on ``device`` (the per-class terms, once per update, not once per batch)."""
+        return self._map(lambda t: t.to(device, torch.float32))
+
+    def index(self, labels: torch.Tensor) -> "ClassTerms":
+        """Per-class terms (C,) -> per-example terms (N,) for examples of class ``labels``."""
+        return self._map(lambda t: t[labels])
 
 
 def _weighted(loss: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:

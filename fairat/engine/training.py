@@ -164,6 +164,8 @@ class Trainer:
         self.tracker = HardExampleTracker(self.labels, train.num_classes, cfg.fairat)
         # WAT, FRL, CFA, DAFA: per-class radii and loss weights from class statistics
         self.policy = make_policy(cfg, train.num_classes, train.class_names)
+        self.class_terms = self._device_terms()  # (C,) on the device, refreshed per update
+        self.similarity = self.policy is not None and self.policy.needs_similarity
         self.fawa = (FairWeightAverage(cfg.cfa.fawa_decay, cfg.cfa.fawa_threshold)
                      if cfg.method == "cfa" and cfg.cfa.fawa else None)
         self.shadow = copy.deepcopy(self.model) if self.fawa is not None else None
@@ -199,6 +201,7 @@ class Trainer:
         self.tracker.load_state_dict(state["tracker"])
         if self.policy is not None:
             self.policy.load_state_dict(state["weighting"])
+            self.class_terms = self._device_terms()
         if self.fawa is not None:
             self.fawa.load_state_dict(state["fawa"])
         self.epoch, self.history, self.best = state["epoch"], state["history"], state["best"]
@@ -214,6 +217,7 @@ class Trainer:
             record.update(self.validate())
             if self.policy is not None:  # from the live model's statistics
                 record.update(self.policy.after_epoch(self.epoch + 1, self.epoch_stats, record))
+                self.class_terms = self._device_terms()
             if self.fawa is not None:  # validation and selection then judge the average
                 record.update(self._fawa_step(record))
             self.epoch += 1
@@ -242,8 +246,9 @@ class Trainer:
         batches = epoch_plan(len(self.data.train), hard, cfg.fairat.copies, cfg.batch_size,
                              ctx.world_size, plan_gen, cfg.max_batches)
         k = self.spec.num_classes
-        # loss, n, correct, copies; per class: n, correct; adversarial softmax sums (k x k)
-        totals = torch.zeros(4 + 2 * k + k * k, dtype=torch.float64, device=self.device)
+        # loss, n, correct, copies; per class: n, correct; DAFA: adversarial softmax sums (k x k)
+        size = 4 + 2 * k + (k * k if self.similarity else 0)
+        totals = torch.zeros(size, dtype=torch.float64, device=self.device)
         t0 = time.perf_counter()
         progress = self._progress(batches, epoch)
         for i, (idx, is_copy) in enumerate(progress):
@@ -260,7 +265,8 @@ class Trainer:
         loss, n, correct, copies = totals[:4].tolist()
         n_c, correct_c = totals[4:4 + k], totals[4 + k:4 + 2 * k]
         robust_c = (correct_c / n_c.clamp(min=1)).cpu()
-        similarity = (totals[4 + 2 * k:].view(k, k) / n_c.clamp(min=1)[:, None]).cpu()
+        similarity = ((totals[4 + 2 * k:].view(k, k) / n_c.clamp(min=1)[:, None]).cpu()
+                      if self.similarity else None)
         self.epoch_stats = EpochStats(robust_c, similarity)
         names = self.data.train.class_names
         return {"epoch": epoch + 1, "lr": lr_at(cfg, epoch / cfg.epochs),
@@ -273,7 +279,8 @@ class Trainer:
     def train_batch(self, idx: torch.Tensor, is_copy: torch.Tensor, gen: torch.Generator,
                     where: tuple[int, int, int, float] = (0, 0, 0, 0.0)) -> torch.Tensor:
         """Augment the global batch, train this rank's slice; returns [loss sum, n, correct,
-        copies, then per class n and correct, then the (k x k) adversarial softmax sums]."""
+        copies, then per class n and correct, then (DAFA) the (k x k) adversarial softmax
+        sums]."""
         cfg, ctx = self.cfg, self.ctx
         x = random_crop_flip(self.images[idx].float().div_(255), cfg.crop_padding, cfg.flip, gen)
         labels = self.labels[idx]
@@ -289,8 +296,8 @@ class Trainer:
         part = rank_slice(idx.numel(), ctx)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        terms = self.policy.terms(labels).slice(part) if self.policy is not None else ClassTerms()
-        batch = Batch(x[part], targets[part], labels[part], noise[part], terms)
+        batch = Batch(x[part], targets[part], labels[part], noise[part],
+                      self.class_terms.index(labels[part]))
         need_clean = cfg.method == "fairat" and cfg.fairat.score == "clean_ce"
         # Attacks run on an eval-mode view with BatchNorm folded where the architecture allows it.
         attack_model = self.model.attack_view()
@@ -308,16 +315,18 @@ class Trainer:
             self.tracker.update(all_gather_cat(idx[part][original], ctx),
                                 all_gather_cat(scores[original], ctx))
         k = self.spec.num_classes
-        hit = out.logits_adv.argmax(1) == batch.labels
+        hit = (out.logits_adv.argmax(1) == batch.labels)[original]
         y = batch.labels[original]
-        probs = torch.softmax(out.logits_adv[original].float(), 1).double()
-        similarity = torch.zeros(k, k, dtype=torch.float64, device=x.device).index_add_(0, y, probs)
-        return torch.cat([torch.stack([
+        parts = [torch.stack([
             out.per_sample_loss.detach().sum().double(),
             torch.tensor(float(batch.x.shape[0]), dtype=torch.float64, device=x.device),
-            hit[original].sum().double(), (~original).sum().double()]),
-            torch.bincount(y, minlength=k).double(),
-            torch.bincount(y[hit[original]], minlength=k).double(), similarity.flatten()])
+            hit.sum().double(), (~original).sum().double()]),
+            torch.bincount(y, minlength=k).double(), torch.bincount(y[hit], minlength=k).double()]
+        if self.similarity:
+            probs = torch.softmax(out.logits_adv[original].float(), 1).double()
+            parts.append(torch.zeros(k, k, dtype=torch.float64, device=x.device)
+                         .index_add_(0, y, probs).flatten())
+        return torch.cat(parts)
 
     def _stop_if_diverged(self, loss: torch.Tensor, where: tuple[int, int, int, float]) -> None:
         """Raise before the step when the loss or the (all-reduced) gradients are not finite.
@@ -408,6 +417,9 @@ class Trainer:
                 "val_robust_worst_class": names[robust_pc.index(min(robust_pc))],
                 "val_clean_per_class": dict(zip(names, clean_pc)),
                 "val_robust_per_class": dict(zip(names, robust_pc))}
+
+    def _device_terms(self) -> ClassTerms:
+        return ClassTerms() if self.policy is None else self.policy.class_terms().to(self.device)
 
     def _fawa_step(self, live: dict[str, Any]) -> dict[str, Any]:
         """CFA's FAWA: fold this epoch in if its worst validation class qualifies, then validate
