@@ -23,6 +23,7 @@ MODEL_CARD = "model_card.md"  # written by register, after the gate
 GATE_JSON = "gate.json"
 GATE_METRICS = "gate_metrics.json"  # beside gate.json: passed and the judged numbers only
 REGISTERED_JSON = "registered.json"
+COMPARISON_JSON = "comparison.json"  # the lift over the baseline trained beside the model (compare)
 
 # The local layout: `fairat ...` defaults and the paths dvc.yaml wires (relative to the repo root).
 LOCAL: dict[str, str] = {
@@ -38,4 +39,18 @@ LOCAL: dict[str, str] = {
     "card": f"reports/{MODEL_CARD}",
     "gate": f"metrics/{GATE_JSON}",
     "registered": f"metrics/{REGISTERED_JSON}",
+    "comparison": f"metrics/{COMPARISON_JSON}",
+}
+
+# The PGD-AT baseline the local run trains beside the model (same data, seed, budget): its own
+# files, so neither run overwrites the other; keys are the `fairat train/evaluate` flags.
+BASELINE: dict[str, str] = {
+    "model": f"models/baseline/{MODEL}",
+    "checkpoints": f"models/baseline/{CHECKPOINTS}",
+    "metrics": f"metrics/baseline/{TRAIN_JSON}",
+    "history": f"plots/baseline/{TRAIN_CSV}",
+    "report": f"metrics/baseline/{EVAL_JSON}",
+    "summary": f"metrics/baseline/{EVAL_SUMMARY}",
+    "plot": f"plots/baseline/{EVAL_PNG}",
+    "markdown": f"reports/baseline/{EVAL_MD}",
 }

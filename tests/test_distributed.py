@@ -221,7 +221,7 @@ def _assert_same_training(run: Path, ref: Path) -> None:
     picks = []
     for state in (a, b):
         tracker = HardExampleTracker(labels, 10, FairATConfig(
-            hard_ratio=PARAMS["train"]["fairat"]["hard_ratio"]))
+            hard_ratio=PARAMS["train"]["fairat"]["hard_ratio"], per_class=False))
         tracker.load_state_dict(state["tracker"])
         picks.append(tracker.select())
     assert picks[0].numel() > 0 and torch.equal(picks[0], picks[1])

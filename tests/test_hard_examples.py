@@ -6,7 +6,7 @@ from fairat.engine.hard_examples import HardExampleTracker, example_scores
 
 def test_selection_picks_the_highest_scores_globally():
     labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
-    tracker = HardExampleTracker(labels, 3, FairATConfig(hard_ratio=0.3))
+    tracker = HardExampleTracker(labels, 3, FairATConfig(hard_ratio=0.3, per_class=False))
     scores = torch.tensor([0.1, 5.0, 0.2, 4.0, 0.3, 0.4, 3.0, 0.5, 0.6, 0.7])
     tracker.update(torch.arange(10), scores)
     assert tracker.select().tolist() == [1, 3, 6]
@@ -15,18 +15,19 @@ def test_selection_picks_the_highest_scores_globally():
 
 def test_per_class_quota_takes_the_top_of_every_class():
     labels = torch.tensor([0] * 10 + [1] * 10)
-    tracker = HardExampleTracker(labels, 2, FairATConfig(hard_ratio=0.2, per_class=True))
+    tracker = HardExampleTracker(labels, 2, FairATConfig(hard_ratio=0.2, per_class=True,
+                                                         class_power=0.0))
     scores = torch.cat([torch.arange(10.0) + 100, torch.arange(10.0)])  # class 0 always harder
     tracker.update(torch.arange(20), scores)
     assert tracker.select().tolist() == [8, 9, 18, 19]
-    global_tracker = HardExampleTracker(labels, 2, FairATConfig(hard_ratio=0.2))
+    global_tracker = HardExampleTracker(labels, 2, FairATConfig(hard_ratio=0.2, per_class=False))
     global_tracker.update(torch.arange(20), scores)
     assert global_tracker.histogram(global_tracker.select()) == [4, 0]
 
 
 def test_scores_are_an_exponential_moving_average_and_unseen_are_not_eligible():
     labels = torch.zeros(4, dtype=torch.long)
-    tracker = HardExampleTracker(labels, 1, FairATConfig(hard_ratio=1.0, score_ema=0.9))
+    tracker = HardExampleTracker(labels, 1, FairATConfig(hard_ratio=1.0, score_ema=0.9, per_class=False))
     tracker.update(torch.tensor([0, 1]), torch.tensor([1.0, 2.0]))
     tracker.update(torch.tensor([0]), torch.tensor([11.0]))
     assert torch.allclose(tracker.scores[:2], torch.tensor([2.0, 2.0]))
@@ -35,9 +36,9 @@ def test_scores_are_an_exponential_moving_average_and_unseen_are_not_eligible():
 
 def test_state_round_trip():
     labels = torch.tensor([0, 1, 0, 1])
-    a = HardExampleTracker(labels, 2, FairATConfig(hard_ratio=0.5))
+    a = HardExampleTracker(labels, 2, FairATConfig(hard_ratio=0.5, per_class=False))
     a.update(torch.arange(4), torch.tensor([1.0, 3.0, 2.0, 0.0]))
-    b = HardExampleTracker(labels, 2, FairATConfig(hard_ratio=0.5))
+    b = HardExampleTracker(labels, 2, FairATConfig(hard_ratio=0.5, per_class=False))
     b.load_state_dict(a.state_dict())
     assert torch.equal(a.select(), b.select())
 
@@ -56,7 +57,8 @@ def test_class_power_gives_the_hardest_class_the_largest_quota():
     labels = torch.tensor([0] * 10 + [1] * 10 + [2] * 10)
     scores = torch.cat([torch.full((10,), 1.0), torch.full((10,), 2.0), torch.full((10,), 4.0)])
     scores = scores + torch.arange(30) * 1e-3  # distinct, so the top within a class is defined
-    equal = HardExampleTracker(labels, 3, FairATConfig(hard_ratio=0.3, per_class=True))
+    equal = HardExampleTracker(labels, 3, FairATConfig(hard_ratio=0.3, per_class=True,
+                                                       class_power=0.0))
     weighted = HardExampleTracker(labels, 3, FairATConfig(hard_ratio=0.3, per_class=True,
                                                           class_power=1.0))
     for tracker in (equal, weighted):

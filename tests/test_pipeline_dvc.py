@@ -21,6 +21,7 @@ import yaml
 from fairat.edge import registry
 from fairat.evidence.model_card import CARD_SECTIONS
 from fairat.fronts.cli import main
+from fairat.fronts.dvc_deps import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 COPY = ["fairat", "pipelines", "components", "params.yaml", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore",
@@ -59,8 +60,7 @@ def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def _ran(result: subprocess.CompletedProcess) -> set[str]:
-    return {stage for stage in ("prepare", "train", "evaluate", "gate", "register")
-            if f"Running stage '{stage}'" in result.stdout}
+    return {stage for stage in STAGES if f"Running stage '{stage}'" in result.stdout}
 
 
 @pytest.fixture
@@ -95,8 +95,9 @@ def _versions(repo: Path) -> dict[int, dict]:
 def test_dvc_repro_from_scratch_registers_and_caches(repo):
     first = _dvc(repo, "repro")
     assert first.returncode == 0, first.stdout + first.stderr
-    assert _ran(first) == {"prepare", "train", "evaluate", "gate", "register"}
+    assert _ran(first) == set(STAGES)
     for out in ("data/prepared/manifest.json", "models/model.pt", "models/checkpoints/last.pt",
+                "models/baseline/model.pt", "metrics/baseline/eval.json", "metrics/comparison.json",
                 "metrics/train.json", "plots/train.csv", "metrics/eval.json", "metrics/eval_summary.json",
                 "plots/eval_classwise.png", "reports/model_card.md", "metrics/gate.json",
                 "metrics/registered.json", "dvc.lock", "mlruns/mlflow.db"):
@@ -117,6 +118,17 @@ def test_dvc_repro_from_scratch_registers_and_caches(repo):
     assert run.data.params["train.method"] == "fairat"
     assert "val_robust_avg" in run.data.metrics and "test.worst_case.worst" in run.data.metrics
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
+    # the PGD-AT baseline beside it: its own run, linked from the model's run and version
+    baseline_id = json.loads((repo / "metrics/baseline/train.json").read_text())["mlflow_run_id"]
+    assert client.get_run(baseline_id).data.params["train.method"] == "pgd_at"
+    assert run.data.tags["fairat.baseline_run_id"] == baseline_id
+    comparison = json.loads((repo / "metrics/comparison.json").read_text())
+    assert run.data.metrics["baseline.worst_lift"] == pytest.approx(comparison["worst_lift"])
+    baseline_report = json.loads((repo / "metrics/baseline/eval.json").read_text())
+    assert comparison["baseline_worst"] == pytest.approx(
+        baseline_report["attacks"]["clean"]["summary"]["worst"])  # TINY gates on clean
+    assert float(version["worst_lift_over_baseline"]) == pytest.approx(comparison["worst_lift"],
+                                                                       abs=1e-6)
 
     again = _dvc(repo, "repro")
     assert again.returncode == 0 and _ran(again) == set(), again.stdout
@@ -128,6 +140,7 @@ def test_dvc_repro_from_scratch_registers_and_caches(repo):
         assert f"## {section}" in card, section
     assert "# Model card: fairat-digits version 1" in card and "PASSED" in card
     assert manifest["content_hash"] in card and registered["run_id"] in card
+    assert "baseline was trained beside this model" in card and baseline_id in card
     description = client.get_model_version("fairat-digits", "1").description
     assert description.startswith("Fairness gate PASSED") and "evidence/model_card.md" in description
 
@@ -152,7 +165,7 @@ def test_dvc_repro_from_scratch_registers_and_caches(repo):
     _set_params(repo, {"train": {"epochs": 3}})
     changed = _dvc(repo, "repro")
     assert changed.returncode == 0, changed.stdout + changed.stderr
-    assert _ran(changed) == {"train", "evaluate", "gate", "register"}
+    assert _ran(changed) == set(STAGES) - {"prepare"}
     assert json.loads((repo / "metrics/registered.json").read_text())["version"] == 3  # 2: the asked-for experiment
     summary = json.loads((repo / "metrics/eval_summary.json").read_text())
     report = json.loads((repo / "metrics/eval.json").read_text())

@@ -132,6 +132,27 @@ def log_evaluation(run_id: str, report: dict[str, Any], files: list[Path],
                             f"{tracking_uri()}: {err}") from err
 
 
+def log_comparison(run_id: str, comparison: dict[str, Any]) -> None:
+    """The lift over the baseline trained beside this model, on its run: metrics
+    ``baseline.<name>`` (none when the two are not comparable) and tags naming the baseline run
+    and, when incomparable, why; so the MLflow run page shows the weakest-class lift and cost."""
+    from fairat.evidence.comparison import comparison_metrics
+
+    mlflow = _mlflow()
+    tags = {f"{TAG}baseline_run_id": comparison.get("baseline_run_id") or "",
+            f"{TAG}baseline_method": str(comparison.get("baseline_method") or ""),
+            f"{TAG}baseline_comparable": str(bool(comparison["comparable"])).lower(),
+            f"{TAG}baseline_reasons": json.dumps(comparison["reasons"])[:5000]}
+    try:
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_metrics({f"baseline.{k}": v
+                                for k, v in comparison_metrics(comparison).items()})
+            mlflow.set_tags(tags)
+    except Exception as err:
+        raise RegistryError(f"cannot log the baseline comparison to MLflow run {run_id} at "
+                            f"{tracking_uri()}: {err}") from err
+
+
 def logged_report_sha256(run_id: str | None) -> str | None:
     """The report hash evaluate logged on ``run_id``; None when there is no such run here.
 

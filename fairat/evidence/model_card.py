@@ -59,13 +59,42 @@ def _standard_error(p: float, n: int) -> float:
     return math.sqrt(max(p * (1 - p), 0.0) / n) if n else float("nan")
 
 
+def _beside_lines(c: dict[str, Any], method: str) -> list[str]:
+    """The baseline trained beside this model: same data, split, seed, epochs and attack."""
+    from fairat.evidence.comparison import comparison_lines
+
+    run = f" (MLflow run `{c['baseline_run_id']}`)" if c.get("baseline_run_id") else ""
+    if not c["comparable"]:
+        return [f"A `{c.get('baseline_method')}` baseline was trained beside this model{run}, "
+                "but the two cannot be compared:", ""] + [f"- {_cell(r)}" for r in c["reasons"]]
+    cost = (f"{c['seconds']:.0f} s ({c['time_ratio']:.2f}x)" if c.get("time_ratio") is not None
+            else "-")
+    return ["A `pgd_at` baseline was trained beside this model on the same data, seed, epochs "
+            f"and training attack{run}, and evaluated the same way.", "",
+            f"| model | method | worst class | average | {_cell(c['baseline_worst_class'])} "
+            "(baseline's weakest) | training time |", "|---|---|---:|---:|---:|---:|",
+            f"| this model | {method} | {_pct(c['worst'])} ({_cell(c['worst_class'])}) | "
+            f"{_pct(c['average'])} | {_pct(c['baseline_weakest_now'])} | {cost} |",
+            f"| baseline | {c['baseline_method']} | {_pct(c['baseline_worst'])} "
+            f"({_cell(c['baseline_worst_class'])}) | {_pct(c['baseline_average'])} | "
+            f"{_pct(c['baseline_worst'])} | "
+            + (f"{c['baseline_seconds']:.0f} s |" if c.get("baseline_seconds") else "- |"), "",
+            f"Difference ({c['attack']}): worst class {100 * c['worst_lift']:+.1f} points, "
+            f"average {100 * c['average_lift']:+.1f} points. One run each: seed-to-seed spread "
+            "is not included (docs/results.md measures it over many seeds).",
+            ] + [f"- {_cell(line)}." for line in comparison_lines(c)[2:]]
+
+
 def render_card(params: dict[str, Any], report: dict[str, Any] | None, decision: dict[str, Any],
                 manifest: dict[str, Any], train_summary: dict[str, Any] | None = None,
                 baseline: dict[str, Any] | None = None,
                 registration: dict[str, Any] | None = None,
-                n_parameters: int | None = None, now: datetime | None = None) -> str:
-    """The Markdown card. ``baseline``: {"label", "worst", "worst_class", "average", "method"}
-    of a comparable model (another version or run), or None; ``registration``: the version."""
+                n_parameters: int | None = None, now: datetime | None = None,
+                comparison: dict[str, Any] | None = None) -> str:
+    """The Markdown card. ``comparison``: :func:`fairat.evidence.comparison.compare` against the
+    baseline trained beside this model (preferred); else ``baseline``: {"label", "worst",
+    "worst_class", "average", "method"} of another version, or None; ``registration``: the
+    version."""
     train, model, track, gate = params["train"], params["model"], params["track"], params["gate"]
     when = (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
     name = track["model_name"]
@@ -168,7 +197,9 @@ def render_card(params: dict[str, Any], report: dict[str, Any] | None, decision:
 
     lines += ["## Comparison with a baseline", ""]
     measured = decision.get("measured") or {}
-    if baseline and measured:
+    if comparison is not None:
+        lines += _beside_lines(comparison, train["method"])
+    elif baseline and measured:
         dw = measured["worst"] - baseline["worst"]
         da = measured["average"] - baseline["average"]
         lines += ["| model | method | worst class | average |", "|---|---|---:|---:|",

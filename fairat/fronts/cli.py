@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from fairat.artifacts import LOCAL
+from fairat.artifacts import BASELINE, LOCAL
 from fairat.config import ConfigError, Params, load_params
 from fairat.errors import DataError, RegistryError, TrainingDiverged
 from fairat.fronts import storage_cli  # light: boto3 loads on use
@@ -112,6 +112,15 @@ def _add_register_outputs(p: argparse.ArgumentParser) -> None:
                    help="registered model name / version / alias JSON (default: %(default)s)")
 
 
+def _add_baseline_inputs(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--baseline-report", required=required, default=None, type=Path,
+                   help="evaluation report of the PGD-AT baseline trained beside this model "
+                        f"(dvc.yaml: {BASELINE['report']}); the card shows the lift over it")
+    p.add_argument("--baseline-metrics", default=None, type=Path,
+                   help="the baseline's training summary (its time and MLflow run; dvc.yaml: "
+                        f"{BASELINE['metrics']})")
+
+
 def _add_registry_commands(sub: Any) -> None:
     p = sub.add_parser("gate", help="fairness gate: pass or block the evaluated model",
                        description="Judge the evaluation report against params `gate` "
@@ -133,6 +142,21 @@ def _add_registry_commands(sub: Any) -> None:
     _add_eval_outputs(p, with_model=False)
     _add_gate_outputs(p)
     _add_register_outputs(p)
+    _add_baseline_inputs(p, required=False)
+
+    p = sub.add_parser("compare", help="lift on the weakest class over the PGD-AT baseline",
+                       description="Compare the evaluated model with the PGD-AT baseline trained "
+                                   "beside it (same data, seed, budget): weakest class, average "
+                                   "and training time, judged on params `gate.attack`. Both "
+                                   "reports must be evaluate's untouched output.")
+    _add_common(p)
+    p.add_argument("--report", default=LOCAL["report"], type=Path,
+                   help="this model's evaluation report (default: %(default)s)")
+    p.add_argument("--metrics", default=LOCAL["metrics"], type=Path,
+                   help="this model's training summary (default: %(default)s)")
+    _add_baseline_inputs(p, required=True)
+    p.add_argument("--comparison", default=LOCAL["comparison"], type=Path,
+                   help="the numbers, a DVC metric (default: %(default)s)")
 
     p = sub.add_parser("approve", help="promote a registered version to alias `champion`",
                        description="Refused, with the reasons, unless the version's tags show a "
@@ -194,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_outputs(p, with_model=False)
     _add_gate_outputs(p)
     _add_register_outputs(p)
+    p.add_argument("--with-baseline", action="store_true",
+                   help="also train and evaluate the PGD-AT baseline beside the model (files "
+                        "under models/baseline and metrics/baseline, as `dvc repro` does) and "
+                        "show the lift on the card")
     _add_registry_commands(sub)
     for command in plugin_commands().values():  # `fairat pipeline` (light: kfp loads on use)
         command.add_parser(sub)
@@ -213,15 +241,18 @@ def _print_models(rows: list[dict[str, Any]], name: str) -> None:
         return
     print(f"{name}")
     print(f"{'version':>7}  {'created (UTC)':<16} {'method':<7} {'data':<11} {'aliases':<18} "
-          f"{'gate':<6} {'worst':>6} {'class':<10} {'average':>7}  approved by")
+          f"{'gate':<6} {'worst':>6} {'class':<10} {'average':>7} {'vs PGD-AT':>9}  approved by")
     for r in rows:
         gate = {"true": "passed", "false": "FAILED"}.get(r.get("gate_passed", ""), "?")
         if r.get("gate_informational") == "true":
             gate = "info"
         worst, avg = r.get("worst_class_robust") or "-", r.get("average_robust") or "-"
+        lift = r.get("worst_lift_over_baseline")  # the baseline trained beside it, worst class
+        lift = f"{100 * float(lift):+.1f}" if lift else "-"
         print(f"{r['version']:>7}  {r.get('created', '-')[:16]:<16} {r.get('method') or '-':<7} "
               f"{(r.get('data_source') or '-')[:11]:<11} {','.join(r['aliases']) or '-':<18} "
-              f"{gate:<6} {worst[:6]:>6} {r.get('worst_class', '-')[:10]:<10} {avg[:7]:>7}  "
+              f"{gate:<6} {worst[:6]:>6} {r.get('worst_class', '-')[:10]:<10} {avg[:7]:>7} "
+              f"{lift:>9}  "
               f"{r.get('approved_by', '-')}")
         if r.get("gate_passed") != "true" and r.get("gate_reasons"):
             for reason in json.loads(r["gate_reasons"]):
@@ -270,10 +301,16 @@ def run_command(args: argparse.Namespace) -> int:
         args.command, (args.command,))
     if args.command == "run" and not params.track.enabled:
         stages = stages[:-1]
+    baseline = getattr(args, "with_baseline", False)
+    if baseline:
+        args.baseline_report, args.baseline_metrics = (Path(BASELINE["report"]),
+                                                       Path(BASELINE["metrics"]))
     if "prepare" in stages:
         from fairat.steps.prepare import prepare_step
 
         prepare_step(params, args.out if args.command == "prepare" else args.data)
+    if baseline:
+        _run_baseline(params, args)
     if "train" in stages:
         from fairat.engine.training import TrainPaths
         from fairat.steps.train import train_step
@@ -292,12 +329,34 @@ def run_command(args: argparse.Namespace) -> int:
         decision = gate_step(params, args.report, args.model, args.gate)
         if getattr(args, "strict", False) and not decision["passed"]:
             return 1
+    if "compare" in stages or (baseline and "evaluate" in stages):
+        from fairat.steps.compare import compare_step
+
+        compare_step(params, args.report, args.baseline_report,
+                     getattr(args, "comparison", None) or LOCAL["comparison"], args.metrics,
+                     args.baseline_metrics)
     if "register" in stages:
         from fairat.steps.register import register_step
 
         register_step(params, args.model, args.report, args.gate, args.metrics, args.data,
-                      args.registered, args.plot, args.card)
+                      args.registered, args.plot, args.card, args.baseline_report,
+                      args.baseline_metrics)
     return 0
+
+
+def _run_baseline(params: Params, args: argparse.Namespace) -> None:
+    """`fairat run --with-baseline`: PGD-AT on the same params, into the baseline's own files."""
+    from fairat.config import with_overrides
+    from fairat.engine.training import TrainPaths
+    from fairat.steps.evaluate import evaluate_step
+    from fairat.steps.train import train_step
+
+    base = with_overrides(params, {"train.method": "pgd_at"})
+    train_step(base, args.data, TrainPaths(BASELINE["model"], BASELINE["checkpoints"],
+                                           BASELINE["metrics"], BASELINE["history"]),
+               resume=args.resume)
+    evaluate_step(base, args.data, BASELINE["model"], BASELINE["report"], BASELINE["plot"],
+                  BASELINE["markdown"], BASELINE["summary"], BASELINE["metrics"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 Why computed: a stage that forgets one module it imports is reported "up to date" after that
 module changes, and ``dvc repro`` silently keeps a stale model or report. A stage runs
-``fairat <stage>``: the fronts (CLI modules) and what they import at module level, plus the step module
+``fairat <step>`` (:data:`STEP_OF`): the fronts (CLI modules) and what they import at module level, plus the step module
 ``fairat.steps.<stage>`` and everything it imports, at any depth and also inside functions (a
 lazy import still runs), plus the ``__init__`` of every package on the way. Third-party imports
 are not listed (the pinned environment covers them).
@@ -20,7 +20,11 @@ from pathlib import Path
 
 PACKAGE = "fairat"
 PROJECT = (PACKAGE, "pipelines", "components")  # importable folders of this repo
-STAGES = ("prepare", "train", "evaluate", "gate", "register")
+# dvc.yaml stage -> the step module it runs (the baseline stages run train and evaluate again)
+STEP_OF = {"prepare": "prepare", "train": "train", "evaluate": "evaluate",
+           "baseline_train": "train", "baseline_evaluate": "evaluate", "compare": "compare",
+           "gate": "gate", "register": "register"}
+STAGES = tuple(STEP_OF)
 ROOT = Path(__file__).resolve().parents[2]
 PLUGINS = ("pipelines.cli",)  # subcommands the CLI loads by entry point (pyproject.toml)
 
@@ -79,7 +83,8 @@ def closure(start: list[str], root: Path = ROOT) -> set[Path]:
 
 def stage_code(stage: str, root: Path = ROOT) -> list[str]:
     """Repo-relative paths of the project code ``fairat <stage>`` runs, sorted."""
-    files = closure(["fairat.fronts.cli", *PLUGINS, f"fairat.steps.{stage}"], root)
+    files = closure(["fairat.fronts.cli", *PLUGINS, f"fairat.steps.{STEP_OF.get(stage, stage)}"],
+                    root)
     return sorted(p.relative_to(root).as_posix() for p in files)
 
 

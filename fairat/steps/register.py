@@ -14,8 +14,10 @@ from fairat.config import Params, to_dict
 from fairat.engine.checkpoint import load_model
 from fairat.engine.data import MANIFEST_NAME, load_prepared
 from fairat.evidence.gate import recheck_decision, sidecar_path
+from fairat.evidence.comparison import comparison_tags
 from fairat.evidence.model_card import render_card, summary_text, verdict_line
 from fairat.io import write_json_atomic, write_text_atomic
+from fairat.steps.compare import comparison_from_files
 from fairat.steps.shared import run_id_of
 
 DVC_EXPERIMENT_ENV = "DVC_EXP_BASELINE_REV"  # set by `dvc exp run` for every stage it runs
@@ -44,7 +46,9 @@ def _read_json(path: str | Path | None) -> Any:
 def register_step(params: Params, model_path: str | Path, report_path: str | Path,
                   gate_path: str | Path, train_metrics_path: str | Path | None,
                   data_dir: str | Path, out_path: str | Path, plot_path: str | Path | None = None,
-                  card_path: str | Path | None = None) -> dict[str, Any]:
+                  card_path: str | Path | None = None,
+                  baseline_report_path: str | Path | None = None,
+                  baseline_metrics_path: str | Path | None = None) -> dict[str, Any]:
     """Write the model card; register the model in MLflow with its evidence when wanted.
 
     The gate decision is re-checked against the files at hand: a decision for another model file
@@ -52,10 +56,18 @@ def register_step(params: Params, model_path: str | Path, report_path: str | Pat
     failed, so a stale or edited file never promotes. The card is written after that check, so it
     states the verdict the registry acts on. Writes ``out_path`` {registered, reason, passed, and
     when registered: model_name, version, run_id, alias, model_uri, card_uri} and returns it.
+
+    With ``baseline_report_path`` (the PGD-AT model trained beside this one), the card and the
+    version's tags carry the weakest-class lift and the cost, recomputed here from the verified
+    reports; a baseline report that is not evaluate's untouched output stops registration.
     """
     from fairat.provenance import git_commit
 
     wanted, why = registration_wanted(params)
+    comparison = None
+    if baseline_report_path:
+        comparison = comparison_from_files(params, report_path, baseline_report_path,
+                                           train_metrics_path, baseline_metrics_path)
     run_id = run_id_of(train_metrics_path)
     logged = None
     if wanted:
@@ -71,7 +83,8 @@ def register_step(params: Params, model_path: str | Path, report_path: str | Pat
     model.eval()
     n_parameters = sum(p.numel() for p in model.parameters())
     card_args = dict(params=to_dict(params), report=report, decision=decision, manifest=manifest,
-                     train_summary=_read_json(train_metrics_path), n_parameters=n_parameters)
+                     train_summary=_read_json(train_metrics_path), n_parameters=n_parameters,
+                     comparison=comparison)
     card_path = Path(card_path) if card_path else Path(out_path).with_name("model_card.md")
     record: dict[str, Any] = {"registered": False, "reason": why, "passed": passed,
                               "card": str(card_path)}
@@ -82,6 +95,7 @@ def register_step(params: Params, model_path: str | Path, report_path: str | Pat
 
         tags = version_tags(decision, report, manifest, model_sha, report_sha, git_commit(),
                             params.train.method)
+        tags.update(comparison_tags(comparison))
         data = load_prepared(data_dir)
         split = data.test if len(data.test) else data.train
         example = split.images[:2].float().div(255).numpy()
@@ -90,7 +104,8 @@ def register_step(params: Params, model_path: str | Path, report_path: str | Pat
         registration = register_model(model, example, params.track.model_name, run_id,
                                       to_dict(params), params.track.experiment, tags,
                                       [Path(p) for p in files], passed)
-        baseline = find_baseline(params.track.model_name, registration["version"])
+        baseline = None if comparison else find_baseline(params.track.model_name,
+                                                         registration["version"])
         write_text_atomic(card_path, render_card(**card_args, baseline=baseline,
                                                  registration=registration))
         card_uri = attach_card(params.track.model_name, registration["version"],

@@ -1,0 +1,142 @@
+"""The trained model against the PGD-AT baseline trained beside it: weakest-class lift and cost.
+
+Why this is evidence of its own: a fairness method is worth running only if it lifts the weakest
+class over plain adversarial training *on the same data, seed and budget*, at a cost a team can
+pay. A number against a baseline from another data version, another radius or another epoch
+budget says nothing, so the comparison first checks that the two evaluations are comparable and,
+when they are not, gives its reasons and no lift at all. Both reports must be the bytes the
+evaluate step wrote (their sha256 sidecars) and internally consistent, the same checks the gate
+makes: an edited baseline report could otherwise fake a lift on the model card.
+
+One run each: seed-to-seed spread is not in these numbers (docs/results.md measures it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fairat.errors import DataError
+from fairat.evidence.gate import TAG, evidence_problems, load_report, provenance_problems
+
+BASELINE_METHOD = "pgd_at"
+# TrainConfig fields a method sets for itself; every other training field must match the baseline
+METHOD_FIELDS = ("method", "trades_beta", "fairat", "wat", "frl", "cfa", "dafa", "progress")
+
+
+def verified_report(path: str | Path, role: str) -> dict[str, Any]:
+    """The report at ``path``, refused (DataError naming ``role``) unless it is the untouched,
+    consistent output of the evaluate step."""
+    report, problems = load_report(path)
+    problems = problems or provenance_problems(path) or evidence_problems(report)
+    if problems:
+        raise DataError(f"{role} evaluation report: " + "; ".join(problems))
+    return report
+
+
+def _config(report: dict[str, Any]) -> dict[str, Any]:
+    return (report.get("provenance") or {}).get("train_config") or {}
+
+
+def comparability_problems(report: dict[str, Any], baseline: dict[str, Any],
+                           attack: str) -> list[str]:
+    """Why the two evaluations cannot be compared; [] when they can."""
+    problems = []
+    prov, base_prov = report.get("provenance") or {}, baseline.get("provenance") or {}
+    for key, what in (("data_content_hash", "data"), ("split", "split")):
+        if prov.get(key) != base_prov.get(key):
+            problems.append(f"evaluated on other {what} ({key} {base_prov.get(key)!r}, this "
+                            f"model {prov.get(key)!r})")
+    if report.get("eps") != baseline.get("eps"):
+        problems.append(f"evaluated at another radius (eps {baseline.get('eps')}, this model "
+                        f"{report.get('eps')})")
+    if report.get("class_names") != baseline.get("class_names"):
+        problems.append("evaluated on other classes")
+    for name, rep in (("this model", report), ("baseline", baseline)):
+        if attack not in rep.get("attacks", {}):
+            problems.append(f"the {name}'s report has no '{attack}' result")
+    config, base_config = _config(report), _config(baseline)
+    base_method = base_config.get("train", {}).get("method")
+    if base_method != BASELINE_METHOD:
+        problems.append(f"the baseline was trained with {base_method!r}, not {BASELINE_METHOD!r}")
+    if config.get("model") != base_config.get("model"):
+        problems.append("the baseline has another architecture (model params differ)")
+    train, base_train = config.get("train", {}), base_config.get("train", {})
+    differ = sorted(k for k in set(train) | set(base_train)
+                    if k not in METHOD_FIELDS and train.get(k) != base_train.get(k))
+    if differ:
+        problems.append("the baseline was trained on another budget or schedule (train."
+                        + ", train.".join(differ) + " differ)")
+    return problems
+
+
+def compare(report: dict[str, Any], baseline: dict[str, Any], attack: str,
+            seconds: float | None = None, baseline_seconds: float | None = None) -> dict[str, Any]:
+    """This model's weakest class and average against the baseline's on ``attack``; the
+    training-time ratio when both times are known. Lifts are fractions (0.05 = 5 points) and are
+    None when the two are not comparable (``reasons`` says why)."""
+    reasons = comparability_problems(report, baseline, attack)
+    out: dict[str, Any] = {
+        "comparable": not reasons, "reasons": reasons, "attack": attack,
+        "method": _config(report).get("train", {}).get("method"),
+        "baseline_method": _config(baseline).get("train", {}).get("method"),
+        "seconds": seconds, "baseline_seconds": baseline_seconds,
+        "time_ratio": (seconds / baseline_seconds
+                       if seconds is not None and baseline_seconds else None),
+    }
+    if reasons:
+        return out
+    mine, base = report["attacks"][attack], baseline["attacks"][attack]
+    weakest = base["summary"]["worst_class"]  # the class the baseline leaves weakest
+    out.update(
+        worst=mine["summary"]["worst"], worst_class=mine["summary"]["worst_class"],
+        average=mine["summary"]["average"],
+        baseline_worst=base["summary"]["worst"], baseline_worst_class=weakest,
+        baseline_average=base["summary"]["average"],
+        worst_lift=mine["summary"]["worst"] - base["summary"]["worst"],
+        average_lift=mine["summary"]["average"] - base["summary"]["average"],
+        baseline_weakest_now=mine["per_class"][weakest],
+    )
+    return out
+
+
+def comparison_metrics(comparison: dict[str, Any]) -> dict[str, float]:
+    """The numbers alone (what `dvc metrics` and `dvc exp show` compare); none if incomparable."""
+    keys = ("worst_lift", "average_lift", "worst", "average", "baseline_worst",
+            "baseline_average", "baseline_weakest_now", "time_ratio")
+    return {k: comparison[k] for k in keys if isinstance(comparison.get(k), (int, float))}
+
+
+def comparison_tags(comparison: dict[str, Any] | None) -> dict[str, str]:
+    """Model-version tags (strings) for ``fairat models`` and the MLflow version page."""
+    if comparison is None:
+        return {}
+    tags = {"baseline_comparable": str(bool(comparison["comparable"])).lower(),
+            "baseline_run_id": comparison.get("baseline_run_id") or ""}
+    names = {"worst_lift": "worst_lift_over_baseline", "average_lift": "average_lift_over_baseline",
+             "time_ratio": "time_ratio_over_baseline", "baseline_worst": "baseline_worst",
+             "baseline_average": "baseline_average"}  # this model's own numbers are tagged already
+    for key, value in comparison_metrics(comparison).items():
+        if key in names:
+            tags[names[key]] = f"{value:.6f}"
+    return {f"{TAG}{k}": v for k, v in tags.items()}
+
+
+def comparison_lines(comparison: dict[str, Any]) -> list[str]:
+    """What a person reads: one line per fact, for the console and the model card."""
+    if not comparison["comparable"]:
+        return ["The baseline beside this model is not comparable: "
+                + "; ".join(comparison["reasons"]) + "."]
+    c = comparison
+    lines = [f"{c['attack']}: weakest class {100 * c['worst']:.1f}% ({c['worst_class']}) against "
+             f"{100 * c['baseline_worst']:.1f}% ({c['baseline_worst_class']}) for "
+             f"{c['baseline_method']}, {100 * c['worst_lift']:+.1f} points; average "
+             f"{100 * c['average']:.1f}% against {100 * c['baseline_average']:.1f}%, "
+             f"{100 * c['average_lift']:+.1f} points",
+             f"the baseline's weakest class ({c['baseline_worst_class']}) is at "
+             f"{100 * c['baseline_weakest_now']:.1f}% here"]
+    if c.get("time_ratio") is not None:
+        lines.append(f"training took {c['seconds']:.0f} s against {c['baseline_seconds']:.0f} s "
+                     f"({c['time_ratio']:.2f}x the baseline's; wall time on a shared machine "
+                     "varies by about 10%)")
+    return lines

@@ -1,0 +1,53 @@
+"""Compare: the trained model against the PGD-AT baseline trained beside it (weakest class, cost)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fairat.config import Params
+from fairat.evidence.comparison import (comparison_lines, comparison_metrics, compare,
+                                        verified_report)
+from fairat.io import write_json_atomic
+from fairat.steps.shared import run_id_of
+
+
+def _seconds(train_metrics_path: str | Path | None) -> float | None:
+    if not train_metrics_path or not Path(train_metrics_path).is_file():
+        return None
+    value = json.loads(Path(train_metrics_path).read_text()).get("seconds")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def comparison_from_files(params: Params, report_path: str | Path,
+                          baseline_report_path: str | Path,
+                          train_metrics_path: str | Path | None = None,
+                          baseline_metrics_path: str | Path | None = None) -> dict[str, Any]:
+    """:func:`~fairat.evidence.comparison.compare` on verified reports, judged on the gate's
+    attack; the training summaries give the cost. Register calls this too, so the model card
+    states numbers recomputed from the evidence, never read from an editable metrics file."""
+    report = verified_report(report_path, "this model's")
+    baseline = verified_report(baseline_report_path, "the baseline's")
+    comparison = compare(report, baseline, params.gate.attack, _seconds(train_metrics_path),
+                         _seconds(baseline_metrics_path))
+    comparison["baseline_run_id"] = run_id_of(baseline_metrics_path)
+    return comparison
+
+
+def compare_step(params: Params, report_path: str | Path, baseline_report_path: str | Path,
+                 out_path: str | Path, train_metrics_path: str | Path | None = None,
+                 baseline_metrics_path: str | Path | None = None) -> dict[str, Any]:
+    """Write the comparison's numbers to ``out_path`` (a DVC metric, so `dvc exp show` lists the
+    lift beside the params) and log them to the training's MLflow run when tracking is on."""
+    comparison = comparison_from_files(params, report_path, baseline_report_path,
+                                       train_metrics_path, baseline_metrics_path)
+    write_json_atomic(out_path, comparison_metrics(comparison))
+    for line in comparison_lines(comparison):
+        print(line, flush=True)
+    run_id = run_id_of(train_metrics_path)
+    if params.track.enabled and run_id:
+        from fairat.edge.registry import log_comparison
+
+        log_comparison(run_id, comparison)
+    return comparison

@@ -1,0 +1,172 @@
+"""The lift over the PGD-AT baseline trained beside the model: numbers from hand-made reports,
+refusal of edited or incomparable evidence, the card's table, the CLI and dvc.yaml wiring."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fairat.config import Params, TrainConfig, to_dict
+from fairat.engine.metrics import summarize
+from fairat.errors import DataError
+from fairat.evidence.comparison import (METHOD_FIELDS, compare, comparison_metrics,
+                                        comparison_tags, verified_report)
+from fairat.evidence.gate import write_sidecar
+from fairat.evidence.model_card import render_card
+from fairat.fronts.cli import main
+from fairat.steps.compare import compare_step
+
+ROOT = Path(__file__).resolve().parents[1]
+N = 10
+
+
+def _entry(correct: dict[str, int]) -> dict:
+    per_class = {c: k / N for c, k in correct.items()}
+    return {"per_class": per_class, "summary": summarize(per_class),
+            "counts": {"correct": dict(correct), "total": {c: N for c in correct}},
+            "n": N * len(correct), "settings": {}}
+
+
+def _report(method: str, robust: dict[str, int], **train: object) -> dict:
+    """A consistent report: clean 10/10, PGD one more robust than AutoAttack (the worst case)."""
+    config = {"model": to_dict(Params().model),
+              "train": to_dict(Params().train) | {"method": method, **train}}
+    return {"attacks": {"clean": _entry({c: N for c in robust}),
+                        "pgd": _entry({c: min(k + 1, N) for c, k in robust.items()}),
+                        "autoattack": _entry(robust), "worst_case": _entry(robust)},
+            "class_names": list(robust), "examples_per_class": {c: N for c in robust},
+            "eps": 0.1, "consistency": [],
+            "provenance": {"split": "test", "data_content_hash": "d" * 16, "model_sha256": "a" * 64,
+                           "train_config": config}}
+
+
+FAIRAT = _report("fairat", {"7": 9, "8": 7, "9": 6})
+PGD_AT = _report("pgd_at", {"7": 9, "8": 6, "9": 4})
+
+
+def test_lift_is_this_models_weakest_class_minus_the_baselines():
+    c = compare(FAIRAT, PGD_AT, "worst_case", seconds=120.0, baseline_seconds=100.0)
+    assert c["comparable"] and c["reasons"] == []
+    assert c["worst"] == pytest.approx(0.6) and c["baseline_worst"] == pytest.approx(0.4)
+    assert c["worst_lift"] == pytest.approx(0.2)
+    assert c["average_lift"] == pytest.approx((22 - 19) / 30)
+    assert c["baseline_worst_class"] == "9" and c["baseline_weakest_now"] == pytest.approx(0.6)
+    assert c["time_ratio"] == pytest.approx(1.2)
+    assert set(comparison_metrics(c)) >= {"worst_lift", "average_lift", "time_ratio"}
+    tags = comparison_tags(c)
+    assert tags["fairat.worst_lift_over_baseline"] == "0.200000"
+    assert tags["fairat.baseline_worst"] == "0.400000" and tags["fairat.baseline_comparable"] == "true"
+
+
+def test_a_worse_model_shows_a_negative_lift():
+    c = compare(PGD_AT, _report("pgd_at", {"7": 9, "8": 7, "9": 6}), "worst_case")
+    assert c["worst_lift"] == pytest.approx(-0.2) and c["time_ratio"] is None
+
+
+def _edited(report: dict, edit) -> dict:
+    out = copy.deepcopy(report)
+    edit(out)
+    return out
+
+
+@pytest.mark.parametrize("baseline, reason_part", [
+    (_edited(PGD_AT, lambda r: r["provenance"].update(data_content_hash="e" * 16)), "other data"),
+    (_edited(PGD_AT, lambda r: r["provenance"].update(split="val")), "other split"),
+    (_edited(PGD_AT, lambda r: r.update(eps=0.05)), "another radius"),
+    (_report("trades", {"7": 9, "8": 6, "9": 4}), "trained with 'trades'"),
+    (_report("pgd_at", {"7": 9, "8": 6, "9": 4}, epochs=3), "train.epochs differ"),
+    (_report("pgd_at", {"7": 9, "8": 6, "9": 4}, seed=1, lr=0.1), "train.lr, train.seed differ"),
+    (_edited(PGD_AT, lambda r: r["provenance"]["train_config"]["model"].update(width=32)),
+     "another architecture"),
+    (_edited(PGD_AT, lambda r: r["attacks"].pop("worst_case")), "no 'worst_case' result"),
+])
+def test_an_incomparable_baseline_gives_reasons_and_no_lift(baseline, reason_part):
+    c = compare(FAIRAT, baseline, "worst_case", 10.0, 10.0)
+    assert not c["comparable"] and any(reason_part in r for r in c["reasons"]), c["reasons"]
+    assert "worst_lift" not in c and "worst_lift" not in comparison_metrics(c)
+    assert "fairat.worst_lift_over_baseline" not in comparison_tags(c)
+
+
+def test_the_methods_own_knobs_do_not_make_a_baseline_incomparable():
+    mine = _report("fairat", {"7": 9, "8": 7, "9": 6}, trades_beta=3.0,
+                   fairat=to_dict(Params().train.fairat) | {"hard_ratio": 0.5})
+    assert compare(mine, PGD_AT, "worst_case")["comparable"]
+
+
+def test_baseline_stage_reads_every_training_param_but_the_methods_own():
+    """dvc.yaml's baseline_train must re-run when any param PGD-AT reads changes, and only then."""
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["baseline_train"]
+    listed = {p.split(".", 1)[1] for p in stage["params"] if p.startswith("train.")}
+    wanted = {f.name for f in fields(TrainConfig)} - set(METHOD_FIELDS)
+    assert listed == wanted
+    assert "-S train.method=pgd_at" in stage["cmd"]
+
+
+def _write(path: Path, report: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report))
+    write_sidecar(path)
+    return path
+
+
+def test_an_edited_baseline_report_is_refused(tmp_path):
+    path = _write(tmp_path / "baseline" / "eval.json", PGD_AT)
+    assert verified_report(path, "the baseline's")["class_names"] == ["7", "8", "9"]
+    faked = _edited(PGD_AT, lambda r: r.update(eps=0.1000001))
+    path.write_text(json.dumps(faked))  # sidecar now names other bytes
+    with pytest.raises(DataError, match="baseline's evaluation report.*not the file the evaluate"):
+        verified_report(path, "the baseline's")
+    (tmp_path / "baseline" / "eval.json.sha256").unlink()
+    with pytest.raises(DataError, match="no sha256 record"):
+        verified_report(path, "the baseline's")
+
+
+def test_a_malformed_report_is_refused(tmp_path):
+    broken = _edited(PGD_AT, lambda r: r["attacks"]["worst_case"]["per_class"].update({"9": 0.9}))
+    with pytest.raises(DataError, match="baseline"):
+        verified_report(_write(tmp_path / "eval.json", broken), "the baseline's")
+
+
+def test_compare_command_writes_the_metric_and_refuses_bad_evidence(tmp_path, capsys):
+    mine, base = _write(tmp_path / "eval.json", FAIRAT), _write(tmp_path / "b" / "eval.json", PGD_AT)
+    (tmp_path / "train.json").write_text(json.dumps({"seconds": 30.0}))
+    (tmp_path / "b" / "train.json").write_text(json.dumps({"seconds": 20.0}))
+    out = tmp_path / "comparison.json"
+    argv = ["compare", "--params", str(ROOT / "params.yaml"), "-S", "track.enabled=false",
+            "--report", str(mine), "--metrics", str(tmp_path / "train.json"),
+            "--baseline-report", str(base), "--baseline-metrics", str(tmp_path / "b" / "train.json"),
+            "--comparison", str(out)]
+    assert main(argv) == 0
+    written = json.loads(out.read_text())
+    assert written["worst_lift"] == pytest.approx(0.2) and written["time_ratio"] == pytest.approx(1.5)
+    assert "+20.0 points" in capsys.readouterr().out
+    base.write_text(base.read_text().replace('"eps": 0.1', '"eps": 0.2'))
+    assert main(argv) == 2
+    assert "the baseline's evaluation report" in capsys.readouterr().err
+    assert json.loads(out.read_text()) == written  # nothing half-written on refusal
+
+
+def test_card_shows_the_lift_next_to_the_cost_or_why_not(tmp_path):
+    params = to_dict(Params())
+    decision = {"passed": True, "attack": "worst_case", "reasons": [],
+                "measured": {"worst": 0.6, "worst_class": "9", "average": 0.73, "gap": 0.3}}
+    c = compare(FAIRAT, PGD_AT, "worst_case", 120.0, 100.0) | {"baseline_run_id": "r" * 8}
+    card = render_card(params, FAIRAT, decision, {"source": "digits"}, comparison=c)
+    section = card.split("## Comparison with a baseline")[1].split("## ")[0]
+    assert "| baseline | pgd_at | 40.0% (9)" in section and "60.0%" in section
+    assert "worst class +20.0 points" in section and "1.20x" in section and "rrrrrrrr" in section
+    bad = compare(FAIRAT, _report("pgd_at", {"7": 9, "8": 6, "9": 4}, epochs=3), "worst_case")
+    card = render_card(params, FAIRAT, decision, {"source": "digits"}, comparison=bad)
+    assert "cannot be compared" in card and "train.epochs differ" in card
+    assert "points" not in card.split("## Comparison with a baseline")[1].split("## ")[0]
+
+
+def test_compare_step_without_a_training_run_only_writes_the_metric(tmp_path):
+    mine, base = _write(tmp_path / "eval.json", FAIRAT), _write(tmp_path / "b.json", PGD_AT)
+    c = compare_step(Params(), mine, base, tmp_path / "c.json")
+    assert c["comparable"] and c["baseline_run_id"] is None and (tmp_path / "c.json").is_file()
