@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The digits knob search on the VALIDATION split (studies/digits.yaml with evaluate.split=val; the
 # test split is never read): FairAT's selection (global top-k, per-class quotas, class-power
-# weighted quotas, base, ratio) against PGD-AT, several seeds (15 validation images per class
+# weighted quotas, base, ratio) and each peer's knobs against PGD-AT, several seeds (15 validation images per class
 # make one seed too noisy to choose on). Each seed re-draws the data split. A cell whose result
 # exists is skipped, a killed one resumes; each finished cell is committed on its own as
 # results/digits/val/<tag>.json.
@@ -33,4 +33,14 @@ for seed in $SEEDS; do
   cell fairat "$seed" pc-pow4 "${PC[@]}" train.fairat.class_power=4
   cell fairat "$seed" trades-pc-pow4 train.fairat.base=trades "${PC[@]}" train.fairat.class_power=4
   cell fairat "$seed" ratio0.4-pc "${PC[@]}" train.fairat.hard_ratio=0.4
+  # The peers: the authors' defaults against one change each. TRADES trails PGD-AT on digits, so
+  # the peers that take a base try PGD-AT; FRL is TRADES by construction and tries tighter bounds.
+  cell wat "$seed" ""
+  cell wat "$seed" pgd train.wat.base=pgd_at
+  cell frl "$seed" ""
+  cell frl "$seed" b0.05 train.frl.bound_clean=0.05 train.frl.bound_boundary=0.05
+  cell cfa "$seed" ""
+  cell cfa "$seed" pgd train.cfa.base=pgd_at
+  cell dafa "$seed" ""
+  cell dafa "$seed" pgd train.dafa.base=pgd_at
 done
