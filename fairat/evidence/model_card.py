@@ -61,8 +61,6 @@ def _standard_error(p: float, n: int) -> float:
 
 def _beside_lines(c: dict[str, Any], method: str) -> list[str]:
     """The baseline trained beside this model: same data, split, seed, epochs and attack."""
-    from fairat.evidence.comparison import comparison_lines
-
     run = f" (MLflow run `{c['baseline_run_id']}`)" if c.get("baseline_run_id") else ""
     if not c["comparable"]:
         return [f"A `{c.get('baseline_method')}` baseline was trained beside this model{run}, "
@@ -81,8 +79,8 @@ def _beside_lines(c: dict[str, Any], method: str) -> list[str]:
             + (f"{c['baseline_seconds']:.0f} s |" if c.get("baseline_seconds") else "- |"), "",
             f"Difference ({c['attack']}): worst class {100 * c['worst_lift']:+.1f} points, "
             f"average {100 * c['average_lift']:+.1f} points. One run each: seed-to-seed spread "
-            "is not included (docs/results.md measures it over many seeds).",
-            ] + [f"- {_cell(line)}." for line in comparison_lines(c)[2:]]
+            "is not included (docs/results.md measures it over many seeds). Training time is "
+            "each run's wall clock; on a shared machine it varies by about 10%."]
 
 
 def render_card(params: dict[str, Any], report: dict[str, Any] | None, decision: dict[str, Any],
