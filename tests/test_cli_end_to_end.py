@@ -80,3 +80,27 @@ def _repo(name):
     from pathlib import Path
 
     return str(Path(__file__).resolve().parents[1] / name)
+
+
+@pytest.mark.slow
+def test_run_with_baseline_trains_pgd_at_beside_the_model_and_cards_the_lift(tmp_path, monkeypatch,
+                                                                            capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the store: mlruns/ in tmp_path
+    (tmp_path / "params.yaml").write_text(open(_repo("params.yaml")).read())
+    tiny = [*TINY, "-S", "evaluate.autoattack=none", "-S", "gate.attack=clean",
+            "-S", "gate.min_worst_class=0.0", "-S", "gate.min_average=0.01",
+            "-S", "gate.min_clean_class=0.0"]
+    assert main(["run", "--with-baseline", *tiny]) == 0
+    baseline = json.loads((tmp_path / "metrics/baseline/eval.json").read_text())
+    assert baseline["provenance"]["train_config"]["train"]["method"] == "pgd_at"
+    mine = json.loads((tmp_path / "metrics/eval.json").read_text())
+    assert mine["provenance"]["train_config"]["train"]["method"] == "fairat"
+    comparison = json.loads((tmp_path / "metrics/comparison.json").read_text())
+    lift = (mine["attacks"]["clean"]["summary"]["worst"]
+            - baseline["attacks"]["clean"]["summary"]["worst"])
+    assert comparison["worst_lift"] == pytest.approx(lift)
+    card = (tmp_path / "reports/model_card.md").read_text()
+    assert "baseline was trained beside this model" in card
+    assert f"worst class {100 * lift:+.1f} points" in card
+    assert f"{100 * lift:+.1f} points; average" in capsys.readouterr().out  # compare's line

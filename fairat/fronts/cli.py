@@ -352,11 +352,11 @@ def _run_baseline(params: Params, args: argparse.Namespace) -> None:
     from fairat.steps.train import train_step
 
     base = with_overrides(params, {"train.method": "pgd_at"})
-    train_step(base, args.data, TrainPaths(BASELINE["model"], BASELINE["checkpoints"],
-                                           BASELINE["metrics"], BASELINE["history"]),
-               resume=args.resume)
-    evaluate_step(base, args.data, BASELINE["model"], BASELINE["report"], BASELINE["plot"],
-                  BASELINE["markdown"], BASELINE["summary"], BASELINE["metrics"])
+    files = {key: Path(path) for key, path in BASELINE.items()}
+    train_step(base, args.data, TrainPaths(files["model"], files["checkpoints"], files["metrics"],
+                                           files["history"]), resume=args.resume)
+    evaluate_step(base, args.data, files["model"], files["report"], files["plot"],
+                  files["markdown"], files["summary"], files["metrics"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
