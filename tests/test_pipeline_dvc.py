@@ -2,8 +2,9 @@
 
 Covers the contract users rely on: every output appears, MLflow holds a version tagged with the
 gate decision, `candidate` is set only when the gate passed, a second `dvc repro` does nothing,
-changing a training param re-runs train and what follows only, a failing gate is refused by
-`fairat approve`, and bad params stop the pipeline at once with a message naming the key.
+changing a training param re-runs train and what follows only (the PGD-AT baseline beside the
+model included), a failing gate is refused by `fairat approve`, and bad params stop the pipeline
+at once with a message naming the key.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def _versions(repo: Path) -> dict[int, dict]:
 
 
 @pytest.mark.slow
-def test_dvc_repro_from_scratch_registers_and_caches(repo):
+def test_dvc_repro_from_scratch_registers_caches_and_gates(repo, capsys):
     first = _dvc(repo, "repro")
     assert first.returncode == 0, first.stdout + first.stderr
     assert _ran(first) == set(STAGES)
@@ -177,26 +178,36 @@ def test_dvc_repro_from_scratch_registers_and_caches(repo):
     epochs = json.loads(diff.stdout)["params.yaml"]["train.epochs"]
     assert (epochs["old"], epochs["new"]) == (2, 3)
 
+    _failing_gate_blocks_candidate_and_approval(repo, capsys)
 
-@pytest.mark.slow
-def test_failing_gate_blocks_candidate_and_approval(repo, capsys):
+
+def _failing_gate_blocks_candidate_and_approval(repo: Path, capsys) -> None:
+    """On the same repo (one full `dvc repro` fewer for the suite): a gate the model fails
+    re-runs only gate and register, registers a blocked version that `fairat approve` refuses;
+    lowering the threshold again makes a version that may be approved."""
+    capsys.readouterr()
     _set_params(repo, {"gate": {"min_worst_class": 1.0}})
     result = _dvc(repo, "repro")
     assert result.returncode == 0, result.stdout + result.stderr  # recorded, not crashed
+    assert _ran(result) == {"gate", "register"}, result.stdout
     gate = json.loads((repo / "metrics/gate.json").read_text())
     assert not gate["passed"] and "below min_worst_class" in gate["reasons"][0]
-    version = _versions(repo)[1]
-    assert version["gate_passed"] == "false" and version["aliases"] == []
-    assert main(["approve", "fairat-digits", "1", "--by", "alice"]) == 2
+    blocked = json.loads((repo / "metrics/registered.json").read_text())["version"]
+    version = _versions(repo)[blocked]
+    assert version["gate_passed"] == "false" and "candidate" not in version["aliases"]
+    assert main(["approve", "fairat-digits", str(blocked), "--by", "alice"]) == 2
     assert "fairness gate did not pass" in capsys.readouterr().err
-    assert _versions(repo)[1]["aliases"] == []
+    assert _versions(repo)[blocked]["aliases"] == []
 
-    # lowering the threshold re-runs only gate and register; that version may be approved
-    _set_params(repo, {"gate": {"min_worst_class": 0.0}})
+    # a passing gate again (a setting not run before) re-runs only gate and register
+    _set_params(repo, {"gate": {"min_worst_class": 0.0, "max_gap": 1.0}})
     rerun = _dvc(repo, "repro")
     assert _ran(rerun) == {"gate", "register"}, rerun.stdout
-    assert main(["approve", "fairat-digits", "2", "--by", "alice", "--note", "ok", "--yes"]) == 0
-    approved = _versions(repo)[2]
+    passed = json.loads((repo / "metrics/registered.json").read_text())["version"]
+    assert passed == blocked + 1
+    assert main(["approve", "fairat-digits", str(passed), "--by", "alice", "--note", "ok",
+                 "--yes"]) == 0
+    approved = _versions(repo)[passed]
     assert approved["aliases"] == ["candidate", "champion"]
     assert approved["approved_by"] == "alice" and approved["approval_note"] == "ok"
     assert main(["models"]) == 0

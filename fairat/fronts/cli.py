@@ -339,8 +339,9 @@ def run_command(args: argparse.Namespace) -> int:
         from fairat.steps.register import register_step
 
         register_step(params, args.model, args.report, args.gate, args.metrics, args.data,
-                      args.registered, args.plot, args.card, args.baseline_report,
-                      args.baseline_metrics)
+                      args.registered, args.plot, args.card,
+                      getattr(args, "baseline_report", None),
+                      getattr(args, "baseline_metrics", None))
     return 0
 
 
