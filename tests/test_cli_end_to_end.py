@@ -89,6 +89,7 @@ def test_run_with_baseline_trains_pgd_at_beside_the_model_and_cards_the_lift(tmp
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the store: mlruns/ in tmp_path
     (tmp_path / "params.yaml").write_text(open(_repo("params.yaml")).read())
     tiny = [*TINY, "-S", "evaluate.autoattack=none", "-S", "gate.attack=clean",
+            "-S", "evaluate.cw=false",
             "-S", "gate.min_worst_class=0.0", "-S", "gate.min_average=0.01",
             "-S", "gate.min_clean_class=0.0"]
     assert main(["run", "--with-baseline", *tiny]) == 0

@@ -2,8 +2,8 @@
 
 Covers the contract users rely on: every output appears, MLflow holds a version tagged with the
 gate decision, `candidate` is set only when the gate passed, a second `dvc repro` does nothing,
-changing a training param re-runs train and what follows only (the PGD-AT baseline beside the
-model included), a failing gate is refused by `fairat approve`, and bad params stop the pipeline
+changing a FairAT knob re-runs train and what follows only (not the PGD-AT baseline beside
+the model, which a unit test shows re-runs on every param it reads), a failing gate is refused by `fairat approve`, and bad params stop the pipeline
 at once with a message naming the key.
 """
 
@@ -163,10 +163,11 @@ def test_dvc_repro_from_scratch_registers_caches_and_gates(repo, capsys):
     assert table.returncode == 0 and len(header) <= 12, header
     assert "track.register" in header and "track.owner" in header
 
-    _set_params(repo, {"train": {"epochs": 3}})
+    # a FairAT knob re-runs the model's stages and what follows, not the PGD-AT baseline's
+    _set_params(repo, {"train": {"fairat": {"hard_ratio": 0.3}}})
     changed = _dvc(repo, "repro")
     assert changed.returncode == 0, changed.stdout + changed.stderr
-    assert _ran(changed) == set(STAGES) - {"prepare"}
+    assert _ran(changed) == {"train", "evaluate", "compare", "gate", "register"}, changed.stdout
     assert json.loads((repo / "metrics/registered.json").read_text())["version"] == 3  # 2: the asked-for experiment
     summary = json.loads((repo / "metrics/eval_summary.json").read_text())
     report = json.loads((repo / "metrics/eval.json").read_text())
@@ -175,8 +176,8 @@ def test_dvc_repro_from_scratch_registers_caches_and_gates(repo, capsys):
     shown = json.loads(_dvc(repo, "metrics", "show", "--json").stdout)
     assert any("metrics/eval_summary.json" in json.dumps(v) for v in shown.values())
     diff = _dvc(repo, "params", "diff", "--json")
-    epochs = json.loads(diff.stdout)["params.yaml"]["train.epochs"]
-    assert (epochs["old"], epochs["new"]) == (2, 3)
+    ratio = json.loads(diff.stdout)["params.yaml"]["train.fairat.hard_ratio"]
+    assert (ratio["old"], ratio["new"]) == (0.2, 0.3)
 
     _failing_gate_blocks_candidate_and_approval(repo, capsys)
 
