@@ -349,10 +349,11 @@ def _run_baseline(params: Params, args: argparse.Namespace) -> None:
     """`fairat run --with-baseline`: PGD-AT on the same params, into the baseline's own files."""
     from fairat.config import with_overrides
     from fairat.engine.training import TrainPaths
+    from fairat.evidence.comparison import BASELINE_METHOD
     from fairat.steps.evaluate import evaluate_step
     from fairat.steps.train import train_step
 
-    base = with_overrides(params, {"train.method": "pgd_at"})
+    base = with_overrides(params, {"train.method": BASELINE_METHOD})
     files = {key: Path(path) for key, path in BASELINE.items()}
     train_step(base, args.data, TrainPaths(files["model"], files["checkpoints"], files["metrics"],
                                            files["history"]), resume=args.resume)
