@@ -12,33 +12,27 @@ import pytest
 import yaml
 
 from fairat.config import Params, TrainConfig, to_dict
-from fairat.engine.metrics import summarize
 from fairat.errors import DataError
-from fairat.evidence.comparison import (METHOD_FIELDS, compare, comparison_metrics,
-                                        comparison_tags, verified_report)
+from fairat.evidence.comparison import (BASELINE_METHOD, METHOD_FIELDS, compare,
+                                        comparison_metrics, comparison_tags, verified_report)
 from fairat.evidence.gate import write_sidecar
 from fairat.evidence.model_card import render_card
 from fairat.fronts.cli import main
+from fairat.io import sha256_file
 from fairat.steps.compare import compare_step
+from reports import attack_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 10
-
-
-def _entry(correct: dict[str, int]) -> dict:
-    per_class = {c: k / N for c, k in correct.items()}
-    return {"per_class": per_class, "summary": summarize(per_class),
-            "counts": {"correct": dict(correct), "total": {c: N for c in correct}},
-            "n": N * len(correct), "settings": {}}
 
 
 def _report(method: str, robust: dict[str, int], **train: object) -> dict:
     """A consistent report: clean 10/10, PGD one more robust than AutoAttack (the worst case)."""
     config = {"model": to_dict(Params().model),
               "train": to_dict(Params().train) | {"method": method, **train}}
-    return {"attacks": {"clean": _entry({c: N for c in robust}),
-                        "pgd": _entry({c: min(k + 1, N) for c, k in robust.items()}),
-                        "autoattack": _entry(robust), "worst_case": _entry(robust)},
+    return {"attacks": {"clean": attack_entry({c: N for c in robust}),
+                        "pgd": attack_entry({c: min(k + 1, N) for c, k in robust.items()}),
+                        "autoattack": attack_entry(robust), "worst_case": attack_entry(robust)},
             "class_names": list(robust), "examples_per_class": {c: N for c in robust},
             "eps": 0.1, "consistency": [],
             "provenance": {"split": "test", "data_content_hash": "d" * 16, "model_sha256": "a" * 64,
@@ -104,7 +98,7 @@ def test_baseline_stage_reads_every_training_param_but_the_methods_own():
     listed = {p.split(".", 1)[1] for p in stage["params"] if p.startswith("train.")}
     wanted = {f.name for f in fields(TrainConfig)} - set(METHOD_FIELDS)
     assert listed == wanted
-    assert "-S train.method=pgd_at" in stage["cmd"]
+    assert f"-S train.method={BASELINE_METHOD}" in stage["cmd"]
 
 
 def _write(path: Path, report: dict) -> Path:
@@ -116,7 +110,8 @@ def _write(path: Path, report: dict) -> Path:
 
 def test_an_edited_baseline_report_is_refused(tmp_path):
     path = _write(tmp_path / "baseline" / "eval.json", PGD_AT)
-    assert verified_report(path, "the baseline's")["class_names"] == ["7", "8", "9"]
+    report, sha = verified_report(path, "the baseline's")
+    assert report["class_names"] == ["7", "8", "9"] and sha == sha256_file(path)
     faked = _edited(PGD_AT, lambda r: r.update(eps=0.1000001))
     path.write_text(json.dumps(faked))  # sidecar now names other bytes
     with pytest.raises(DataError, match="baseline's evaluation report.*not the file the evaluate"):

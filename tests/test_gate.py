@@ -13,6 +13,7 @@ from fairat.engine.metrics import summarize
 from fairat.evidence.gate import decide, gate_metrics, write_sidecar
 from fairat.io import sha256_file
 from fairat.steps.gate import gate_step
+from reports import attack_entry
 
 SHA = "a" * 64
 
@@ -20,19 +21,11 @@ SHA = "a" * 64
 N = 10  # examples per class in the hand-made reports
 
 
-def _entry(correct: dict[str, int], total: dict[str, int] | None = None) -> dict:
-    total = total or {c: N for c in correct}
-    per_class = {c: correct[c] / total[c] for c in correct}
-    return {"per_class": per_class, "summary": summarize(per_class),
-            "counts": {"correct": dict(correct), "total": dict(total)},
-            "n": sum(total.values()), "settings": {}}
-
-
 def _report(worst: dict[str, int], attack: str = "worst_case") -> dict:
     """A consistent report: clean 9/10 per class, PGD one more robust example than the worst case."""
-    attacks = {"clean": _entry({c: 9 for c in worst}),
-               "pgd": _entry({c: k + 1 for c, k in worst.items()}),
-               attack: _entry(worst)}
+    attacks = {"clean": attack_entry({c: 9 for c in worst}),
+               "pgd": attack_entry({c: k + 1 for c, k in worst.items()}),
+               attack: attack_entry(worst)}
     return {"attacks": attacks, "class_names": list(worst),
             "examples_per_class": {c: N for c in worst},
             "provenance": {"model_sha256": SHA, "split": "test"}, "consistency": []}
@@ -105,7 +98,7 @@ def _broken(mutate):
     (GateConfig(min_worst_class=0.0, min_average=0.1),
      _report({"cat": 0, "dog": 5, "car": 7}) | {"attacks": {
          **_report({"cat": 0, "dog": 5, "car": 7})["attacks"],
-         "clean": _entry({"cat": 3, "dog": 9, "car": 9})}}, False, "above chance"),
+         "clean": attack_entry({"cat": 3, "dog": 9, "car": 9})}}, False, "above chance"),
     (GateConfig(min_clean_class=0.95), GOOD, False, "at least min_clean_class 0.950"),
     # thresholds that judge nothing, and the informational gate
     (GateConfig(min_worst_class=0.0), GOOD, False, "thresholds are all zero"),
@@ -227,3 +220,31 @@ def test_gate_step_blocks_when_the_model_is_missing(tmp_path):
                          tmp_path / "gate.json")
     assert not decision["passed"]
     assert "model file" in decision["reasons"][0]
+
+
+def test_gate_judges_the_bytes_whose_hash_it_records(tmp_path, monkeypatch):
+    """A report swapped for a better one just while the gate reads it (then swapped back, so the
+    file on disk matches evaluate's sidecar) must not pass on the swapped-in numbers."""
+    model = _model_file(tmp_path)
+    genuine = _current_report(tmp_path, model)  # cat 4/10: below the 0.45 threshold
+    params = Params(gate=GateConfig(min_worst_class=0.45))
+    assert not gate_step(params, tmp_path / "eval.json", model, tmp_path / "gate.json")["passed"]
+    fake, path = json.dumps(_raised(genuine)), tmp_path / "eval.json"  # cat 5/10: would pass
+    served = []
+    real_bytes, real_text = Path.read_bytes, Path.read_text
+
+    def swapped_once(read, encode):
+        def reader(self, *args, **kwargs):
+            if self == path and not served:
+                served.append(True)
+                return encode(fake)
+            return read(self, *args, **kwargs)
+        return reader
+
+    monkeypatch.setattr(Path, "read_bytes", swapped_once(real_bytes, str.encode))
+    monkeypatch.setattr(Path, "read_text", swapped_once(real_text, lambda text: text))
+    decision = gate_step(params, path, model, tmp_path / "gate.json")
+    assert served, "the gate never read the report"
+    assert not decision["passed"]
+    assert any("not the file the evaluate step wrote" in r for r in decision["reasons"]), \
+        decision["reasons"]

@@ -5,23 +5,17 @@ from __future__ import annotations
 import pytest
 
 from fairat.config import GateConfig, Params, to_dict, with_overrides
-from fairat.engine.metrics import summarize
 from fairat.evidence.gate import decide
 from fairat.evidence.model_card import CARD_SECTIONS, render_card, summary_text
 from fairat.steps.register import registration_wanted
+from reports import attack_entry
 
 SHA = "c" * 64
 
 
-def _entry(correct):
-    per_class = {c: k / 10 for c, k in correct.items()}
-    return {"per_class": per_class, "summary": summarize(per_class), "n": 10 * len(correct),
-            "counts": {"correct": correct, "total": {c: 10 for c in correct}}, "settings": {}}
-
-
 REPORT = {"class_names": ["cat", "dog"], "examples_per_class": {"cat": 10, "dog": 10}, "eps": 0.1,
-          "attacks": {"clean": _entry({"cat": 9, "dog": 10}), "pgd": _entry({"cat": 5, "dog": 8}),
-                      "worst_case": _entry({"cat": 4, "dog": 7})},
+          "attacks": {"clean": attack_entry({"cat": 9, "dog": 10}), "pgd": attack_entry({"cat": 5, "dog": 8}),
+                      "worst_case": attack_entry({"cat": 4, "dog": 7})},
           "provenance": {"model_sha256": SHA, "split": "test", "git_commit": "abc123",
                          "data_content_hash": "d" * 64},
           "consistency": []}

@@ -53,6 +53,25 @@ def test_run_registers_a_candidate_with_its_evidence(inside):
 
 
 @pytest.mark.slow
+def test_a_report_swapped_while_registering_registers_nothing(inside, monkeypatch, capsys):
+    """The gate re-check hashes the untouched file; if other bytes are then read for the card and
+    the tags (a swap in between), registration stops before anything reaches the registry."""
+    path = inside / "metrics/eval.json"
+    fake = json.loads(path.read_text())
+    fake["attacks"]["clean"]["summary"]["average"] = 1.0
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: (json.dumps(fake).encode()
+                                                          if self.resolve() == path.resolve()
+                                                          else real(self)))
+    before = (inside / "metrics/registered.json").read_bytes()
+    versions = len(registry.list_versions("unit"))
+    assert main(["register", *TINY]) != 0
+    assert "changed while registering" in capsys.readouterr().err
+    assert (inside / "metrics/registered.json").read_bytes() == before
+    assert len(registry.list_versions("unit")) == versions
+
+
+@pytest.mark.slow
 def test_a_gate_decision_for_another_report_never_promotes(inside, capsys):
     report = json.loads((inside / "metrics/eval.json").read_text())
     report["consistency"] = [{"severity": "warning", "message": "edited after the gate"}]

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 
 from fairat.engine.metrics import flatten, numeric_metrics
 from fairat.errors import RegistryError
+from fairat.evidence.comparison import BASELINE_METHOD
 from fairat.evidence.gate import APPROVAL_KEY_ENV, TAG, approval_problems, approval_signature
 
 CANDIDATE, CHAMPION = "candidate", "champion"
@@ -312,7 +313,7 @@ def list_versions(model_name: str) -> list[dict[str, Any]]:
 
 
 def find_baseline(model_name: str, exclude_version: int | None,
-                  method: str = "pgd_at") -> dict[str, Any] | None:
+                  method: str = BASELINE_METHOD) -> dict[str, Any] | None:
     """The newest version of ``model_name`` trained with ``method`` (the PGD-AT baseline), as
     the numbers a model card compares against; None when the registry holds none."""
     try:

@@ -17,21 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from fairat.errors import DataError
-from fairat.evidence.gate import TAG, evidence_problems, load_report, provenance_problems
+from fairat.evidence.gate import TAG, evidence_problems, provenance_problems, read_report
 
 BASELINE_METHOD = "pgd_at"
 # TrainConfig fields a method sets for itself; every other training field must match the baseline
 METHOD_FIELDS = ("method", "trades_beta", "fairat", "wat", "frl", "cfa", "dafa", "progress")
 
 
-def verified_report(path: str | Path, role: str) -> dict[str, Any]:
-    """The report at ``path``, refused (DataError naming ``role``) unless it is the untouched,
-    consistent output of the evaluate step."""
-    report, problems = load_report(path)
-    problems = problems or provenance_problems(path) or evidence_problems(report)
+def verified_report(path: str | Path, role: str) -> tuple[dict[str, Any], str]:
+    """The report at ``path`` and the sha256 of the bytes parsed, refused (DataError naming
+    ``role``) unless it is the untouched, consistent output of the evaluate step."""
+    report, sha, problems = read_report(path)
+    problems = problems or provenance_problems(path, actual=sha) or evidence_problems(report)
     if problems:
         raise DataError(f"{role} evaluation report: " + "; ".join(problems))
-    return report
+    return report, sha
 
 
 def _config(report: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import Any
 
 from fairat.config import GateConfig, to_dict
 from fairat.engine.metrics import summarize
-from fairat.io import sha256_file
+from fairat.io import sha256_bytes, sha256_file
 
 TAG = "fairat."  # prefix of every model-version tag this project sets
 # Tags a version must carry before approval may consider it (registration writes them all).
@@ -230,15 +230,32 @@ def decide(report: Any, cfg: GateConfig, model_sha256: str | None) -> dict[str, 
             "model_sha256": model_sha256}
 
 
-def load_report(path: str | Path) -> tuple[Any, list[str]]:
-    """Parse the report at ``path``: (report, []) or (None, [why it could not be read])."""
+def read_report(path: str | Path) -> tuple[Any, str | None, list[str]]:
+    """Read the report at ``path`` once: (report, sha256 of the very bytes parsed, problems).
+
+    Why one read: a check that parses the file and then hashes it again can be fooled by a file
+    swapped in between (numbers from one file, the untouched hash of another), so every rule
+    judges the bytes whose hash it records. (None, None, [why]) when missing; (None, sha256,
+    [why]) when unparseable.
+    """
     path = Path(path)
     if not path.is_file():
-        return None, [f"evaluation report {path} is missing"]
+        return None, None, [f"evaluation report {path} is missing"]
     try:
-        return json.loads(path.read_text()), []
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        return None, [f"evaluation report {path} is not valid JSON: {err}"]
+        data = path.read_bytes()
+    except OSError as err:
+        return None, None, [f"evaluation report {path} cannot be read: {err}"]
+    digest = sha256_bytes(data)
+    try:
+        return json.loads(data.decode("utf-8")), digest, []
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        return None, digest, [f"evaluation report {path} is not valid JSON: {err}"]
+
+
+def load_report(path: str | Path) -> tuple[Any, list[str]]:
+    """Parse the report at ``path``: (report, []) or (None, [why it could not be read])."""
+    report, _, problems = read_report(path)
+    return report, problems
 
 
 def _sha_or_none(path: Path) -> str | None:
@@ -259,11 +276,13 @@ def write_sidecar(report_path: str | Path) -> str:
     return digest
 
 
-def provenance_problems(report_path: str | Path, logged_sha256: str | None = None) -> list[str]:
+def provenance_problems(report_path: str | Path, logged_sha256: str | None = None,
+                        actual: str | None = None) -> list[str]:
     """The report must be the bytes evaluate wrote: its sidecar (and, when given, the hash
-    evaluate logged to the MLflow run) must name its current sha256."""
+    evaluate logged to the MLflow run) must name its sha256. ``actual`` is the hash of the bytes
+    the caller parsed (:func:`read_report`); without it the file is hashed now."""
     report_path = Path(report_path)
-    actual = _sha_or_none(report_path)
+    actual = actual or _sha_or_none(report_path)
     if actual is None:
         return []  # a missing report has its own reason
     side = sidecar_path(report_path)
@@ -287,17 +306,17 @@ def decide_files(cfg: GateConfig, report_path: str | Path, model_path: str | Pat
     """:func:`decide` on the files at hand: the report at ``report_path`` for the model file at
     ``model_path``. The decision records both hashes, so registration can tell it is current."""
     report_path, model_path = Path(report_path), Path(model_path)
-    report, problems = load_report(report_path)
+    report, report_sha, problems = read_report(report_path)
     model_sha = _sha_or_none(model_path)
     decision = decide(report, cfg, model_sha)
     if problems:  # report is None: a precise "missing" / "not JSON" for decide's generic reason
         decision["reasons"] = problems
-    decision["reasons"][:0] = provenance_problems(report_path)
+    decision["reasons"][:0] = provenance_problems(report_path, actual=report_sha)
     if model_sha is None:
         decision["reasons"].insert(0, f"model file {model_path} is missing")
     decision["passed"] = not decision["reasons"]
     decision["report_path"] = str(report_path)
-    decision["report_sha256"] = _sha_or_none(report_path)
+    decision["report_sha256"] = report_sha
     return decision
 
 
@@ -340,7 +359,7 @@ def recheck_decision(gate_path: str | Path, model_path: str | Path, report_path:
                        f"{model_sha}; re-run the gate")
     if decision.get("report_sha256") != report_sha:
         reasons.append("gate decision was made on another evaluation report; re-run it")
-    reasons += [r for r in provenance_problems(report_path, logged_report_sha256)
+    reasons += [r for r in provenance_problems(report_path, logged_report_sha256, report_sha)
                 if r not in reasons]
     decision["reasons"] = reasons
     decision["passed"] = decision.get("passed") is True and not reasons \

@@ -27,11 +27,12 @@ def comparison_from_files(params: Params, report_path: str | Path,
     """:func:`~fairat.evidence.comparison.compare` on verified reports, judged on the gate's
     attack; the training summaries give the cost. Register calls this too, so the model card
     states numbers recomputed from the evidence, never read from an editable metrics file."""
-    report = verified_report(report_path, "this model's")
-    baseline = verified_report(baseline_report_path, "the baseline's")
+    report, report_sha = verified_report(report_path, "this model's")
+    baseline, baseline_sha = verified_report(baseline_report_path, "the baseline's")
     comparison = compare(report, baseline, params.gate.attack, _seconds(train_metrics_path),
                          _seconds(baseline_metrics_path))
-    comparison["baseline_run_id"] = run_id_of(baseline_metrics_path)
+    comparison.update(baseline_run_id=run_id_of(baseline_metrics_path), report_sha256=report_sha,
+                      baseline_report_sha256=baseline_sha)
     return comparison
 
 

@@ -13,7 +13,8 @@ import torch
 from fairat.config import Params, to_dict
 from fairat.engine.checkpoint import load_model
 from fairat.engine.data import MANIFEST_NAME, load_prepared
-from fairat.evidence.gate import recheck_decision, sidecar_path
+from fairat.errors import DataError
+from fairat.evidence.gate import read_report, recheck_decision, sidecar_path
 from fairat.evidence.comparison import comparison_tags
 from fairat.evidence.model_card import render_card, summary_text, verdict_line
 from fairat.io import write_json_atomic, write_text_atomic
@@ -77,7 +78,12 @@ def register_step(params: Params, model_path: str | Path, report_path: str | Pat
     decision, model_sha, report_sha = recheck_decision(gate_path, model_path, report_path, logged)
     passed = decision["passed"]
     report_path = Path(report_path)
-    report = _read_json(report_path)
+    report, read_sha, _ = read_report(report_path)
+    changed = read_sha != report_sha or (comparison is not None
+                                         and comparison["report_sha256"] != report_sha)
+    if changed:  # the card, the tags and the comparison must describe the bytes just re-checked
+        raise DataError(f"register: evaluation report {report_path} changed while registering; "
+                        "nothing was registered, re-run the gate and register")
     manifest = json.loads((Path(data_dir) / MANIFEST_NAME).read_text())
     model, _ = load_model(model_path, torch.device("cpu"))
     model.eval()
