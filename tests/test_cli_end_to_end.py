@@ -104,4 +104,7 @@ def test_run_with_baseline_trains_pgd_at_beside_the_model_and_cards_the_lift(tmp
     card = (tmp_path / "reports/model_card.md").read_text()
     assert "baseline was trained beside this model" in card
     assert f"worst class {100 * lift:+.1f} points" in card
+    train = json.loads((tmp_path / "metrics/train.json").read_text())
+    assert mine["provenance"]["train_seconds"] == pytest.approx(train["seconds"])
+    assert "not hash-checked" not in card  # the cost came from the checked reports
     assert f"{100 * lift:+.1f} points; average" in capsys.readouterr().out  # compare's line

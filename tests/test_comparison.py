@@ -139,11 +139,26 @@ def test_compare_command_writes_the_metric_and_refuses_bad_evidence(tmp_path, ca
     assert main(argv) == 0
     written = json.loads(out.read_text())
     assert written["worst_lift"] == pytest.approx(0.2) and written["time_ratio"] == pytest.approx(1.5)
-    assert "+20.0 points" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "+20.0 points" in printed and "not hash-checked" in printed  # reports carry no time
     base.write_text(base.read_text().replace('"eps": 0.1', '"eps": 0.2'))
     assert main(argv) == 2
     assert "the baseline's evaluation report" in capsys.readouterr().err
     assert json.loads(out.read_text()) == written  # nothing half-written on refusal
+
+
+def test_the_cost_comes_from_the_checked_reports_not_an_edited_summary(tmp_path, capsys):
+    """The model file records its training time and evaluate copies it into the hash-checked
+    report: a metrics file edited to make the method look cheap changes nothing."""
+    timed = {name: _edited(report, lambda r, t=t: r["provenance"].update(train_seconds=t))
+             for name, report, t in (("mine", FAIRAT, 36.0), ("base", PGD_AT, 30.0))}
+    mine = _write(tmp_path / "eval.json", timed["mine"])
+    base = _write(tmp_path / "b" / "eval.json", timed["base"])
+    (tmp_path / "train.json").write_text(json.dumps({"seconds": 1.0}))  # "edited"
+    c = compare_step(Params(), mine, base, tmp_path / "c.json", tmp_path / "train.json")
+    assert c["time_ratio"] == pytest.approx(1.2) and c["seconds_checked"]
+    assert "1.20x" in capsys.readouterr().out
+    assert json.loads((tmp_path / "c.json").read_text())["time_ratio"] == pytest.approx(1.2)
 
 
 def test_card_shows_the_lift_next_to_the_cost_or_why_not(tmp_path):

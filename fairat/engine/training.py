@@ -464,6 +464,8 @@ class Trainer:
             else:
                 payload = self.model_payload()
             payload["selected"] = {"epoch": chosen, "by": by}
+            # in the model file, so the cost reaches the hash-checked evaluation report
+            payload["training"] = {"seconds": round(seconds, 3), "examples_trained": trained}
             save_checkpoint(payload, self.paths.model)
             write_json_atomic(self.paths.metrics, summary_json(summary, self.cfg))
             write_text_atomic(self.paths.history, history_csv(self.history))

@@ -138,5 +138,7 @@ def comparison_lines(comparison: dict[str, Any]) -> list[str]:
     if c.get("time_ratio") is not None:
         lines.append(f"training took {c['seconds']:.0f} s against {c['baseline_seconds']:.0f} s "
                      f"({c['time_ratio']:.2f}x the baseline's; wall time on a shared machine "
-                     "varies by about 10%)")
+                     "varies by about 10%"
+                     + ("" if c.get("seconds_checked", True) else
+                        "; from the training summaries, which are not hash-checked") + ")")
     return lines

@@ -80,7 +80,10 @@ def _beside_lines(c: dict[str, Any], method: str) -> list[str]:
             f"Difference ({c['attack']}): worst class {100 * c['worst_lift']:+.1f} points, "
             f"average {100 * c['average_lift']:+.1f} points. One run each: seed-to-seed spread "
             "is not included (docs/results.md measures it over many seeds). Training time is "
-            "each run's wall clock; on a shared machine it varies by about 10%."]
+            "each run's wall clock; on a shared machine it varies by about 10%"
+            + ("." if c.get("seconds_checked", True) else
+               "; these times come from the training summaries, which are not hash-checked "
+               "(model files written before the model file recorded its training time).")]
 
 
 def render_card(params: dict[str, Any], report: dict[str, Any] | None, decision: dict[str, Any],

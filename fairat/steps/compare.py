@@ -13,11 +13,22 @@ from fairat.io import write_json_atomic
 from fairat.steps.shared import run_id_of
 
 
-def _seconds(train_metrics_path: str | Path | None) -> float | None:
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _seconds(report: dict[str, Any], train_metrics_path: str | Path | None
+             ) -> tuple[float | None, str | None]:
+    """Training seconds and where they come from. The model file records them and evaluate copies
+    them into the hash-checked report, so an edited metrics file cannot fake the cost; the
+    training summary is the fallback for model files written before that (said so on the card)."""
+    recorded = _number((report.get("provenance") or {}).get("train_seconds"))
+    if recorded is not None:
+        return recorded, "report"
     if not train_metrics_path or not Path(train_metrics_path).is_file():
-        return None
-    value = json.loads(Path(train_metrics_path).read_text()).get("seconds")
-    return float(value) if isinstance(value, (int, float)) else None
+        return None, None
+    value = _number(json.loads(Path(train_metrics_path).read_text()).get("seconds"))
+    return value, ("summary" if value is not None else None)
 
 
 def comparison_from_files(params: Params, report_path: str | Path,
@@ -29,10 +40,12 @@ def comparison_from_files(params: Params, report_path: str | Path,
     states numbers recomputed from the evidence, never read from an editable metrics file."""
     report, report_sha = verified_report(report_path, "this model's")
     baseline, baseline_sha = verified_report(baseline_report_path, "the baseline's")
-    comparison = compare(report, baseline, params.gate.attack, _seconds(train_metrics_path),
-                         _seconds(baseline_metrics_path))
+    (seconds, source), (base_seconds, base_source) = (
+        _seconds(report, train_metrics_path), _seconds(baseline, baseline_metrics_path))
+    comparison = compare(report, baseline, params.gate.attack, seconds, base_seconds)
     comparison.update(baseline_run_id=run_id_of(baseline_metrics_path), report_sha256=report_sha,
-                      baseline_report_sha256=baseline_sha)
+                      baseline_report_sha256=baseline_sha,
+                      seconds_checked=source == base_source == "report")
     return comparison
 
 

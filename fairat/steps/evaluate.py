@@ -47,7 +47,8 @@ def evaluate_step(params: Params, data_dir: str | Path, model_path: str | Path,
                   "model_epoch": meta.get("selected", {}).get("epoch", meta.get("epoch")),
                   "model_selected_by": meta.get("selected", {}).get("by"),
                   "train_config": meta.get("config"), "data_content_hash": manifest["content_hash"],
-                  "data_source": manifest["source"], "split": cfg.split}
+                  "data_source": manifest["source"], "split": cfg.split,
+                  "train_seconds": (meta.get("training") or {}).get("seconds")}
     report = evaluate(model, split.images, split.labels, split.class_names, cfg, device, provenance,
                       ctx=ctx)
     if not ctx.is_main:
