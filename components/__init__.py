@@ -6,6 +6,7 @@ inside its body and calls :mod:`fairat.cluster.runtime`, which maps artifact fol
 package loads neither torch nor fairat's heavy modules.
 """
 
+from components.compare import compare
 from components.evaluate import evaluate
 from components.gate import gate
 from components.image import IMAGE
@@ -13,4 +14,4 @@ from components.prepare import prepare
 from components.register import register
 from components.train import train
 
-__all__ = ["IMAGE", "prepare", "train", "evaluate", "gate", "register"]
+__all__ = ["IMAGE", "prepare", "train", "evaluate", "gate", "compare", "register"]

@@ -350,6 +350,10 @@ def add_parser(sub: Any) -> None:
                              help="leave a failed TrainJob for inspection instead of deleting "
                                   "it (a cancelled run's TrainJob is deleted either way; "
                                   "default: delete)")
+        cluster.add_argument("--no-baseline", action="store_true",
+                             help="leave out the PGD-AT baseline trained beside the model (half "
+                                  "the training cost; the card then shows no lift; default: "
+                                  "train it, as dvc repro does)")
     compile_p, submit_p = actions.choices["compile"], actions.choices["submit"]
     compile_p.add_argument("--out", default="pipelines/fairat_pipeline.yaml", type=Path,
                            help="output YAML (default: %(default)s)")
@@ -404,6 +408,7 @@ def main(args: argparse.Namespace) -> int:
     """Run `fairat pipeline ...`; errors print one line and return 2."""
     settings_values = {name: getattr(args, name) for name in CLUSTER_FLAGS.values()}
     settings_values["keep_failed_trainjob"] = args.keep_failed_trainjob or None
+    settings_values["baseline"] = False if args.no_baseline else None
     if settings_values["mlflow_auth_secret"] is None:  # one secret serves both, unless told
         settings_values["mlflow_auth_secret"] = settings_values["mlflow_secret"]
     try:

@@ -1,4 +1,7 @@
-"""The fairat Kubeflow pipeline: prepare -> train -> evaluate -> gate -> register, as in dvc.yaml.
+"""The fairat Kubeflow pipeline: prepare -> train -> evaluate -> gate -> register, as in dvc.yaml,
+with the PGD-AT baseline trained and evaluated beside the model (baseline-train, baseline-evaluate,
+compare) so the model card and the version's tags show the lift on the weakest class next to the
+cost; compile with ``ClusterSettings(baseline=False)`` (``--no-baseline``) to leave it out.
 
 Wiring only. Every `params.yaml` knob is a pipeline parameter (``train.attack.eps`` ->
 ``train__attack__eps``, see :mod:`fairat.cluster.params`) whose default is read from the params
@@ -52,8 +55,9 @@ from typing import Any
 import yaml
 from kfp import compiler, dsl, kubernetes
 
-from components import IMAGE, evaluate, gate, prepare, register, train
+from components import IMAGE, compare, evaluate, gate, prepare, register, train
 from fairat.config import Params, load_params
+from fairat.evidence.comparison import BASELINE_METHOD
 from fairat.cluster.params import Knob, knob_lines, knobs, yaml_comments
 
 PIPELINE_NAME = "fairat"
@@ -66,7 +70,8 @@ COMPILED_FILE = Path(__file__).resolve().with_name("fairat_pipeline.yaml")
 # (evaluate.eps) against the training radius.
 SECTIONS = {"prepare": ("data",), "train": ("model", "train"),
             "evaluate": ("evaluate", "track", "train.attack.eps"),
-            "gate": ("gate",), "register": ("data", "model", "train", "evaluate", "gate", "track")}
+            "gate": ("gate",), "compare": ("gate", "track"),
+            "register": ("data", "model", "train", "evaluate", "gate", "track")}
 
 # Run-time settings of the training task, beside the params.yaml knobs: (name, type, default,
 # text).
@@ -111,6 +116,11 @@ class ClusterSettings:
             (its service account needs the RBAC in docs/kubeflow.md).
         keep_failed_trainjob: leave a failed TrainJob (and its pods) for inspection instead of
             deleting it; a cancelled launcher deletes its TrainJob either way.
+
+    The baseline:
+        baseline: train and evaluate a PGD-AT model beside the one the run trains (the same
+            data, seed and every training knob but the method's own), and compare the two; the
+            registered version carries the lift. Doubles the training cost; False leaves it out.
     """
 
     image: str = IMAGE
@@ -123,6 +133,7 @@ class ClusterSettings:
     shared_mount_path: str = "/fairat-shared"
     trainer_namespace: str | None = None
     keep_failed_trainjob: bool = False
+    baseline: bool = True  # train the PGD-AT baseline beside the model, as `dvc repro` does
 
 
 def trainjob_settings(settings: ClusterSettings) -> str:
@@ -199,47 +210,68 @@ def build_pipeline(params: Params, settings: ClusterSettings = ClusterSettings()
     def fairat_pipeline(*args: Any) -> None:
         values = dict(zip(signature.parameters, args))
 
-        def knob_text(step: str) -> str:
-            return knob_lines({k.key: values[k.name] for k in table
+        def knob_text(step: str, **fixed: Any) -> str:
+            """The step's knobs; ``fixed`` (``train__method="pgd_at"``) replaces run values."""
+            return knob_lines({k.key: fixed.get(k.name, values[k.name]) for k in table
                                if k.section in SECTIONS[step] or k.key in SECTIONS[step]})
 
+        def train_task(params_text: str) -> dsl.PipelineTask:
+            # run_id: the run's uuid, the same for every retry, keys the checkpoints and the
+            # TrainJob (with the params: the baseline's other method keeps them apart)
+            task = train(params=params_text, data=data.outputs["data"],
+                         gpus_per_node=values["gpus_per_node"], num_nodes=values["num_nodes"],
+                         checkpoint_url=values["checkpoint_url"],
+                         run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                         **_trainer_inputs(settings, values["accelerator_type"]))
+            task.set_caching_options(False)  # GPU training is not bitwise reproducible
+            if settings.shared_volume_claim:
+                # A launcher: no GPUs (the TrainJob's nodes hold them); a retried launcher adopts
+                # the TrainJob of the attempt before it (named after the run), never a second one
+                kubernetes.mount_pvc(task, pvc_name=settings.shared_volume_claim,
+                                     mount_path=settings.shared_mount_path)
+            else:
+                task.set_accelerator_type(values["accelerator_type"])
+                task.set_accelerator_limit(values["gpus_per_node"])
+            return task.set_retry(num_retries=settings.train_retries, backoff_duration="60s",
+                                  backoff_factor=2.0)
+
+        def evaluate_task(trained_task: dsl.PipelineTask) -> dsl.PipelineTask:
+            return evaluate(params=knob_text("evaluate"), data=data.outputs["data"],
+                            model=trained_task.outputs["model"],
+                            summary=trained_task.outputs["summary"]).set_caching_options(True)
+
         data = prepare(params=knob_text("prepare")).set_caching_options(True)
-        # run_id: the run's uuid, the same for every retry, keys the checkpoints and TrainJob
-        trained = train(params=knob_text("train"), data=data.outputs["data"],
-                        gpus_per_node=values["gpus_per_node"], num_nodes=values["num_nodes"],
-                        checkpoint_url=values["checkpoint_url"],
-                        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                        **_trainer_inputs(settings, values["accelerator_type"]))
-        trained.set_caching_options(False)  # GPU training is not bitwise reproducible
-        if settings.shared_volume_claim:
-            # A launcher: no GPUs (the TrainJob's nodes hold them); a retried launcher adopts
-            # the TrainJob of the attempt before it (named after the run), never a second one
-            kubernetes.mount_pvc(trained, pvc_name=settings.shared_volume_claim,
-                                 mount_path=settings.shared_mount_path)
-        else:
-            trained.set_accelerator_type(values["accelerator_type"])
-            trained.set_accelerator_limit(values["gpus_per_node"])
-        trained.set_retry(num_retries=settings.train_retries, backoff_duration="60s",
-                          backoff_factor=2.0)
-        evaluated = evaluate(params=knob_text("evaluate"), data=data.outputs["data"],
-                             model=trained.outputs["model"], summary=trained.outputs["summary"],
-                             ).set_caching_options(True)
+        trained = train_task(knob_text("train"))
+        evaluated = evaluate_task(trained)
         decided = gate(params=knob_text("gate"), report=evaluated.outputs["report"],
                        model=trained.outputs["model"]).set_caching_options(True)
         common = dict(params=knob_text("register"), data=data.outputs["data"],
                       model=trained.outputs["model"], summary=trained.outputs["summary"],
                       report=evaluated.outputs["report"], decision=decided.outputs["decision"])
+        beside: list[dsl.PipelineTask] = []
+        if settings.baseline:
+            base_trained = train_task(knob_text("train", train__method=BASELINE_METHOD))
+            base_evaluated = evaluate_task(base_trained)
+            compared = compare(params=knob_text("compare"), report=evaluated.outputs["report"],
+                               summary=trained.outputs["summary"],
+                               baseline_report=base_evaluated.outputs["report"],
+                               baseline_summary=base_trained.outputs["summary"])
+            base_trained.set_display_name("baseline-train")
+            base_evaluated.set_display_name("baseline-evaluate")
+            beside = [base_trained, base_evaluated, compared.set_caching_options(True)]
+            common.update(baseline_report=base_evaluated.outputs["report"],
+                          baseline_summary=base_trained.outputs["summary"])
         with dsl.If(decided.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
             candidate = register(candidate=True, **common).set_display_name("register-candidate")
         with dsl.Else(name="gate-blocked"):
             blocked = register(candidate=False, **common).set_display_name("register-blocked")
         _with_s3(data, settings)
-        for task in (trained, evaluated, candidate, blocked):  # all log to the training's run
+        for task in (trained, evaluated, candidate, blocked, *beside):  # each logs to its run
             _with_s3(task, settings)
             _with_mlflow(task, settings)
         for task in (candidate, blocked):
             task.set_caching_options(False)  # a registration is a side effect, never a cache hit
-        for task in (data, trained, evaluated, decided, candidate, blocked):
+        for task in (data, trained, evaluated, decided, candidate, blocked, *beside):
             task.set_container_image(settings.image)
 
     fairat_pipeline.__signature__ = signature  # type: ignore[attr-defined]

@@ -228,7 +228,8 @@ def test_every_task_runs_the_project_image_without_installing_packages(ir):
 
     executors = _spec(ir)["deploymentSpec"]["executors"]
     assert set(executors) == {"exec-prepare", "exec-train", "exec-evaluate", "exec-gate",
-                              "exec-register", "exec-register-2"}
+                              "exec-register", "exec-register-2",  # the gate's two branches
+                              "exec-train-2", "exec-evaluate-2", "exec-compare"}  # the baseline
     for name, ex in executors.items():
         assert ex["container"]["image"] == IMAGE, name
         assert "pip install" not in " ".join(ex["container"]["command"]), name
@@ -237,15 +238,54 @@ def test_every_task_runs_the_project_image_without_installing_packages(ir):
 
 def test_train_requests_gpus_and_retries(ir):
     spec = _spec(ir)
-    resources = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
-    assert "pipelinechannel--accelerator_type" in resources["accelerator"]["resourceType"]
-    assert "pipelinechannel--gpus_per_node" in resources["accelerator"]["resourceCount"]
     tasks = spec["root"]["dag"]["tasks"]
-    assert tasks["train"]["retryPolicy"]["maxRetryCount"] == 2
-    assert "trainjob" not in tasks["train"]["inputs"]["parameters"]  # trains in its own pod
+    for name in ("train", "train-2"):  # the model and the baseline beside it
+        resources = spec["deploymentSpec"]["executors"][f"exec-{name}"]["container"]["resources"]
+        assert "pipelinechannel--accelerator_type" in resources["accelerator"]["resourceType"]
+        assert "pipelinechannel--gpus_per_node" in resources["accelerator"]["resourceCount"]
+        assert tasks[name]["retryPolicy"]["maxRetryCount"] == 2
+        assert "trainjob" not in tasks[name]["inputs"]["parameters"]  # trains in its own pod
     caching = {name: t.get("cachingOptions", {}).get("enableCache", False)
                for name, t in tasks.items() if name != "condition-branches-1"}
-    assert caching == {"prepare": True, "train": False, "evaluate": True, "gate": True}
+    assert caching == {"prepare": True, "train": False, "evaluate": True, "gate": True,
+                       "train-2": False, "evaluate-2": True, "compare": True}
+
+
+def _params_text(task: dict) -> str:
+    return task["inputs"]["parameters"]["params"]["runtimeValue"]["constant"]
+
+
+def test_the_baseline_trains_pgd_at_on_every_other_knob_of_the_run(ir):
+    """Comparable by construction: the baseline's train task reads the same run parameters as
+    the model's, except the method, fixed to PGD-AT; register receives both reports."""
+    tasks = _spec(ir)["root"]["dag"]["tasks"]
+    assert tasks["train-2"]["taskInfo"]["name"] == "baseline-train"
+    mine = _params_text(tasks["train"]).splitlines()
+    base = _params_text(tasks["train-2"]).splitlines()
+    assert "train.method={{$.inputs.parameters['pipelinechannel--train__method']}}" in mine
+    assert "train.method=pgd_at" in base
+    assert [line for line in mine if not line.startswith("train.method=")] == \
+        [line for line in base if not line.startswith("train.method=")]
+    artifacts = tasks["compare"]["inputs"]["artifacts"]
+    assert {k: v["taskOutputArtifact"]["producerTask"] for k, v in artifacts.items()} == {
+        "report": "evaluate", "summary": "train", "baseline_report": "evaluate-2",
+        "baseline_summary": "train-2"}
+    for branch in ("comp-condition-2", "comp-condition-3"):
+        register = _spec(ir)["components"][branch]["dag"]["tasks"]
+        (task,) = register.values()
+        assert task["inputs"]["artifacts"]["baseline_report"] == {
+            "componentInputArtifact": "pipelinechannel--evaluate-2-report"}
+
+
+def test_no_baseline_compiles_the_five_steps_alone(tmp_path):
+    from pipelines.cli import cluster_settings, compile_to
+
+    text = compile_to(tmp_path / "p.yaml", REPO / "params.yaml",
+                      cluster_settings({"baseline": False})).read_text()
+    pipeline = next(yaml.safe_load_all(text))
+    assert set(pipeline["root"]["dag"]["tasks"]) == {"prepare", "train", "evaluate", "gate",
+                                                     "condition-branches-1"}
+    assert "baseline_report" not in json.dumps(pipeline["root"])
 
 
 def test_with_a_shared_volume_train_launches_a_trainjob_without_gpus(ir, tmp_path):
@@ -261,7 +301,9 @@ def test_with_a_shared_volume_train_launches_a_trainjob_without_gpus(ir, tmp_pat
     assert executors["exec-train"]["pvcMount"] == [{
         "constant": "fairat-work", "mountPath": "/shared",
         "pvcNameParameter": {"runtimeValue": {"constant": "fairat-work"}}}]
-    assert [name for name, ex in executors.items() if "pvcMount" in ex] == ["exec-train"]
+    assert executors["exec-train-2"]["pvcMount"] == executors["exec-train"]["pvcMount"]
+    assert [name for name, ex in executors.items() if "pvcMount" in ex] == ["exec-train",
+                                                                           "exec-train-2"]
     # a launcher: the TrainJob's nodes hold the GPUs; a retried launcher adopts its TrainJob
     assert "resources" not in pipeline["deploymentSpec"]["executors"]["exec-train"]["container"]
     task = pipeline["root"]["dag"]["tasks"]["train"]
@@ -630,6 +672,16 @@ def test_pipeline_runs_end_to_end_with_kfp_local(tmp_path, monkeypatch):
                  "evaluate/report_md", "evaluate/chart"):
         assert (run_dir / path).exists(), path
     assert "# Class-wise robustness report" in (run_dir / "evaluate" / "report_md").read_text()
+    # the PGD-AT baseline beside the model, compared and on the card
+    base = json.loads((run_dir / "evaluate-2" / "report" / "eval.json").read_text())
+    assert base["provenance"]["train_config"]["train"]["method"] == "pgd_at"
+    comparison = json.loads((run_dir / "compare" / "comparison" / "comparison.json").read_text())
+    mine = json.loads((run_dir / "evaluate" / "report" / "eval.json").read_text())
+    attack = decision["attack"]
+    assert comparison["worst_lift"] == pytest.approx(
+        mine["attacks"][attack]["summary"]["worst"] - base["attacks"][attack]["summary"]["worst"])
+    card = (run_dir / "register" / "card").read_text()
+    assert "baseline was trained beside this model" in card
 
     from mlflow import MlflowClient
 

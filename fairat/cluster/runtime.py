@@ -30,7 +30,8 @@ from fairat.engine.metrics import numeric_metrics
 from fairat.io import atomic_folder, write_text_atomic
 from fairat.cluster.params import params_from_lines
 
-from fairat.artifacts import EVAL_JSON, EVAL_PNG, GATE_JSON, MODEL, REGISTERED_JSON, TRAIN_CSV, TRAIN_JSON
+from fairat.artifacts import (COMPARISON_JSON, EVAL_JSON, EVAL_PNG, GATE_JSON, MODEL,
+                              REGISTERED_JSON, TRAIN_CSV, TRAIN_JSON)
 
 
 def run_prepare(params: str, data_dir: str) -> None:
@@ -265,8 +266,24 @@ def run_gate(params: str, report_dir: str, model_dir: str, gate_dir: str) -> dic
                      Path(model_dir) / MODEL, Path(gate_dir) / GATE_JSON)
 
 
+def run_compare(params: str, report_dir: str, train_dir: str, baseline_report_dir: str,
+                baseline_train_dir: str, out_dir: str) -> dict[str, float]:
+    """The model against the baseline trained beside it into ``out_dir/comparison.json`` (the
+    numbers only, as `dvc repro` writes them); returns those numbers for a Metrics artifact."""
+    from fairat.evidence.comparison import comparison_metrics
+    from fairat.steps.compare import compare_step
+
+    comparison = compare_step(params_from_lines(params), Path(report_dir) / EVAL_JSON,
+                              Path(baseline_report_dir) / EVAL_JSON,
+                              Path(out_dir) / COMPARISON_JSON, Path(train_dir) / TRAIN_JSON,
+                              Path(baseline_train_dir) / TRAIN_JSON)
+    return comparison_metrics(comparison)
+
+
 def run_register(params: str, candidate: bool, data_dir: str, model_dir: str, train_dir: str,
-                 report_dir: str, gate_dir: str, card_path: str, out_dir: str) -> dict[str, Any]:
+                 report_dir: str, gate_dir: str, card_path: str, out_dir: str,
+                 baseline_report_dir: str | None = None,
+                 baseline_train_dir: str | None = None) -> dict[str, Any]:
     """Write the model card (Markdown) to ``card_path`` and register the model in MLflow; the
     alias follows the gate file, checked against the branch.
 
@@ -288,4 +305,8 @@ def run_register(params: str, candidate: bool, data_dir: str, model_dir: str, tr
     return register_step(params_from_lines(params), Path(model_dir) / MODEL,
                          Path(report_dir) / EVAL_JSON, gate_file, Path(train_dir) / TRAIN_JSON,
                          data_dir, Path(out_dir) / REGISTERED_JSON,
-                         plot_path=Path(report_dir) / EVAL_PNG, card_path=card_path)
+                         plot_path=Path(report_dir) / EVAL_PNG, card_path=card_path,
+                         baseline_report_path=(Path(baseline_report_dir) / EVAL_JSON
+                                               if baseline_report_dir else None),
+                         baseline_metrics_path=(Path(baseline_train_dir) / TRAIN_JSON
+                                                if baseline_train_dir else None))
