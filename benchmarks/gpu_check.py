@@ -20,8 +20,12 @@ Steps:
 3. ``compare``: a short PGD-AT vs FairAT run (the study's cell: train, class-wise evaluation) on a
    CIFAR-10 subset; its numbers show the GPU path end to end, they are not evidence of a lift.
 
-    benchmarks/gpu_check.sh                          # on a GPU machine
-    python benchmarks/gpu_check.py --smoke --out /tmp/gpu_check.json   # CPU, seconds
+    benchmarks/gpu_bundle.sh && benchmarks/gpu_check.sh   # GPU machine (benchmarks/README.md)
+    benchmarks/gpu_check.sh --smoke --out /tmp/gpu_check.json   # CPU, seconds
+
+A lent machine gets the checkout alone and has no registry: ``gpu_bundle.sh`` packs what its
+image lacks (pyautoattack, the CIFAR-10 archive) into ``.gpu/``, which ``gpu_check.sh`` puts on
+``PYTHONPATH`` with the checkout itself.
 """
 
 from __future__ import annotations
@@ -42,12 +46,23 @@ from typing import Any, Callable
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+SHARED_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "gpu_check.json"
 
 # Dense bf16 peak FLOP/s from the vendors' datasheets (SXM parts; no sparsity).
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
              "A10": 125e12}
+
+
+def bundle_dir() -> Path:
+    """The folder benchmarks/gpu_bundle.sh packs for a lent machine ($FAIRAT_GPU_BUNDLE or .gpu)."""
+    return Path(os.environ.get("FAIRAT_GPU_BUNDLE") or ROOT / ".gpu")
+
+
+def default_data() -> Path:
+    """CIFAR-10 archive: the bundle's copy (all a lent machine has), else ../shared/data's."""
+    bundled = bundle_dir() / "cifar10-jpeg.tar.gz"
+    return bundled if bundled.exists() else SHARED_DATA
 
 
 def peak_flops(device_name: str) -> float | None:
@@ -85,8 +100,12 @@ def step_tests(args: argparse.Namespace, budget: float) -> dict[str, Any]:
         return {"status": "skipped", "why": "smoke mode: without a GPU the tests only skip"}
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
            str(ROOT / "tests")]
+    # fairat is not pip-installed on a lent machine: the tests import it from the checkout
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=budget)
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=budget,
+                              env=env)
     except subprocess.TimeoutExpired:
         return {"status": "timeout", "seconds": budget}
     tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
@@ -212,11 +231,18 @@ STEPS: dict[str, tuple[Callable[[argparse.Namespace, float], dict[str, Any]], fl
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every step in turn; the report is rewritten (atomically) after each, so a run killed by
+    the outer timeout keeps the figures of the steps that finished."""
+    from fairat.io import write_json_atomic
+    from fairat.provenance import package_version
+
     start = time.perf_counter()
     report: dict[str, Any] = {
         "mode": "smoke" if args.smoke else "gpu", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                            time.gmtime()),
-        "torch": torch.__version__, "cuda_available": torch.cuda.is_available(),
+        "python": platform.python_version(), "torch": torch.__version__,
+        "pyautoattack": package_version("pyautoattack"), "data": str(args.data),
+        "cuda_available": torch.cuda.is_available(),
         "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "budget_seconds": args.budget, "steps": {}}
     for name in args.steps:
@@ -235,6 +261,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["steps"][name] = result
         print(f"[gpu_check] {name}: {result['status']} ({result['wall_seconds']:.1f} s)",
               flush=True)
+        report["wall_seconds"] = time.perf_counter() - start
+        write_json_atomic(args.out, report)
     report["wall_seconds"] = time.perf_counter() - start
     return report
 
@@ -243,7 +271,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="toy sizes on the CPU (the test suite)")
-    p.add_argument("--data", default=str(DEFAULT_DATA), help="CIFAR-10 ImageFolder tarball")
+    p.add_argument("--data", default=str(default_data()),
+                   help="CIFAR-10 ImageFolder tarball (the GPU bundle's copy when there is one)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON report")
     p.add_argument("--budget", type=float, default=540.0, help="seconds for all steps")
     p.add_argument("--examples", type=int, default=50000, help="throughput epoch size")

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import math
+import os
+import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -58,23 +62,88 @@ def test_missing_tarball_falls_back_to_digits(throughput, tmp_path, capsys):
     assert "NOTE" in capsys.readouterr().out
 
 
-def test_gpu_check_smoke_mode_runs_every_step_on_cpu(tmp_path):
-    """benchmarks/gpu_check.py --smoke: the one-command GPU check at toy size, on the CPU."""
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT.parent / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
+# Project dependencies the lent GPU machine's image lacks (its package list: the device tool's
+# KINDS.md); the GPU check must run without them. pyautoattack is there only through the bundle.
+NOT_IN_GPU_IMAGE = ("mlflow", "dvc", "dvc_s3", "boto3", "botocore", "s3fs", "kfp", "kubernetes",
+                    "kubeflow", "moto", "psycopg2", "sqlalchemy", "alembic", "flask")
+GPU_IMAGE_GUARD = """
+import importlib.abc, importlib.machinery, sys
+DENY, BUNDLE = {deny!r}, {bundle!r}
+class GpuImage(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        top = name.split(".")[0]
+        if top in DENY:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (not in the GPU image)")
+        if top == "pyautoattack":
+            spec = importlib.machinery.PathFinder.find_spec(name, path)
+            if spec is None or not str(spec.origin).startswith(BUNDLE):
+                raise ModuleNotFoundError("pyautoattack outside the bundle (not in the GPU image)")
+            return spec
+        return None
+sys.meta_path.insert(0, GpuImage())
+"""
+
+
+def _tiny_cifar_tarball(path: Path) -> Path:
+    """A CIFAR-10-shaped ImageFolder archive: 10 classes, 32x32 RGB, 4 train and 1 test each."""
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(0)
+    with tarfile.open(path, "w:gz") as tf:
+        for split, n in (("train", 4), ("test", 1)):
+            for c in range(10):
+                for i in range(n):
+                    pixels = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=gen)
+                    buf = io.BytesIO()
+                    Image.fromarray(pixels.numpy()).save(buf, format="PNG")
+                    info = tarfile.TarInfo(f"cifar10-jpeg/{split}/class{c}/{i:04d}.png")
+                    info.size = buf.tell()
+                    buf.seek(0)
+                    tf.addfile(info, buf)
+    return path
+
+
+def test_gpu_check_runs_from_its_bundle_as_on_a_lent_machine(tmp_path):
+    """gpu_bundle.sh then gpu_check.sh --smoke, in the lent machine's conditions: fairat not
+    installed (the checkout on PYTHONPATH), none of the project's MLOps dependencies importable,
+    pyautoattack and CIFAR-10 only from the bundle. Every step runs at toy size on the CPU."""
+    root = SCRIPT.parents[1]
+    bundle = tmp_path / "bundle"
+    env = {**os.environ, "DATA": str(_tiny_cifar_tarball(tmp_path / "cifar.tar.gz"))}
+    subprocess.run([str(root / "benchmarks" / "gpu_bundle.sh"), str(bundle)], env=env,
+                   check=True, capture_output=True, text=True, timeout=120)
+    assert (bundle / "cifar10-jpeg.tar.gz").is_file()
+    assert not (bundle / "site" / "pyautoattack" / "examples").exists()  # 45 MB it never needs
+    guard = tmp_path / "guard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(
+        GPU_IMAGE_GUARD.format(deny=NOT_IN_GPU_IMAGE, bundle=str(bundle / "site")))
     out = tmp_path / "gpu_check.json"
-    report = gpu_check.main(["--smoke", "--data", str(tmp_path / "absent.tar.gz"),
-                             "--out", str(out)])
-    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(FAIRAT_GPU_BUNDLE=str(bundle), PYTHONPATH=str(guard))
+    proc = subprocess.run([str(root / "benchmarks" / "gpu_check.sh"), "--smoke", "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["pyautoattack"] and report["data"] == str(bundle / "cifar10-jpeg.tar.gz")
     steps = report["steps"]
-    assert steps["tests"]["status"] == "skipped"  # without a GPU they would only skip
+    assert {name: step["status"] for name, step in steps.items()} == {
+        "tests": "skipped", "throughput": "done", "compare": "done"}, steps
     tp = steps["throughput"]
-    assert tp["status"] == "done" and tp["data"]["source"] == "random"
+    assert tp["data"]["source"] == "cifar10-jpeg"  # the bundle's archive, not random pixels
     assert tp["model"] == "preact_resnet18" and tp["examples_per_second"] > 0
     assert tp["train_flops_per_example"] == (2 * tp["pgd_steps"] + 3) * tp["forward_flops_per_example"]
     assert tp["mfu"] is None  # no datasheet peak for a CPU: no guessed utilisation
     assert set(steps["compare"]["methods"]) == {"pgd_at", "fairat"}
     for method in steps["compare"]["methods"].values():
         assert method["autoattack"]["average"] <= method["pgd"]["average"] + 1e-9
+
+
+def test_gpu_check_falls_back_to_random_pixels_and_knows_datasheet_peaks(tmp_path):
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT.parent / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    args = gpu_check.parse_args(["--smoke", "--data", str(tmp_path / "absent.tar.gz")])
+    _, info = gpu_check._throughput_data(args)
+    assert info["source"] == "random" and "not found" in info["note"]
     assert gpu_check.peak_flops("NVIDIA H200") == 989e12 and gpu_check.peak_flops("Tesla T4") is None
