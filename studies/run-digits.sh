@@ -6,22 +6,27 @@
 # run at that setting (fairat-pc-pow4, wat-pgd, cfa-pgd).
 #   studies/run-digits.sh                 # seeds 0-9, every method
 #   SEEDS="0 1 2" studies/run-digits.sh   # fewer seeds
+#   ONLY="pgd_at fairat-pc-pow4" RESULTS=results/digits-xeon SEEDS="0 1 2" studies/run-digits.sh
+#                                         # a replication of some methods (e.g. on another CPU)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 source studies/common.sh
 SEEDS=${SEEDS:-0 1 2 3 4 5 6 7 8 9}
+RESULTS=${RESULTS:-results/digits}
+ONLY=" ${ONLY:-} "
 cell() {  # method seed variant [knobs...]
   local method=$1 seed=$2 variant=$3; shift 3
-  local tag="${method}${variant:+-$variant}-seed$seed"
-  [[ -f results/digits/$tag.json ]] && { echo "skip $tag"; return; }
+  local name="${method}${variant:+-$variant}" tag="${method}${variant:+-$variant}-seed$seed"
+  [[ "$ONLY" == "  " || "$ONLY" == *" $name "* ]] || return 0
+  [[ -f $RESULTS/$tag.json ]] && { echo "skip $tag"; return; }
   echo "== $tag $(date -u +%FT%TZ)"
   local knobs=(-S "data.seed=$seed")
   for o in "$@"; do knobs+=(-S "$o"); done
   "$PY" benchmarks/robust_fairness.py cell --params studies/digits.yaml --method "$method" \
-    --seed "$seed" ${variant:+--variant "$variant"} --work "runs/digits/seed$seed" \
-    --results results/digits "${knobs[@]}"
-  commit_result "results/digits/$tag.json" "Digits study (test split): $tag cell"
+    --seed "$seed" ${variant:+--variant "$variant"} --work "runs/${RESULTS#results/}/seed$seed" \
+    --results "$RESULTS" "${knobs[@]}"
+  commit_result "$RESULTS/$tag.json" "Digits study (test split): $tag cell ($RESULTS)"
 }
 for seed in $SEEDS; do
   cell pgd_at "$seed" ""
