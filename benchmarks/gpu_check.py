@@ -100,12 +100,9 @@ def step_tests(args: argparse.Namespace, budget: float) -> dict[str, Any]:
         return {"status": "skipped", "why": "smoke mode: without a GPU the tests only skip"}
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
            str(ROOT / "tests")]
-    # fairat is not pip-installed on a lent machine: the tests import it from the checkout
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    # inherits gpu_check.sh's PYTHONPATH (checkout + bundle): all a lent machine's tests import
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=budget,
-                              env=env)
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=budget)
     except subprocess.TimeoutExpired:
         return {"status": "timeout", "seconds": budget}
     tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]

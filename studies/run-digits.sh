@@ -17,7 +17,8 @@ RESULTS=${RESULTS:-results/digits}
 ONLY=" ${ONLY:-} "
 cell() {  # method seed variant [knobs...]
   local method=$1 seed=$2 variant=$3; shift 3
-  local name="${method}${variant:+-$variant}" tag="${method}${variant:+-$variant}-seed$seed"
+  local name="${method}${variant:+-$variant}"
+  local tag="$name-seed$seed"
   [[ "$ONLY" == "  " || "$ONLY" == *" $name "* ]] || return 0
   [[ -f $RESULTS/$tag.json ]] && { echo "skip $tag"; return; }
   echo "== $tag $(date -u +%FT%TZ)"
