@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -48,6 +49,7 @@ def run_cell(params: Params, method: str, seed: int, work: Path, results: Path,
 
     params, tag = cell_params(params, method, seed, variant)
     data_dir = work / "data"
+    load_start = _load_average()
     t0 = time.perf_counter()
     if not (data_dir / MANIFEST_NAME).exists():
         prepare.prepare_step(params, data_dir)
@@ -67,12 +69,34 @@ def run_cell(params: Params, method: str, seed: int, work: Path, results: Path,
         "train": {"epochs": summary.epochs, "chosen_epoch": summary.chosen_epoch,
                   "chosen_by": summary.chosen_by, "seconds_this_session": summary.seconds,
                   "examples_per_second": summary.examples_per_second,
+                  # every session's time and where it ran: what the paired cost ratio uses
+                  "seconds_all_sessions": summary.training.get("seconds"),
+                  "sessions": summary.training.get("sessions"),
+                  "machine": summary.training.get("machine"),
                   "history": summary.history},
         **_eval_fields(report),
         "wall_seconds": {"prepare": t1 - t0, "train": t2 - t1, "evaluate": t3 - t2},
+        # 1-minute load at start and end: above the core count, the cell shared the machine
+        "load_average": {"start": load_start, "end": _load_average()},
     }
     write_json_atomic(results / f"{tag}.json", record)
     return record
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def train_cost(cell: dict[str, Any]) -> tuple[float | None, str | None]:
+    """(training seconds over all sessions, the machine they ran on) of a cell record. Records
+    made before cells recorded sessions give the last session's wall time and no machine."""
+    train = cell.get("train", {})
+    if "seconds_all_sessions" in train:
+        return train["seconds_all_sessions"], train.get("machine")
+    return cell["wall_seconds"]["train"], None
 
 
 def _check_prepared(params: Params, data_dir: Path) -> None:
@@ -201,8 +225,10 @@ def paired_differences(results: Path, baseline: str = "pgd_at", attack: str = "a
     initial draw), for the worst class and the class average under ``attack``; mean, sd and
     95% interval over the seeds both have. Pairing removes the seed-to-seed spread that both
     methods share, which on 15 validation images per class is most of the spread. The cost is
-    the ratio of training wall times on the same seed; its median resists a cell that shared
-    the machine with other work."""
+    the ratio of training times on the same seed; its median resists a cell that shared the
+    machine with other work. A seed counts towards the cost only when both cells record one and
+    the same machine (records from before machines were recorded: when neither does), so a
+    ratio of two CPUs is never reported as a method's cost."""
     folder = results if split == "test" else results / "val"
     cells: dict[str, dict[int, dict[str, Any]]] = {}
     for path in sorted(folder.glob("*.json")):
@@ -221,12 +247,14 @@ def paired_differences(results: Path, baseline: str = "pgd_at", attack: str = "a
         def diff(stat: str) -> list[float]:
             return [by_seed[s]["eval"][attack]["summary"][stat]
                     - base[s]["eval"][attack]["summary"][stat] for s in seeds]
-        cost = [by_seed[s]["wall_seconds"]["train"] / base[s]["wall_seconds"]["train"]
-                for s in seeds]
+        costs = [(train_cost(by_seed[s]), train_cost(base[s])) for s in seeds]
+        cost = [mine / theirs for (mine, m), (theirs, b) in costs
+                if m == b and mine is not None and theirs]
         out["methods"][key] = {"seeds": seeds, "worst": mean_ci95(diff("worst")),
                                "average": mean_ci95(diff("average")),
-                               "train_time_ratio": {**mean_ci95(cost),
-                                                    "median": statistics.median(cost)}}
+                               "train_time_ratio": ({**mean_ci95(cost),
+                                                     "median": statistics.median(cost)}
+                                                    if cost else {"n": 0, "median": None})}
     return out
 
 
@@ -235,14 +263,21 @@ def paired_table(paired: dict[str, Any], summary: dict[str, Any]) -> str:
     def fmt(m: dict[str, float]) -> str:
         ci = "" if m["low"] is None else f" [{100 * m['low']:+.1f}, {100 * m['high']:+.1f}]"
         return f"{100 * m['mean']:+.1f}{ci}"
+    def cost(entry: dict[str, Any]) -> str:
+        ratio, n = entry["train_time_ratio"], len(entry["seeds"])
+        if ratio["median"] is None:
+            return "n/a (other machines)"
+        return f"{ratio['median']:.2f}" + ("" if ratio["n"] == n else f" ({ratio['n']} of {n})")
+
     rows = [f"| method | seeds | worst class vs {paired['baseline']} (95% CI) | "
-            f"average vs {paired['baseline']} (95% CI) | train time x (median) |", "|---|---|---|---|---|"]
+            f"average vs {paired['baseline']} (95% CI) | train time x (median, same machine) |",
+            "|---|---|---|---|---|"]
     for method in ordered_methods(summary):
         entry = paired["methods"].get(method)
         if entry is None:
             continue
         rows.append(f"| {method} | {len(entry['seeds'])} | {fmt(entry['worst'])} | "
-                    f"{fmt(entry['average'])} | {entry['train_time_ratio']['median']:.2f} |")
+                    f"{fmt(entry['average'])} | {cost(entry)} |")
     return "\n".join(rows) + "\n"
 
 

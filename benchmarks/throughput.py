@@ -219,13 +219,9 @@ class OurLoop:
 def machine_info(threads: int) -> dict[str, Any]:
     import torchvision
 
-    model_name = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model_name = next((line.split(":", 1)[1].strip() for line in f
-                               if line.startswith("model name")), model_name)
-    except OSError:
-        pass
+    from fairat.provenance import cpu_model
+
+    model_name = cpu_model()
     return {"cpu_count": os.cpu_count(),
             "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
             "cpu_model": model_name, "platform": platform.platform(),

@@ -107,4 +107,9 @@ def test_run_with_baseline_trains_pgd_at_beside_the_model_and_cards_the_lift(tmp
     train = json.loads((tmp_path / "metrics/train.json").read_text())
     assert mine["provenance"]["train_seconds"] == pytest.approx(train["seconds"])
     assert "not hash-checked" not in card  # the cost came from the checked reports
+    # both trained here, in one session each: the ratio is a cost, and the card says where
+    machine = mine["provenance"]["train_machine"]
+    assert machine and machine == baseline["provenance"]["train_machine"]
+    assert mine["provenance"]["train_sessions"] == 1 and mine["provenance"]["machine"] == machine
+    assert comparison["time_ratio"] > 0 and f"Both trained on {machine}" in card
     assert f"{100 * lift:+.1f} points; average" in capsys.readouterr().out  # compare's line

@@ -14,7 +14,8 @@ import yaml
 from fairat.config import Params, TrainConfig, to_dict
 from fairat.errors import DataError
 from fairat.evidence.comparison import (BASELINE_METHOD, METHOD_FIELDS, compare,
-                                        comparison_metrics, comparison_tags, verified_report)
+                                        comparison_lines, comparison_metrics, comparison_tags,
+                                        verified_report)
 from fairat.evidence.gate import write_sidecar
 from fairat.evidence.model_card import render_card
 from fairat.fronts.cli import main
@@ -24,6 +25,7 @@ from reports import attack_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 10
+MACHINE = "cpu: Test CPU; 2 cores usable, 2 torch threads, 1 process"
 
 
 def _report(method: str, robust: dict[str, int], **train: object) -> dict:
@@ -36,7 +38,7 @@ def _report(method: str, robust: dict[str, int], **train: object) -> dict:
             "class_names": list(robust), "examples_per_class": {c: N for c in robust},
             "eps": 0.1, "consistency": [],
             "provenance": {"split": "test", "data_content_hash": "d" * 16, "model_sha256": "a" * 64,
-                           "train_config": config}}
+                           "train_config": config, "train_machine": MACHINE, "train_sessions": 1}}
 
 
 FAIRAT = _report("fairat", {"7": 9, "8": 7, "9": 6})
@@ -108,6 +110,29 @@ def _write(path: Path, report: dict) -> Path:
     return path
 
 
+@pytest.mark.parametrize("edit, note_part", [
+    (lambda r: r["provenance"].update(train_machine="cuda: NVIDIA H100 80GB HBM3; 16 cores usable, "
+                                      "16 torch threads, 1 process"), "different machines"),
+    (lambda r: r["provenance"].update(train_machine=None, train_sessions=2), "2 sessions"),
+    (lambda r: r["provenance"].pop("train_machine"), "does not record the machine"),
+])
+def test_times_from_different_or_unknown_machines_give_no_cost_ratio(edit, note_part):
+    """A baseline pod on another node (or a run resumed elsewhere) must not put a hardware ratio
+    on the card as the method's cost; the lift itself is still comparable."""
+    c = compare(FAIRAT, _edited(PGD_AT, edit), "worst_case", 120.0, 100.0)
+    assert c["comparable"] and c["worst_lift"] == pytest.approx(0.2)
+    assert c["time_ratio"] is None and note_part in c["cost_note"], c["cost_note"]
+    assert "time_ratio" not in comparison_metrics(c)
+    tags = comparison_tags(c)
+    assert "fairat.time_ratio_over_baseline" not in tags
+    assert note_part in tags["fairat.time_ratio_note"]
+    assert any("no cost ratio" in line and note_part in line for line in comparison_lines(c))
+    card = render_card(to_dict(Params()), FAIRAT, {"passed": True, "attack": "worst_case",
+                       "reasons": [], "measured": {}}, {"source": "digits"}, comparison=c)
+    section = card.split("## Comparison with a baseline")[1].split("## ")[0]
+    assert "No time ratio:" in section and note_part in section and "1.20x" not in section
+
+
 def test_an_edited_baseline_report_is_refused(tmp_path):
     path = _write(tmp_path / "baseline" / "eval.json", PGD_AT)
     report, sha = verified_report(path, "the baseline's")
@@ -170,6 +195,8 @@ def test_card_shows_the_lift_next_to_the_cost_or_why_not(tmp_path):
     section = card.split("## Comparison with a baseline")[1].split("## ")[0]
     assert "| baseline | pgd_at | 40.0% (9)" in section and "60.0%" in section
     assert "worst class +20.0 points" in section and "1.20x" in section and "rrrrrrrr" in section
+    assert f"Both trained on {MACHINE}" in section
+    assert f"| trained on | `{MACHINE}` |" in card
     bad = compare(FAIRAT, _report("pgd_at", {"7": 9, "8": 6, "9": 4}, epochs=3), "worst_case")
     card = render_card(params, FAIRAT, decision, {"source": "digits"}, comparison=bad)
     assert "cannot be compared" in card and "train.epochs differ" in card

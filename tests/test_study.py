@@ -28,6 +28,11 @@ def test_cells_write_results_that_aggregate_over_seeds(tmp_path):
     assert record["seed"] == 1 and record["params"]["train"]["seed"] == 1
     assert record["train"]["history"][-1]["hard_count"] > 0
     assert set(record["wall_seconds"]) == {"prepare", "train", "evaluate"}
+    # where the time was measured, so a cost ratio never compares two machines
+    assert record["train"]["machine"].startswith("cpu: ") and record["train"]["sessions"] == 1
+    assert 0 < record["train"]["seconds_all_sessions"] <= record["wall_seconds"]["train"]
+    assert record["provenance"]["train_machine"] == record["train"]["machine"]
+    assert set(record["load_average"]) == {"start", "end"}
     summary = study.aggregate(tmp_path / "results")
     entry = summary["methods"]["fairat"]
     assert entry["seeds"] == [0, 1] and entry["autoattack"]["worst"]["n"] == 2
@@ -80,13 +85,38 @@ def test_mean_ci95_is_the_student_t_interval():
     assert study.mean_ci95([0.5])["low"] is None
 
 
-def _fake_cell(folder, method, seed, worst, average, train_s):
+def _fake_cell(folder, method, seed, worst, average, train_s, machine="legacy"):
+    """A cell record; machine "legacy" writes one from before cells recorded sessions."""
     summary = {"worst": worst, "average": average, "gap": 0.1, "worst_class": "0"}
+    train = {"examples_per_second": 1.0}
+    if machine != "legacy":  # the time over all sessions, not the last session's wall time
+        train.update(seconds_all_sessions=train_s, sessions=1, machine=machine)
     cell = {"tag": f"{method}-seed{seed}", "method": method, "seed": seed, "variant": "",
             "eval": {"autoattack": {"summary": summary, "per_class": {"0": worst, "1": average}}},
-            "wall_seconds": {"train": train_s, "evaluate": 1.0},
-            "train": {"examples_per_second": 1.0}}
+            "wall_seconds": {"train": 1.0 if machine != "legacy" else train_s, "evaluate": 1.0},
+            "train": train}
     (folder / f"{method}-seed{seed}.json").write_text(json.dumps(cell))
+
+
+def test_the_cost_ratio_pairs_only_cells_trained_on_the_same_machine(tmp_path):
+    """Two CPUs' speeds are no method's cost: a seed whose cells ran on different (or one
+    unrecorded) machines leaves the ratio, and none left says so instead of a number."""
+    epyc, xeon = "cpu: AMD EPYC; 2 cores", "cpu: Intel Xeon; 2 cores"
+    for seed, (mine, theirs, m) in enumerate([(epyc, epyc, 1.1), (xeon, xeon, 1.3),
+                                              (xeon, epyc, 3.0), ("legacy", xeon, 4.0)]):
+        _fake_cell(tmp_path, "pgd_at", seed, 0.5, 0.8, 100.0, theirs)
+        _fake_cell(tmp_path, "fairat", seed, 0.6, 0.8, 100.0 * m, mine)
+    entry = study.paired_differences(tmp_path)["methods"]["fairat"]
+    assert entry["seeds"] == [0, 1, 2, 3] and entry["train_time_ratio"]["n"] == 2
+    assert entry["train_time_ratio"]["median"] == pytest.approx(1.2)
+    table = study.paired_table(study.paired_differences(tmp_path), study.aggregate(tmp_path))
+    assert "| 1.20 (2 of 4) |" in table
+    for seed in (0, 1):
+        _fake_cell(tmp_path, "fairat", seed, 0.6, 0.8, 100.0, "cuda: a GPU")
+    entry = study.paired_differences(tmp_path)["methods"]["fairat"]
+    assert entry["train_time_ratio"]["median"] is None
+    assert "n/a (other machines)" in study.paired_table(study.paired_differences(tmp_path),
+                                                       study.aggregate(tmp_path))
 
 
 def test_paired_differences_pair_by_seed_and_skip_unpaired_seeds(tmp_path):

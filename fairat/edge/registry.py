@@ -143,7 +143,8 @@ def log_comparison(run_id: str, comparison: dict[str, Any]) -> None:
     tags = {f"{TAG}baseline_run_id": comparison.get("baseline_run_id") or "",
             f"{TAG}baseline_method": str(comparison.get("baseline_method") or ""),
             f"{TAG}baseline_comparable": str(bool(comparison["comparable"])).lower(),
-            f"{TAG}baseline_reasons": json.dumps(comparison["reasons"])[:5000]}
+            f"{TAG}baseline_reasons": json.dumps(comparison["reasons"])[:5000],
+            f"{TAG}time_ratio_note": str(comparison.get("cost_note") or "")[:5000]}
     try:
         with mlflow.start_run(run_id=run_id):
             mlflow.log_metrics({f"baseline.{k}": v

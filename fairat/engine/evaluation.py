@@ -43,7 +43,7 @@ from fairat.engine.progress import Progress
 from fairat.engine.seeds import generator
 from fairat.io import write_json_atomic
 from fairat.engine.metrics import accuracy_from_counts, classwise_counts, summarize
-from fairat.provenance import git_commit, package_version
+from fairat.provenance import git_commit, machine, package_version
 
 log = logging.getLogger(__name__)
 
@@ -380,7 +380,7 @@ def _provenance(extra: dict[str, Any] | None, cfg: EvalConfig, device: torch.dev
         "torchvision": package_version("torchvision"),
         "pyautoattack": package_version("pyautoattack"), "fairat": fairat.__version__,
         "git_commit": git_commit(), "seed": cfg.seed, "device": device.type,
-        "world_size": ctx.world_size,
+        "world_size": ctx.world_size, "machine": machine(device, ctx.world_size),
         "eval_config": to_dict(cfg),
     }
     merged = dict(extra or {})

@@ -50,6 +50,7 @@ from fairat.engine.methods import (Batch, ClassTerms, objective_name, start_nois
 from fairat.engine.models import ModelSpec, build_model
 from fairat.engine.seeds import generator
 from fairat.errors import TrainingDiverged
+from fairat.provenance import machine
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class TrainSummary:
     examples_trained: int
     examples_per_second: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    training: dict[str, Any] = field(default_factory=dict)  # all sessions: training_record()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -174,6 +176,10 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"epoch": 0, "value": -math.inf}
+        # One entry per process run that completed epochs (a resumed run adds one): the machine
+        # and the wall time to its last checkpoint, so the cost covers every session.
+        self.sessions: list[dict[str, Any]] = []
+        self.session: dict[str, Any] | None = None  # this process's entry, once run() starts
 
     # --- checkpoints ------------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
@@ -184,7 +190,8 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "tracker": self.tracker.state_dict(),
                 "weighting": None if self.policy is None else self.policy.state_dict(),
                 "fawa": None if self.fawa is None else self.fawa.state_dict(),
-                "history": self.history, "best": self.best, "config": self.config_dict()}
+                "history": self.history, "best": self.best, "config": self.config_dict(),
+                "sessions": self.sessions}
 
     def resume(self) -> bool:
         """Load ``last.pt`` if present; refuse a checkpoint written with a different config."""
@@ -205,12 +212,18 @@ class Trainer:
         if self.fawa is not None:
             self.fawa.load_state_dict(state["fawa"])
         self.epoch, self.history, self.best = state["epoch"], state["history"], state["best"]
+        # a checkpoint from before sessions were recorded: its epochs' time is unknown
+        self.sessions = state.get("sessions") or [
+            {"machine": None, "seconds": None, "examples_trained": None, "epochs": [1, self.epoch]}]
         return True
 
     # --- the loop ---------------------------------------------------------------------------
     def run(self) -> TrainSummary:
         start = time.perf_counter()
         trained = 0
+        session = self.session = {"machine": machine(self.device, self.ctx.world_size),
+                                  "seconds": 0.0, "examples_trained": 0,
+                                  "epochs": [self.epoch + 1, self.epoch]}
         while self.epoch < self.cfg.epochs:
             record = self.train_epoch(self.epoch)
             trained += record["examples"]
@@ -227,6 +240,10 @@ class Trainer:
                 if self.ctx.is_main:
                     save_checkpoint(self.model_payload(), self.paths.checkpoints / "best.pt")
             self.history.append(record)
+            session.update(seconds=round(time.perf_counter() - start, 3),
+                           examples_trained=trained, epochs=[session["epochs"][0], self.epoch])
+            if not any(s is session for s in self.sessions):  # first epoch of this session
+                self.sessions.append(session)
             if self.ctx.is_main:
                 save_checkpoint(self.state(), self.paths.checkpoints / "last.pt")
                 self._log_epoch(record)
@@ -453,11 +470,14 @@ class Trainer:
         chosen = self.best["epoch"] if use_best else self.epoch
         by = f"best {self.cfg.select_metric} on the validation split" if use_best else "last epoch"
         record = next((r for r in self.history if r["epoch"] == chosen), {})
+        if any(s is self.session for s in self.sessions):  # to the end, not the last checkpoint
+            self.session["seconds"] = round(seconds, 3)
         summary = TrainSummary(
             epochs=self.epoch, chosen_epoch=chosen, chosen_by=by,
             chosen_metrics={k: v for k, v in record.items() if k.startswith("val_")},
             seconds=seconds, examples_trained=trained,
-            examples_per_second=trained / seconds if seconds > 0 else 0.0, history=self.history)
+            examples_per_second=trained / seconds if seconds > 0 else 0.0, history=self.history,
+            training=training_record(self.sessions))
         if self.ctx.is_main:
             if use_best:
                 payload = load_checkpoint(self.paths.checkpoints / "best.pt", torch.device("cpu"))
@@ -465,7 +485,7 @@ class Trainer:
                 payload = self.model_payload()
             payload["selected"] = {"epoch": chosen, "by": by}
             # in the model file, so the cost reaches the hash-checked evaluation report
-            payload["training"] = {"seconds": round(seconds, 3), "examples_trained": trained}
+            payload["training"] = summary.training
             save_checkpoint(payload, self.paths.model)
             write_json_atomic(self.paths.metrics, summary_json(summary, self.cfg))
             write_text_atomic(self.paths.history, history_csv(self.history))
@@ -513,12 +533,29 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data: PreparedData, paths: T
     return trainer.run()
 
 
+def training_record(sessions: list[dict[str, Any]]) -> dict[str, Any]:
+    """The cost of a run over all its sessions: total seconds and examples (None when a session's
+    are unknown), how many sessions, and the machine they ran on (None when they differ or one is
+    unknown, since a sum of times from two machines is no one machine's cost)."""
+    def total(key: str) -> float | None:
+        values = [s[key] for s in sessions]
+        return None if not values or None in values else sum(values)
+
+    machines = list(dict.fromkeys(s["machine"] for s in sessions))
+    seconds = total("seconds")
+    return {"seconds": None if seconds is None else round(seconds, 3),
+            "examples_trained": total("examples_trained"), "sessions": len(sessions),
+            "machine": machines[0] if len(machines) == 1 else None,
+            "machines": machines}
+
+
 def summary_json(summary: TrainSummary, cfg: TrainConfig) -> dict[str, Any]:
     last = summary.history[-1] if summary.history else {}
     return {"method": cfg.method, "epochs": summary.epochs, "chosen_epoch": summary.chosen_epoch,
             "chosen_by": summary.chosen_by, "chosen": summary.chosen_metrics,
             "seconds": round(summary.seconds, 3), "examples_trained": summary.examples_trained,
             "examples_per_second": round(summary.examples_per_second, 3),
+            "all_sessions": summary.training,
             "last": {k: v for k, v in last.items()
                      if k in ("train_loss", "train_robust_acc", "val_clean_avg", "val_robust_avg",
                               "val_robust_worst", "hard_count")}}

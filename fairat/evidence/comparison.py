@@ -70,19 +70,43 @@ def comparability_problems(report: dict[str, Any], baseline: dict[str, Any],
     return problems
 
 
+def cost_problem(report: dict[str, Any], baseline: dict[str, Any]) -> str | None:
+    """Why the two training times are no cost ratio, or None when they are: both trainings must
+    have run, every session, on one recorded machine, the same for both. A Kubeflow pod on
+    another node, or a run resumed on another machine, would otherwise put a hardware ratio on
+    the model card as the method's cost."""
+    machines = [(r.get("provenance") or {}).get("train_machine") for r in (report, baseline)]
+    for who, m, rep in (("this model's", machines[0], report), ("the baseline's", machines[1],
+                                                               baseline)):
+        if not m:
+            sessions = (rep.get("provenance") or {}).get("train_sessions")
+            return (f"{who} training ran in {sessions} sessions not all on one recorded machine"
+                    if isinstance(sessions, int) and sessions > 1 else
+                    f"{who} model file does not record the machine it trained on (written "
+                    "before fairat recorded it)")
+    if machines[0] != machines[1]:
+        return (f"the two trained on different machines (this model: {machines[0]}; baseline: "
+                f"{machines[1]}), so their time ratio would measure the machines")
+    return None
+
+
 def compare(report: dict[str, Any], baseline: dict[str, Any], attack: str,
             seconds: float | None = None, baseline_seconds: float | None = None) -> dict[str, Any]:
     """This model's weakest class and average against the baseline's on ``attack``; the
-    training-time ratio when both times are known. Lifts are fractions (0.05 = 5 points) and are
-    None when the two are not comparable (``reasons`` says why)."""
+    training-time ratio when both times are known and were measured on the same machine
+    (``cost_note`` says why not otherwise). Lifts are fractions (0.05 = 5 points) and are None
+    when the two are not comparable (``reasons`` says why)."""
     reasons = comparability_problems(report, baseline, attack)
+    timed = seconds is not None and bool(baseline_seconds)
+    note = cost_problem(report, baseline) if timed else None
     out: dict[str, Any] = {
         "comparable": not reasons, "reasons": reasons, "attack": attack,
         "method": _config(report).get("train", {}).get("method"),
         "baseline_method": _config(baseline).get("train", {}).get("method"),
         "seconds": seconds, "baseline_seconds": baseline_seconds,
-        "time_ratio": (seconds / baseline_seconds
-                       if seconds is not None and baseline_seconds else None),
+        "time_ratio": seconds / baseline_seconds if timed and note is None else None,
+        "cost_note": note,
+        "train_machine": (report.get("provenance") or {}).get("train_machine"),
     }
     if reasons:
         return out
@@ -113,6 +137,8 @@ def comparison_tags(comparison: dict[str, Any] | None) -> dict[str, str]:
         return {}
     tags = {"baseline_comparable": str(bool(comparison["comparable"])).lower(),
             "baseline_run_id": comparison.get("baseline_run_id") or ""}
+    if comparison.get("cost_note"):  # why no time ratio is tagged
+        tags["time_ratio_note"] = str(comparison["cost_note"])[:5000]
     names = {"worst_lift": "worst_lift_over_baseline", "average_lift": "average_lift_over_baseline",
              "time_ratio": "time_ratio_over_baseline", "baseline_worst": "baseline_worst",
              "baseline_average": "baseline_average"}  # this model's own numbers are tagged already
@@ -137,8 +163,11 @@ def comparison_lines(comparison: dict[str, Any]) -> list[str]:
              f"{100 * c['baseline_weakest_now']:.1f}% here"]
     if c.get("time_ratio") is not None:
         lines.append(f"training took {c['seconds']:.0f} s against {c['baseline_seconds']:.0f} s "
-                     f"({c['time_ratio']:.2f}x the baseline's; wall time on a shared machine "
-                     "varies by about 10%"
+                     f"({c['time_ratio']:.2f}x the baseline's, both on {c['train_machine']}; "
+                     "wall time on a shared machine varies by about 10%"
                      + ("" if c.get("seconds_checked", True) else
                         "; from the training summaries, which are not hash-checked") + ")")
+    elif c.get("cost_note"):
+        lines.append(f"training took {c['seconds']:.0f} s against {c['baseline_seconds']:.0f} s, "
+                     f"but that is no cost ratio: {c['cost_note']}")
     return lines

@@ -80,10 +80,13 @@ def _beside_lines(c: dict[str, Any], method: str) -> list[str]:
             f"Difference ({c['attack']}): worst class {100 * c['worst_lift']:+.1f} points, "
             f"average {100 * c['average_lift']:+.1f} points. One run each: seed-to-seed spread "
             "is not included (docs/results.md measures it over many seeds). Training time is "
-            "each run's wall clock; on a shared machine it varies by about 10%"
+            "each run's wall clock over all its sessions; on a shared machine it varies by "
+            "about 10%"
             + ("." if c.get("seconds_checked", True) else
                "; these times come from the training summaries, which are not hash-checked "
-               "(model files written before the model file recorded its training time).")]
+               "(model files written before the model file recorded its training time).")
+            + (f" Both trained on {_cell(c['train_machine'])}." if c.get("time_ratio") is not None
+               else f" No time ratio: {_cell(c['cost_note'])}." if c.get("cost_note") else "")]
 
 
 def render_card(params: dict[str, Any], report: dict[str, Any] | None, decision: dict[str, Any],
@@ -243,7 +246,12 @@ def render_card(params: dict[str, Any], report: dict[str, Any] | None, decision:
     rows = {"model sha256": decision.get("model_sha256"), "report sha256": decision.get("report_sha256"),
             "data content hash": manifest.get("content_hash"), "git commit": prov.get("git_commit"),
             "torch": prov.get("torch"), "pyautoattack": prov.get("pyautoattack"),
-            "fairat": prov.get("fairat"), "device": prov.get("device")}
+            "fairat": prov.get("fairat"), "device": prov.get("device"),
+            "trained on": prov.get("train_machine") or (
+                f"{prov['train_sessions']} sessions, not all on one recorded machine"
+                if isinstance(prov.get("train_sessions"), int) and prov["train_sessions"] > 1
+                else None),
+            "evaluated on": prov.get("machine")}
     if registration:
         rows.update({"registered model": registration.get("model_name"),
                      "version": registration.get("version"), "MLflow run": registration.get("run_id")})

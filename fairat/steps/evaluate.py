@@ -43,12 +43,16 @@ def evaluate_step(params: Params, data_dir: str | Path, model_path: str | Path,
         raise ValueError(f"{model_path} was trained on classes {meta['class_names']}, but "
                          f"{data_dir} holds {list(split.class_names)}")
     manifest = json.loads((Path(data_dir) / MANIFEST_NAME).read_text())
+    training = meta.get("training") or {}
     provenance = {"model_sha256": sha256_file(model_path), "model_path": str(model_path),
                   "model_epoch": meta.get("selected", {}).get("epoch", meta.get("epoch")),
                   "model_selected_by": meta.get("selected", {}).get("by"),
                   "train_config": meta.get("config"), "data_content_hash": manifest["content_hash"],
                   "data_source": manifest["source"], "split": cfg.split,
-                  "train_seconds": (meta.get("training") or {}).get("seconds")}
+                  "train_seconds": training.get("seconds"),
+                  # where that time was measured (None: sessions on several or unknown machines)
+                  "train_machine": training.get("machine"),
+                  "train_sessions": training.get("sessions")}
     report = evaluate(model, split.images, split.labels, split.class_names, cfg, device, provenance,
                       ctx=ctx)
     if not ctx.is_main:
