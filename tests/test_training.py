@@ -103,33 +103,30 @@ def test_the_model_file_records_the_cost_of_every_session_and_where_it_ran(digit
     ran on one recorded machine."""
     from fairat.provenance import machine
 
-    cfg = _cfg("pgd_at", epochs=3, checkpoint="last")
-    here = machine(torch.device("cpu"))
-    one = train(MODEL, cfg, digits, _paths(tmp_path / "one")).training
-    assert one["sessions"] == 1 and one["machine"] == here and one["seconds"] > 0
-    assert one["examples_trained"] == 3 * 4 * 64  # 3 epochs of max_batches 4
+    cfg = _cfg("pgd_at", epochs=2, checkpoint="last")
+    here, per_epoch = machine(torch.device("cpu")), 4 * 64  # max_batches 4 of batch 64
     killed = tmp_path / "killed"
     with pytest.raises(_Killed):
-        Trainer(MODEL, cfg, digits, _paths(killed), on_epoch=_kill_after(2)).run()
+        Trainer(MODEL, cfg, digits, _paths(killed), on_epoch=_kill_after(1)).run()
     first = load_checkpoint(killed / "checkpoints" / "last.pt", torch.device("cpu"))["sessions"]
-    assert [s["epochs"] for s in first] == [[1, 2]] and first[0]["examples_trained"] == 2 * 4 * 64
+    assert first == [{"machine": here, "seconds": first[0]["seconds"],
+                      "examples_trained": per_epoch, "epochs": [1, 1]}]
     summary = train(MODEL, cfg, digits, _paths(killed), resume=True)
     both = load_model(killed / "model.pt", torch.device("cpu"))[1]["training"]
     assert both == summary.training and both["sessions"] == 2 and both["machine"] == here
     assert both["seconds"] == pytest.approx(first[0]["seconds"] + summary.seconds, abs=0.01)
-    assert both["examples_trained"] == one["examples_trained"]
+    assert both["examples_trained"] == 2 * per_epoch and summary.examples_trained == per_epoch
     assert json.loads((killed / "train.json").read_text())["all_sessions"] == both
-    # a session on another machine: the time is still summed, the machine line is not kept
+    # a first session on another machine: the time is still summed, the machine line not kept
     state = load_checkpoint(killed / "checkpoints" / "last.pt", torch.device("cpu"))
     state["sessions"][0]["machine"] = "cuda: another GPU; 16 cores usable, 16 torch threads"
-    state.update(epoch=2, history=state["history"][:2], sessions=state["sessions"][:1])
+    state.update(epoch=1, history=state["history"][:1], sessions=state["sessions"][:1])
     save_checkpoint(state, killed / "checkpoints" / "last.pt")
     mixed = train(MODEL, cfg, digits, _paths(killed), resume=True).training
     assert mixed["machine"] is None and len(mixed["machines"]) == 2 and mixed["seconds"] > 0
     # a checkpoint from before sessions were recorded: its time is unknown, so no total
-    lost = tmp_path / "old"
-    _train_epochs(cfg, digits, lost, stop_after=2)
-    old = train(MODEL, cfg, digits, _paths(lost), resume=True).training
+    _train_epochs(cfg, digits, tmp_path / "old", stop_after=1)
+    old = train(MODEL, cfg, digits, _paths(tmp_path / "old"), resume=True).training
     assert old["seconds"] is None and old["machine"] is None and old["sessions"] == 2
 
 
