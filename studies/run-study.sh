@@ -56,3 +56,6 @@ standard_aa trades 0 ""
 # TRADES seed 0's model was lost with the machine that trained it (runs/ is not committed), so
 # TRADES's standard-AutoAttack record comes from the seed-2 model instead.
 standard_aa trades 2 ""
+# The digits study's two best on CIFAR-10: their seed-2 models are the ones kept on a machine.
+standard_aa fairat 2 pc-pow4
+standard_aa wat 2 pgd
