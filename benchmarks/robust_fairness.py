@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -49,7 +48,7 @@ def run_cell(params: Params, method: str, seed: int, work: Path, results: Path,
 
     params, tag = cell_params(params, method, seed, variant)
     data_dir = work / "data"
-    load_start = _load_average()
+    load_start = _one_minute_load()
     t0 = time.perf_counter()
     if not (data_dir / MANIFEST_NAME).exists():
         prepare.prepare_step(params, data_dir)
@@ -77,17 +76,16 @@ def run_cell(params: Params, method: str, seed: int, work: Path, results: Path,
         **_eval_fields(report),
         "wall_seconds": {"prepare": t1 - t0, "train": t2 - t1, "evaluate": t3 - t2},
         # 1-minute load at start and end: above the core count, the cell shared the machine
-        "load_average": {"start": load_start, "end": _load_average()},
+        "load_average": {"start": load_start, "end": _one_minute_load()},
     }
     write_json_atomic(results / f"{tag}.json", record)
     return record
 
 
-def _load_average() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
+def _one_minute_load() -> float | None:
+    from fairat.provenance import load_average
+
+    return (load_average() or [None])[0]
 
 
 def train_cost(cell: dict[str, Any]) -> tuple[float | None, str | None]:

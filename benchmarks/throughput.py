@@ -46,6 +46,7 @@ from torch import nn
 from fairat.config import AttackConfig, DataConfig, FairATConfig, ModelConfig, TrainConfig
 from fairat.engine.data import DataError, PreparedData, channel_stats, prepare
 from fairat.io import write_json_atomic
+from fairat.provenance import cpu_model, load_average
 from fairat.engine.models import ModelSpec, build_model
 from fairat.engine.training import Trainer, TrainPaths, epoch_generators, epoch_plan
 
@@ -219,8 +220,6 @@ class OurLoop:
 def machine_info(threads: int) -> dict[str, Any]:
     import torchvision
 
-    from fairat.provenance import cpu_model
-
     model_name = cpu_model()
     return {"cpu_count": os.cpu_count(),
             "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
@@ -228,13 +227,6 @@ def machine_info(threads: int) -> dict[str, Any]:
             "python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "threads": threads,
             "torch_num_threads": torch.get_num_threads()}
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -47,6 +47,15 @@ def cpu_model() -> str:
         return name
 
 
+def load_average() -> list[float] | None:
+    """The 1-, 5- and 15-minute load averages, rounded; above the core count, other work shared
+    the machine while a time was measured. None where the OS has none."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def machine(device: torch.device, world_size: int = 1) -> str:
     """One line naming what a run's wall time was measured on: the accelerator (or CPU model),
     the CPU cores this process may use, torch's thread count and the number of processes.

@@ -179,7 +179,7 @@ class Trainer:
         # One entry per process run that completed epochs (a resumed run adds one): the machine
         # and the wall time to its last checkpoint, so the cost covers every session.
         self.sessions: list[dict[str, Any]] = []
-        self.session: dict[str, Any] | None = None  # this process's entry, once run() starts
+        self.session: dict[str, Any] | None = None  # this process's entry, from its 1st epoch
 
     # --- checkpoints ------------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
@@ -221,9 +221,7 @@ class Trainer:
     def run(self) -> TrainSummary:
         start = time.perf_counter()
         trained = 0
-        session = self.session = {"machine": machine(self.device, self.ctx.world_size),
-                                  "seconds": 0.0, "examples_trained": 0,
-                                  "epochs": [self.epoch + 1, self.epoch]}
+        where, first = machine(self.device, self.ctx.world_size), self.epoch + 1
         while self.epoch < self.cfg.epochs:
             record = self.train_epoch(self.epoch)
             trained += record["examples"]
@@ -240,10 +238,11 @@ class Trainer:
                 if self.ctx.is_main:
                     save_checkpoint(self.model_payload(), self.paths.checkpoints / "best.pt")
             self.history.append(record)
-            session.update(seconds=round(time.perf_counter() - start, 3),
-                           examples_trained=trained, epochs=[session["epochs"][0], self.epoch])
-            if not any(s is session for s in self.sessions):  # first epoch of this session
-                self.sessions.append(session)
+            if self.session is None:  # this process's first epoch: its entry starts
+                self.session = {"machine": where}
+                self.sessions.append(self.session)
+            self.session.update(seconds=round(time.perf_counter() - start, 3),
+                                examples_trained=trained, epochs=[first, self.epoch])
             if self.ctx.is_main:
                 save_checkpoint(self.state(), self.paths.checkpoints / "last.pt")
                 self._log_epoch(record)
@@ -470,7 +469,7 @@ class Trainer:
         chosen = self.best["epoch"] if use_best else self.epoch
         by = f"best {self.cfg.select_metric} on the validation split" if use_best else "last epoch"
         record = next((r for r in self.history if r["epoch"] == chosen), {})
-        if any(s is self.session for s in self.sessions):  # to the end, not the last checkpoint
+        if self.session is not None:  # to the end, not the last checkpoint
             self.session["seconds"] = round(seconds, 3)
         summary = TrainSummary(
             epochs=self.epoch, chosen_epoch=chosen, chosen_by=by,
