@@ -38,6 +38,7 @@ from fairat.engine.checkpoint import (load_checkpoint, model_file_payload, resum
                                save_checkpoint)
 from fairat.config import ModelConfig, TrainConfig, to_dict
 from fairat.engine.data import PreparedData, channel_stats
+from fairat.engine.device import resolve_device
 from fairat.engine.distributed import (DistContext, all_gather_cat, all_reduce_sum, barrier,
                                        block_shard, global_batchnorm, rank_slice)
 from fairat.engine.metrics import flatten
@@ -74,15 +75,6 @@ class TrainSummary:
     examples_per_second: float
     history: list[dict[str, Any]] = field(default_factory=list)
     training: dict[str, Any] = field(default_factory=dict)  # all sessions: training_record()
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' means CUDA when available, else CPU; asking for CUDA without one is an error."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: 'cuda' was requested but no CUDA device is available")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def lr_at(cfg: TrainConfig, progress: float) -> float:

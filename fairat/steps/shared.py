@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from fairat.engine.distributed import DistContext, init_distributed
-from fairat.engine.training import resolve_device
+from fairat.engine.device import resolve_device
 
 
 def device_and_context(name: str) -> tuple[torch.device, DistContext]:
