@@ -198,8 +198,12 @@ def _check_structure(ds: ImageSet, split: str) -> None:
 
 
 def validate(ds: ImageSet, split: str) -> None:
-    """Raise DataError unless ``ds`` is well-formed and every class has at least one example."""
+    """Raise DataError unless ``ds`` is well-formed, has at least two classes (one class leaves
+    nothing to classify, and its accuracy is trivially 100%) and every class has an example."""
     _check_structure(ds, split)
+    if ds.num_classes < 2:
+        raise DataError(f"{split}: {ds.num_classes} class {list(ds.class_names)}; a data set "
+                        f"needs at least two classes")
     for name, n in zip(ds.class_names, ds.counts()):
         if n == 0:
             raise DataError(f"{split}: class {name!r} has no examples")

@@ -2,9 +2,11 @@
 
 Why its own module: a data folder or archive may come from anyone, so this reader is security
 code. Images are read into memory only, nothing is extracted to disk; links, devices, absolute or
-``..`` member names are refused; one image may not exceed a size cap; a folder walk never follows
-a symlink, not even one swapped in after the walk. Every failure is a :class:`DataError` naming
-the file at fault.
+``..`` member names and names that appear twice are refused; one image may not exceed a file size
+cap nor, read from its header before any pixel is decoded, a pixel budget; the whole decoded set
+may not exceed a memory budget; a folder walk never follows a symlink, not even one swapped in
+after the walk; PIL modes are converted to 8 bits by rule or refused (:mod:`fairat.engine.pixels`);
+a data set needs two classes. Every failure is a :class:`DataError` naming the file at fault.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+import warnings
 import zlib
 from dataclasses import dataclass
 from functools import partial
@@ -20,13 +23,18 @@ from typing import Callable
 
 import numpy as np
 
+from fairat.engine.pixels import check_single_frame, to_uint8
 from fairat.errors import DataError
 
 MAX_IMAGE_BYTES = 64 << 20  # one image file; guards memory against a hostile archive
+# One image's width x height, read from its header before decoding: a 140 KB PNG can claim
+# 12000x12000 (432 MB decoded, times every image). Below PIL's own bomb warning (89M pixels).
+MAX_IMAGE_PIXELS = 4096 * 4096
+# All decoded images of train and test together, as uint8 RGB; checked before the array is made.
+MAX_DECODED_BYTES = 16 << 30
 _IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
-_GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 
 
 Reader = Callable[[], bytes]
@@ -88,6 +96,9 @@ def _tar_tree(path: Path) -> _Tree:
                 if member.size > MAX_IMAGE_BYTES:
                     raise DataError(f"{path}: member {member.name!r} is {member.size} bytes, "
                                     f"more than the {MAX_IMAGE_BYTES} allowed for one image")
+                if parts in tree.files:  # tar keeps both; `tar x` and a listing disagree
+                    raise DataError(f"{path}: refusing archive member {member.name!r}: "
+                                    f"{'/'.join(parts)} appears more than once")
                 handle = tf.extractfile(member)
                 data = handle.read() if handle is not None else b""
                 tree.files[parts] = partial(bytes, data)
@@ -176,9 +187,15 @@ def _class_files(tree: _Tree, dirs: set[tuple[str, ...]], base: tuple[str, ...],
 
 @dataclass
 class _Decoder:
-    """Decodes images into one preallocated array, enforcing one size across all splits."""
+    """Decodes images into one preallocated array, enforcing one size across all splits.
+
+    Sizes come from each file's header (PIL opens lazily) and are checked against the pixel
+    budget, the first image's size and, for the whole set, :data:`MAX_DECODED_BYTES` before any
+    pixel is decoded or the array is allocated.
+    """
 
     origin: str
+    total: int  # images in train and test together
     size: tuple[int, int] | None = None  # PIL (width, height) of the first image
     first: str = ""
     all_grey: bool = True
@@ -203,20 +220,39 @@ class _Decoder:
         if not data:
             raise DataError(f"cannot decode image {name}: the file is empty (0 bytes)")
         try:
-            with Image.open(io.BytesIO(data)) as im:
+            with warnings.catch_warnings():
+                # PIL warns (from 89M pixels) and then refuses (from 179M) on its own; the budget
+                # below is lower, so its warning only ever precedes our refusal
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(io.BytesIO(data))
+            with im:
                 self._check_size(name, im.size)
-                grey = im.mode in _GREY_MODES
-                return np.asarray(im.convert("L" if grey else "RGB")), grey
+                check_single_frame(name, im)
+                return to_uint8(name, im)
         except DataError:
             raise
+        except Image.DecompressionBombError as err:
+            raise DataError(f"image too large: {name} exceeds the {MAX_IMAGE_PIXELS}-pixel "
+                            f"budget per image ({err})") from None
         except UnidentifiedImageError:
             raise DataError(f"cannot decode image {name}: not in an image format PIL reads "
                             f"({len(data)} bytes)") from None
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        except (OSError, SyntaxError, ValueError) as err:
             raise DataError(f"cannot decode image {name}: {err}") from err
 
     def _check_size(self, name: str, size: tuple[int, int]) -> None:
+        width, height = size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise DataError(f"image too large: {name} is {width}x{height} (WxH, "
+                            f"{width * height} pixels), more than the {MAX_IMAGE_PIXELS} "
+                            f"allowed per image (fairat.engine.imagefolder.MAX_IMAGE_PIXELS)")
         if self.size is None:
+            need = self.total * width * height * 3
+            if need > MAX_DECODED_BYTES:
+                raise DataError(f"data set too large: {self.total} images of {width}x{height} "
+                                f"({name}) need {need / 2**30:.1f} GiB decoded, more than the "
+                                f"{MAX_DECODED_BYTES / 2**30:.0f} GiB allowed "
+                                f"(fairat.engine.imagefolder.MAX_DECODED_BYTES)")
             self.size, self.first = size, name
         elif size != self.size:
             raise DataError(f"image size mismatch: {name} is {size[0]}x{size[1]} (WxH) but "
@@ -228,8 +264,8 @@ def read_imagefolder(root: str) -> tuple[tuple[str, ...], list[tuple[np.ndarray,
 
     Returns (class names, [(train images (N, C, H, W) uint8, labels), (test images, labels)]).
 
-    Class names are the sorted class folders of ``train``; ``test`` must have the same ones.
-    Images are RGB, or single-channel when every image is greyscale.
+    Class names are the sorted class folders of ``train`` (at least two); ``test`` must have the
+    same ones. Images are RGB, or single-channel when every image is greyscale.
     """
     tree = _open_tree(root)
     dirs = tree.all_dirs()
@@ -241,7 +277,11 @@ def read_imagefolder(root: str) -> tuple[tuple[str, ...], list[tuple[np.ndarray,
         extra, missing = sorted(set(test_files) - set(names)), sorted(set(names) - set(test_files))
         raise DataError(f"{tree.origin}: test classes differ from train classes: only in test "
                         f"{extra}, missing from test {missing}")
-    decoder = _Decoder(tree.origin)
+    if len(names) < 2:
+        raise DataError(f"{tree.origin}: {'/'.join(prefix + ('train',))}/ holds one class folder "
+                        f"{list(names)}; a classifier needs at least two classes")
+    total = sum(len(files) for by_class in (train_files, test_files) for files in by_class.values())
+    decoder = _Decoder(tree.origin, total)
     arrays, labels = [], []
     for by_class in (train_files, test_files):
         paths = [p for c in names for p in by_class[c]]
