@@ -346,3 +346,29 @@ def test_mlflow_artifacts_go_to_s3(s3_env, tmp_path, monkeypatch):
     back = client.download_artifacts(run.info.run_id, "metrics/eval.json", str(tmp_path))
     assert Path(back).read_bytes() == report.read_bytes()
     assert not (tmp_path / "mlruns").exists()  # nothing fell back to a local artifact store
+
+
+def test_endpoint_credentials_never_printed(monkeypatch, tmp_path, capsys):
+    """An endpoint URL with user:password in it (botocore repeats the URL in its own error)."""
+    from fairat.fronts.cli import main
+
+    port = free_port()  # nothing listens here
+    monkeypatch.setenv("FAIRAT_S3_ENDPOINT_URL", f"http://minio:hunter2pw@127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMIK7MDENG")
+    with pytest.raises(StorageError, match=r"endpoint http://minio:\*\*\*@127\.0\.0\.1") as info:
+        storage.download_file("s3://bkt/keep.txt", tmp_path / "keep.txt")
+    assert "hunter2pw" not in str(info.value)
+    assert main(["storage", "pull", "s3://bkt/p", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach S3" in err and "minio:***@" in err and "hunter2pw" not in err
+
+
+def test_credentials_in_an_s3_url_refused_without_echo(capsys):
+    from fairat.fronts.cli import main
+
+    with pytest.raises(StorageError, match="credentials") as info:
+        parse_s3_url("s3://AKIAEXAMPLE:s3cr3tvalue@bucket/x")
+    assert "s3cr3tvalue" not in str(info.value) and "AKIAEXAMPLE" not in str(info.value)
+    assert main(["storage", "pull", "s3://AKIAEXAMPLE:s3cr3tvalue@bucket/x", "out"]) == 1
+    assert "s3cr3tvalue" not in capsys.readouterr().err

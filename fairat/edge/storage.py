@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from fairat.io import atomic_path
+from fairat.redact import redact
 
 ENDPOINT_VARS = ("FAIRAT_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL",
                  "MLFLOW_S3_ENDPOINT_URL")
@@ -39,10 +40,12 @@ class StorageError(RuntimeError):
     """An S3 operation failed; the message names the endpoint, bucket and key and says what to do.
 
     ``kind`` says which failure it was, for callers that react differently (e.g. create a bucket).
+    The message is redacted when the error is made: an endpoint URL's password, a secret query
+    value or a secret from the environment never reaches a log (:func:`fairat.redact.redact`).
     """
 
     def __init__(self, message: str, kind: Failure = "failed") -> None:
-        super().__init__(message)
+        super().__init__(redact(message))
         self.kind = kind
 
 
@@ -65,6 +68,10 @@ def parse_s3_url(url: str) -> S3Url:
     bucket, _, key = url[len("s3://"):].partition("/")
     if not bucket:
         raise StorageError(f"S3 URL has no bucket: {url!r}", "invalid")
+    if "@" in bucket or ":" in bucket:  # s3://KEY:SECRET@bucket: not repeated, even redacted
+        raise StorageError("S3 URL has credentials or a port where the bucket goes; credentials "
+                           "come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) "
+                           "and the endpoint from FAIRAT_S3_ENDPOINT_URL", "invalid")
     return S3Url(bucket, key.strip("/"))
 
 

@@ -376,7 +376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_command(args)
     except (ConfigError, DataError, RegistryError, StorageError, TrainingDiverged, ValueError,
             OSError) as err:  # OSError: a missing input, an unwritable or full output
-        print(f"fairat {args.command}: error: {err}", file=sys.stderr)
+        from fairat.redact import redact
+
+        print(f"fairat {args.command}: error: {redact(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"fairat {args.command}: interrupted; rerun with --resume to continue training",

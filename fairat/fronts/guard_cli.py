@@ -11,6 +11,8 @@ import argparse
 import os
 import sys
 
+from fairat.redact import redact
+
 SECRET_ENV = "FAIRAT_GUARD_SECRET"
 APPROVAL_KEY_ENV = "FAIRAT_APPROVAL_KEY"  # the same name as fairat.evidence.gate's
 ENV_HELP = (f"Environment: {SECRET_ENV} (required) is the webhook HMAC secret shared with MLflow; "
@@ -53,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _fail(action: str, message: str) -> int:
-    print(f"fairat guard {action}: error: {message}", file=sys.stderr)
+    print(f"fairat guard {action}: error: {redact(message)}", file=sys.stderr)
     return 2
 
 
@@ -88,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(action, f"cannot listen on {args.host}:{args.port}: {err}")
     signing = f"must be signed with {APPROVAL_KEY_ENV}" if key else \
         f"need no signature ({APPROVAL_KEY_ENV} unset)"
-    print(f"fairat guard: listening on {server.url} for {uri}; models: "
+    print(f"fairat guard: listening on {server.url} for {redact(uri)}; models: "
           f"{', '.join(args.models) or 'all'}; champion approvals {signing}",
           file=sys.stderr, flush=True)
     try:

@@ -37,18 +37,20 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from fairat.edge import storage
+    from fairat.redact import redact
 
     try:
         if args.storage_action == "push":
             done = storage.push(args.local_dir, args.url)
-            print(f"pushed {len(done)} files to {args.url}")
+            print(f"pushed {len(done)} files to {redact(args.url)}")
         elif args.storage_action == "pull":
             done = storage.pull(args.url, args.local_dir)
             print(f"pulled {len(done)} files into {args.local_dir}")
         else:
             storage.configure_dvc_remote(args.repo, args.url, args.name)
-            print(f"DVC remote {args.name!r} -> {args.url} (endpoint in .dvc/config.local)")
+            print(f"DVC remote {args.name!r} -> {redact(args.url)} (endpoint in "
+                  ".dvc/config.local)")
     except storage.StorageError as exc:
-        print(f"fairat storage {args.storage_action}: {exc}", file=sys.stderr)
+        print(f"fairat storage {args.storage_action}: {redact(str(exc))}", file=sys.stderr)
         return 1
     return 0
