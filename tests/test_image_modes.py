@@ -228,3 +228,54 @@ def test_tar_member_twice_refused(tmp_path):
         tf.addfile(later, io.BytesIO(data))
     with pytest.raises(DataError, match=r"0000\.png.* appears more than once"):
         load_source(_imagefolder(tar))
+
+
+# ------------------------------------------------------------------ other silent-loss paths
+
+
+def test_only_listed_decoders_reach_untrusted_bytes(tmp_path):
+    """A .png that is really a PCX (or EPS, PSD, TGA...) is refused, whatever its name says."""
+    pcx = _encoded(Image.new("RGB", (4, 4), (9, 9, 9)), "PCX")
+    with pytest.raises(DataError, match=r"train/cat/a\.png: not in a format fairat reads"):
+        _train_cat(tmp_path, {"a": pcx})
+
+
+def test_image_types_not_read_are_refused_not_skipped(tmp_path):
+    files = _layout(top="")
+    files["train/cat/0009.heic"] = b"ftypheic"  # before: silently left out of class cat
+    with pytest.raises(DataError, match=r"train/cat/0009\.heic is a \.heic image.*PNG or JPEG"):
+        load_source(_imagefolder(_write_tar(tmp_path / "x.tar.gz", files)))
+    files = _layout(top="")
+    files["train/cat/0009.jfif"] = _encoded(Image.new("RGB", (4, 4), (1, 2, 3)), "JPEG")
+    train, _ = load_source(_imagefolder(_write_folder(tmp_path / "f", files)))
+    assert train.counts() == [4, 3]  # the .jfif (a JPEG) is read
+
+
+def test_image_outside_a_class_folder_refused(tmp_path):
+    files = _layout(top="")
+    files["test/loose.png"] = _png()  # before: silently ignored
+    with pytest.raises(DataError, match=r"image test/loose\.png is not inside a class folder"):
+        load_source(_imagefolder(_write_folder(tmp_path, files)))
+
+
+def test_truncated_image_refused_even_when_pil_is_told_to_pad(tmp_path, monkeypatch):
+    """Another library may set PIL's LOAD_TRUNCATED_IMAGES process-wide (PIL then pads the
+    missing rows with grey); untrusted data is decoded strictly all the same."""
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    noise = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    data = _encoded(Image.fromarray(noise), "PNG")
+    with pytest.raises(DataError, match=r"cannot decode image .*train/cat/a\.png"):
+        _train_cat(tmp_path, {"a": data[: len(data) // 2]})
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # put back as it was
+
+
+def test_archive_image_bytes_capped(tmp_path, monkeypatch):
+    files = _layout()
+    tar = _write_tar(tmp_path / "x.tar.gz", files)
+    monkeypatch.setattr(imagefolder, "MAX_ARCHIVE_IMAGE_BYTES", sum(map(len, files.values())) - 1)
+    with pytest.raises(DataError, match=r"x\.tar\.gz: its image files exceed .* in all"):
+        load_source(_imagefolder(tar))
+    monkeypatch.setattr(imagefolder, "MAX_ARCHIVE_IMAGE_BYTES", sum(map(len, files.values())))
+    assert len(load_source(_imagefolder(tar))[1]) == 6

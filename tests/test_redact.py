@@ -60,3 +60,12 @@ def test_guard_cli_does_not_echo_a_tracking_password(monkeypatch, capsys):
     assert main(["guard", "serve"]) == 2
     err = capsys.readouterr().err
     assert "mlflow:***@db" in err and "dbpassw0rd" not in err
+
+
+def test_guard_log_lines_are_redacted(capsys):
+    from fairat.edge import guard
+
+    guard._stderr("fairat guard: error MlflowException: API request to "
+                  "https://admin:adm1npw@mlflow.internal/api/2.0/x failed")
+    err = capsys.readouterr().err
+    assert "admin:***@mlflow.internal" in err and "adm1npw" not in err

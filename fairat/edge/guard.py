@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 from fairat.edge.registry import CANDIDATE, CHAMPION
 from fairat.errors import RegistryError
 from fairat.evidence.gate import TAG, alias_problems
+from fairat.redact import redact
 
 GUARDED = (CANDIDATE, CHAMPION)  # the aliases alias_problems has rules for
 EVENT = "model_version_alias.created"
@@ -58,7 +59,7 @@ H_ID, H_TS, H_SIG = "X-MLflow-Delivery-Id", "X-MLflow-Timestamp", "X-MLflow-Sign
 
 
 def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    print(redact(line), file=sys.stderr, flush=True)  # MLflow errors may quote the store's URL
 
 
 def _now_iso() -> str:

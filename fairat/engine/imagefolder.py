@@ -6,7 +6,10 @@ code. Images are read into memory only, nothing is extracted to disk; links, dev
 cap nor, read from its header before any pixel is decoded, a pixel budget; the whole decoded set
 may not exceed a memory budget; a folder walk never follows a symlink, not even one swapped in
 after the walk; PIL modes are converted to 8 bits by rule or refused (:mod:`fairat.engine.pixels`);
-a data set needs two classes. Every failure is a :class:`DataError` naming the file at fault.
+a data set needs two classes. Nothing is left out silently: an image type fairat does not read, or
+an image outside a class folder, is refused rather than skipped. Only the decoders in
+:data:`PIL_FORMATS` see the bytes, and a truncated file is an error even where another library set
+PIL to pad it. Every failure is a :class:`DataError` naming the file at fault.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ import os
 import tarfile
 import warnings
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -32,8 +36,16 @@ MAX_IMAGE_BYTES = 64 << 20  # one image file; guards memory against a hostile ar
 MAX_IMAGE_PIXELS = 4096 * 4096
 # All decoded images of train and test together, as uint8 RGB; checked before the array is made.
 MAX_DECODED_BYTES = 16 << 30
-_IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
+MAX_ARCHIVE_IMAGE_BYTES = 16 << 30  # image files an archive may hold (all read into memory)
+_IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".gif",
+                             ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
+# The only PIL decoders an untrusted file may reach, whatever its name says: the rest (EPS runs
+# Ghostscript; PCX, SGI, TGA, FLI, PSD... are rarely used and rarely hardened) are refused.
+PIL_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")  # JPEG opens MPO too
+# Image files fairat does not read: refused by name rather than silently left out of their class.
+_UNREAD_IMAGE_SUFFIXES = frozenset({".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", ".svg",
+                                    ".ico", ".tga", ".psd", ".pcx", ".eps", ".qoi", ".dds",
+                                    ".dng", ".cr2", ".nef", ".arw", ".raw"})
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 
 
@@ -53,8 +65,13 @@ class _Tree:
         return self.dirs | {f[:i] for f in self.files for i in range(1, len(f))}
 
 
-def _is_image(parts: tuple[str, ...]) -> bool:
-    return PurePosixPath(parts[-1]).suffix.lower() in _IMAGE_SUFFIXES
+def _is_image(parts: tuple[str, ...], origin: str) -> bool:
+    """Whether to read the file; an image type fairat does not read is refused, not skipped."""
+    suffix = PurePosixPath(parts[-1]).suffix.lower()
+    if suffix in _UNREAD_IMAGE_SUFFIXES:
+        raise DataError(f"{origin}: {'/'.join(parts)} is a {suffix} image, which fairat does not "
+                        f"read (it would silently be left out); convert it to PNG or JPEG")
+    return suffix in _IMAGE_SUFFIXES
 
 
 def _hidden(parts: tuple[str, ...]) -> bool:
@@ -79,6 +96,7 @@ _TAR_KINDS = {tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hard link",
 def _tar_tree(path: Path) -> _Tree:
     """Read every image member of a tar archive into memory; nothing is written to disk."""
     tree = _Tree(str(path), set(), {})
+    held = 0
     try:
         with tarfile.open(path, "r:*") as tf:
             for member in tf:
@@ -91,11 +109,17 @@ def _tar_tree(path: Path) -> _Tree:
                     kind = _TAR_KINDS.get(member.type, f"type {member.type!r}")
                     raise DataError(f"{path}: refusing archive member {member.name!r}: it is a "
                                     f"{kind}, not a regular file")
-                if _hidden(parts) or not _is_image(parts):
+                if _hidden(parts) or not _is_image(parts, tree.origin):
                     continue
                 if member.size > MAX_IMAGE_BYTES:
                     raise DataError(f"{path}: member {member.name!r} is {member.size} bytes, "
                                     f"more than the {MAX_IMAGE_BYTES} allowed for one image")
+                held += member.size
+                if held > MAX_ARCHIVE_IMAGE_BYTES:
+                    raise DataError(f"{path}: its image files exceed {MAX_ARCHIVE_IMAGE_BYTES} "
+                                    f"bytes in all (at member {member.name!r}); archives are "
+                                    f"read into memory (fairat.engine.imagefolder."
+                                    f"MAX_ARCHIVE_IMAGE_BYTES)")
                 if parts in tree.files:  # tar keeps both; `tar x` and a listing disagree
                     raise DataError(f"{path}: refusing archive member {member.name!r}: "
                                     f"{'/'.join(parts)} appears more than once")
@@ -135,7 +159,7 @@ def _folder_tree(root: Path) -> _Tree:
                     tree.dirs.add(parts)
                     stack.append(parts)
                 elif entry.is_file(follow_symlinks=False):
-                    if _is_image(parts):
+                    if _is_image(parts, tree.origin):
                         tree.files[parts] = partial(_read_nofollow, entry.path)
                 else:
                     raise DataError(f"{root}: {'/'.join(parts)} is not a regular file")
@@ -173,6 +197,9 @@ def _class_files(tree: _Tree, dirs: set[tuple[str, ...]], base: tuple[str, ...],
     depth = len(base)
     classes = {d[depth]: [] for d in dirs if len(d) > depth and d[:depth] == base}
     for f in tree.files:
+        if len(f) == depth + 1 and f[:depth] == base:
+            raise DataError(f"{tree.origin}: image {'/'.join(f)} is not inside a class folder "
+                            f"(expected {'/'.join(base)}/<class>/<image>); it has no label")
         if len(f) > depth + 1 and f[:depth] == base:
             classes[f[depth]].append(f)
     if not classes:
@@ -183,6 +210,23 @@ def _class_files(tree: _Tree, dirs: set[tuple[str, ...]], base: tuple[str, ...],
                             f"images (class {name!r})")
         files.sort()
     return dict(sorted(classes.items()))
+
+
+@contextmanager
+def _strict_pil() -> Iterator[None]:
+    """PIL as untrusted input needs it, whatever another library set process-wide: a truncated
+    file is an error (``LOAD_TRUNCATED_IMAGES`` would fill the rest with grey), and PIL's own
+    decompression-bomb warning is silenced (the pixel budget, lower, refuses those images)."""
+    from PIL import Image, ImageFile
+
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
 
 
 @dataclass
@@ -220,12 +264,7 @@ class _Decoder:
         if not data:
             raise DataError(f"cannot decode image {name}: the file is empty (0 bytes)")
         try:
-            with warnings.catch_warnings():
-                # PIL warns (from 89M pixels) and then refuses (from 179M) on its own; the budget
-                # below is lower, so its warning only ever precedes our refusal
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                im = Image.open(io.BytesIO(data))
-            with im:
+            with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as im:
                 self._check_size(name, im.size)
                 check_single_frame(name, im)
                 return to_uint8(name, im)
@@ -235,8 +274,8 @@ class _Decoder:
             raise DataError(f"image too large: {name} exceeds the {MAX_IMAGE_PIXELS}-pixel "
                             f"budget per image ({err})") from None
         except UnidentifiedImageError:
-            raise DataError(f"cannot decode image {name}: not in an image format PIL reads "
-                            f"({len(data)} bytes)") from None
+            raise DataError(f"cannot decode image {name}: not in a format fairat reads "
+                            f"({', '.join(PIL_FORMATS)}; {len(data)} bytes)") from None
         except (OSError, SyntaxError, ValueError) as err:
             raise DataError(f"cannot decode image {name}: {err}") from err
 
@@ -283,10 +322,11 @@ def read_imagefolder(root: str) -> tuple[tuple[str, ...], list[tuple[np.ndarray,
     total = sum(len(files) for by_class in (train_files, test_files) for files in by_class.values())
     decoder = _Decoder(tree.origin, total)
     arrays, labels = [], []
-    for by_class in (train_files, test_files):
-        paths = [p for c in names for p in by_class[c]]
-        arrays.append(decoder.decode(paths, tree.files))
-        labels.append([k for k, c in enumerate(names) for _ in by_class[c]])
+    with _strict_pil():
+        for by_class in (train_files, test_files):
+            paths = [p for c in names for p in by_class[c]]
+            arrays.append(decoder.decode(paths, tree.files))
+            labels.append([k for k, c in enumerate(names) for _ in by_class[c]])
     channels = slice(0, 1) if decoder.all_grey else slice(0, 3)
     return names, [(np.ascontiguousarray(a[..., channels].transpose(0, 3, 1, 2)), y)
                    for a, y in zip(arrays, labels)]

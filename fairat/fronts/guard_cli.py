@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         if action == "register":
             done = guard.register_webhook(args.url, secret, args.name)
             print(f"webhook {done['name']!r} {done['action']} ({done['webhook_id']}): "
-                  f"{guard.EVENT} -> {done['url']}; MLflow picks it up within its webhook cache "
+                  f"{guard.EVENT} -> {redact(done['url'])}; MLflow picks it up within its webhook cache "
                   "TTL (MLFLOW_WEBHOOK_CACHE_TTL, 60 s by default)")
             return 0
         key = os.environ.get(APPROVAL_KEY_ENV, "") or None
