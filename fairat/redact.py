@@ -27,7 +27,8 @@ _SECRET_NAME = re.compile(r"secret|passw|token|credential|private|signature|api_
                           re.IGNORECASE)
 # scheme://userinfo@ : userinfo stops at the first '/', whitespace or quote; greedy up to the last
 # '@' before them, so an unencoded '@' inside a password is masked too
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<info>[^/\s'\"<>@]*(?:@[^/\s'\"<>@]*)*)@")
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)"
+                       r"(?P<info>[^/\s'\"<>@]*(?:@[^/\s'\"<>@]*)*)@")
 _QUERY_SECRET = re.compile(
     r"(?P<key>[?&;][\w.\-]*(?:passw|pwd|secret|token|signature|credential|sig|key)[\w.\-]*=)"
     r"[^&;#\s'\"<>]*", re.IGNORECASE)

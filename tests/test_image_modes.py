@@ -135,7 +135,7 @@ def test_animated_gif_refused(tmp_path):
     frames = [Image.new("RGB", (4, 4), (80 * k, 0, 0)) for k in range(3)]
     buf = io.BytesIO()
     frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
-    with pytest.raises(DataError, match=r"train/cat/a\.gif: it has 3 frames"):
+    with pytest.raises(DataError, match=r"train/cat/a\.gif: it has more than one frame"):
         _train_cat(tmp_path, {"a": buf.getvalue()}, ".gif")
 
 

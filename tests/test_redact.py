@@ -69,3 +69,29 @@ def test_guard_log_lines_are_redacted(capsys):
                   "https://admin:adm1npw@mlflow.internal/api/2.0/x failed")
     err = capsys.readouterr().err
     assert "admin:***@mlflow.internal" in err and "adm1npw" not in err
+
+
+def test_mlflow_run_link_does_not_print_a_tracking_password(monkeypatch, capsys):
+    """MLflow prints "View run ... at: <tracking URI>/#/..." after every run on a server; with
+    user:password in MLFLOW_TRACKING_URI that line carried the password to stdout."""
+    from types import SimpleNamespace
+
+    from mlflow.tracking._tracking_service.client import TrackingServiceClient
+
+    from fairat.edge import registry
+
+    uri = "http://alice:s3rverpw@127.0.0.1:9"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "false")  # restored after
+    client = TrackingServiceClient(uri)
+    run = SimpleNamespace(data=SimpleNamespace(tags={}),
+                          info=SimpleNamespace(experiment_id="1", run_name="r"))
+    monkeypatch.setattr(client.store, "get_run", lambda run_id: run)
+    client._log_url("abc")  # what mlflow.end_run does
+    assert "s3rverpw" in capsys.readouterr().out  # MLflow on its own
+    import mlflow
+
+    monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", None)
+    registry._mlflow()  # how fairat opens MLflow (the global URI it sets is undone after)
+    client._log_url("abc")
+    assert "s3rverpw" not in capsys.readouterr().out

@@ -25,6 +25,7 @@ from fairat.engine.metrics import flatten, numeric_metrics
 from fairat.errors import RegistryError
 from fairat.evidence.comparison import BASELINE_METHOD
 from fairat.evidence.gate import APPROVAL_KEY_ENV, TAG, approval_problems, approval_signature
+from fairat.redact import redact
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 
@@ -51,7 +52,10 @@ def _mlflow():
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    mlflow.set_tracking_uri(tracking_uri())
+    uri = tracking_uri()
+    if redact(uri) != uri:  # MLflow prints "View run ... at: <uri>" after each run, password too
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    mlflow.set_tracking_uri(uri)
     return mlflow
 
 
@@ -93,7 +97,8 @@ def training_run(params_dict: dict[str, Any], experiment: str,
             mlflow.log_metrics(numeric_metrics(record), step=int(record["epoch"]))
         except Exception as err:  # keep training; say so once
             if not warned:
-                print(f"WARNING: MLflow logging failed ({err}); training continues", flush=True)
+                print(f"WARNING: MLflow logging failed ({redact(str(err))}); training "
+                      "continues", flush=True)
                 warned = True
 
     status = "FAILED"

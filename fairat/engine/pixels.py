@@ -32,10 +32,11 @@ _SINGLE_FRAME_FORMATS = frozenset({"MPO"})  # a camera JPEG's extra frames are p
 
 
 def check_single_frame(name: str, im: Any) -> None:
-    """Refuse an animated or multi-page file: only its first frame would be read."""
-    frames = getattr(im, "n_frames", 1)
-    if frames > 1 and im.format not in _SINGLE_FRAME_FORMATS:
-        raise DataError(f"cannot use image {name}: it has {frames} frames (animated or "
+    """Refuse an animated or multi-page file: only its first frame would be read.
+
+    ``is_animated`` looks for a second frame only; ``n_frames`` would decode every GIF frame."""
+    if getattr(im, "is_animated", False) and im.format not in _SINGLE_FRAME_FORMATS:
+        raise DataError(f"cannot use image {name}: it has more than one frame (animated or "
                         f"multi-page {im.format}); save the one frame to train on")
 
 
@@ -81,7 +82,8 @@ def to_uint8(name: str, im: Any) -> tuple[np.ndarray, bool]:
     if mode in _WITH_ALPHA:
         grey = mode == "LA"
         rgba = np.asarray(im.convert("LA" if grey else "RGBA"))
-        return _composite(rgba[..., :-1].squeeze(-1) if grey else rgba[..., :3], rgba[..., -1]), grey
+        colour = rgba[..., 0] if grey else rgba[..., :3]
+        return _composite(colour, rgba[..., -1]), grey
     if mode in ("L", "1"):
         return np.asarray(im.convert("L")), True
     if mode in _AS_RGB:
