@@ -279,3 +279,12 @@ def test_archive_image_bytes_capped(tmp_path, monkeypatch):
         load_source(_imagefolder(tar))
     monkeypatch.setattr(imagefolder, "MAX_ARCHIVE_IMAGE_BYTES", sum(map(len, files.values())))
     assert len(load_source(_imagefolder(tar))[1]) == 6
+
+
+def test_archive_entries_capped(tmp_path, monkeypatch):
+    tar = _write_tar(tmp_path / "x.tar.gz", _layout())  # 12 file entries, no folder entries
+    monkeypatch.setattr(imagefolder, "MAX_ARCHIVE_MEMBERS", 11)
+    with pytest.raises(DataError, match=r"x\.tar\.gz: more than 11 archive entries"):
+        load_source(_imagefolder(tar))
+    monkeypatch.setattr(imagefolder, "MAX_ARCHIVE_MEMBERS", 12)
+    assert len(load_source(_imagefolder(tar))[0]) == 6

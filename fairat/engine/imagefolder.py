@@ -37,6 +37,9 @@ MAX_IMAGE_PIXELS = 4096 * 4096
 # All decoded images of train and test together, as uint8 RGB; checked before the array is made.
 MAX_DECODED_BYTES = 16 << 30
 MAX_ARCHIVE_IMAGE_BYTES = 16 << 30  # image files an archive may hold (all read into memory)
+# Entries of any kind in one archive: tarfile keeps every header in memory (~1 KB each), and a
+# small .tar.gz can hold millions of empty ones. ImageNet's training set has 1.3 million.
+MAX_ARCHIVE_MEMBERS = 2_000_000
 _IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".gif",
                              ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
 # The only PIL decoders an untrusted file may reach, whatever its name says: the rest (EPS runs
@@ -99,7 +102,10 @@ def _tar_tree(path: Path) -> _Tree:
     held = 0
     try:
         with tarfile.open(path, "r:*") as tf:
-            for member in tf:
+            for count, member in enumerate(tf, start=1):
+                if count > MAX_ARCHIVE_MEMBERS:
+                    raise DataError(f"{path}: more than {MAX_ARCHIVE_MEMBERS} archive entries "
+                                    f"(fairat.engine.imagefolder.MAX_ARCHIVE_MEMBERS)")
                 parts = _safe_parts(member.name, tree.origin)
                 if member.isdir():
                     if parts and not _hidden(parts):  # "./" of `tar -C dir .` has no parts
