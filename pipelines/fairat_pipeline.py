@@ -19,7 +19,11 @@ Four more run-time parameters set up the training task: ``accelerator_type`` (th
 resource name, e.g. ``nvidia.com/gpu``), ``gpus_per_node`` (the accelerator limit, and the number of
 torchrun processes when above 1), ``num_nodes`` and ``checkpoint_url`` (an S3 prefix for the epoch
 checkpoints, so a retried train pod resumes). kfp 2.17 accepts pipeline parameters for the
-accelerator type and limit. The train task also gets the run's id
+accelerator type and limit, but the KFP v2 driver reads both with ``GetStringValue()``
+(``backend/src/v2/driver``: ``initPodSpecPatch``, ``resolvePodSpecInputRuntimeParameter``), so a
+number-typed limit resolves to ``""`` and the pod gets no GPU: ``gpus_per_node`` is a STRING
+parameter (``"1"``), decoded and checked where it is used
+(:func:`fairat.cluster.params.accelerator_count`). The train task also gets the run's id
 (``dsl.PIPELINE_JOB_ID_PLACEHOLDER``), which keys its checkpoints and its TrainJob so that a retry
 finds them.
 
@@ -78,8 +82,10 @@ SECTIONS = {"prepare": ("data",), "train": ("model", "train"),
 RESOURCE_PARAMETERS = (
     ("accelerator_type", str, "nvidia.com/gpu",
      "Kubernetes resource name of the GPUs the train task requests (nvidia.com/gpu, amd.com/gpu)"),
-    ("gpus_per_node", int, 1,
-     "GPUs per training node; above 1 torchrun starts one process per GPU; 0 trains on CPU"),
+    ("gpus_per_node", str, "1",
+     "GPUs per training node, a whole number written as text (the KFP driver reads the GPU "
+     "limit as a string); above 1 torchrun starts one process per GPU; 0 trains on CPU; above 0 "
+     "training refuses to start without a usable GPU"),
     ("num_nodes", int, 1,
      "training nodes; above 1 trains as a Kubeflow Trainer TrainJob, which needs the pipeline "
      "compiled with --shared-volume-claim"),
@@ -121,6 +127,20 @@ class ClusterSettings:
         baseline: train and evaluate a PGD-AT model beside the one the run trains (the same
             data, seed and every training knob but the method's own), and compare the two; the
             registered version carries the lift. Doubles the training cost; False leaves it out.
+
+    The GPU training pods (train and baseline-train in their own pods; :func:`_on_gpu_nodes`):
+        gpu_tolerations: ``KEY[=VALUE][:EFFECT]`` taints they tolerate (GPU node pools are
+            usually tainted, e.g. ``nvidia.com/gpu:NoSchedule``).
+        gpu_node_selector: ``KEY=VALUE`` node labels they must land on.
+        train_cpu_request, train_memory_request: their requests (``8``, ``32Gi``); None: none.
+        shm_size: size limit of the memory-backed ``/dev/shm`` they mount; None: Kubernetes'
+            64 MiB default.
+        train_retries: how often a failed train pod is retried (the KFP backend's retry covers
+            a failed container; a pod lost with its node needs the Argo default in
+            docs/kubeflow.md).
+
+    Every task:
+        image_pull_secrets: Secrets (in the run's namespace) to pull a private image with.
     """
 
     image: str = IMAGE
@@ -134,6 +154,66 @@ class ClusterSettings:
     trainer_namespace: str | None = None
     keep_failed_trainjob: bool = False
     baseline: bool = True  # train the PGD-AT baseline beside the model, as `dvc repro` does
+    gpu_tolerations: tuple[str, ...] = ()
+    gpu_node_selector: tuple[str, ...] = ()
+    train_cpu_request: str | None = None
+    train_memory_request: str | None = None
+    shm_size: str | None = "8Gi"
+    image_pull_secrets: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        """Refuse a malformed setting now, naming it, not as a pod that never schedules."""
+        for text in self.gpu_tolerations:
+            toleration(text)
+        for text in self.gpu_node_selector:
+            node_label(text)
+        for name, value, pattern in (("train_cpu_request", self.train_cpu_request, _CPU),
+                                     ("train_memory_request", self.train_memory_request, _MEMORY),
+                                     ("shm_size", self.shm_size, _MEMORY)):
+            if value is not None and not pattern.match(value):
+                raise ValueError(f"{name}: {value!r} is not a Kubernetes quantity like "
+                                 f"{'8 or 500m' if pattern is _CPU else '32Gi'}")
+        for name in self.image_pull_secrets:
+            if not _DNS_NAME.match(name):
+                raise ValueError(f"image pull secret {name!r} is not a Kubernetes Secret name")
+        if self.train_retries < 0:
+            raise ValueError(f"train_retries: {self.train_retries} must be >= 0")
+
+
+_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?"
+                        r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_CPU = re.compile(r"^(\d+(\.\d+)?|\d+m)$")
+_MEMORY = re.compile(r"^\d+(\.\d+)?(E|P|T|G|M|K|Ei|Pi|Ti|Gi|Mi|Ki)?$")
+_DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+def toleration(text: str) -> dict[str, str]:
+    """``KEY[=VALUE][:EFFECT]`` (the ``kubectl taint`` spelling) as ``add_toleration`` arguments:
+    with a value the operator is Equal, without one Exists; no effect tolerates every effect.
+    ``nvidia.com/gpu:NoSchedule`` tolerates the taint GPU node pools usually carry."""
+    rest, _, effect = text.rpartition(":") if ":" in text else (text, "", "")
+    key, eq, value = rest.partition("=")
+    if not _LABEL_KEY.match(key) or (eq and not _LABEL_VALUE.match(value)) \
+            or (effect and effect not in _EFFECTS):
+        raise ValueError(f"toleration {text!r}: expected KEY[=VALUE][:EFFECT], e.g. "
+                         f"nvidia.com/gpu:NoSchedule (effects: {', '.join(_EFFECTS)})")
+    out = {"key": key, "operator": "Equal" if eq else "Exists"}
+    if eq:
+        out["value"] = value
+    if effect:
+        out["effect"] = effect
+    return out
+
+
+def node_label(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` of a node selector (e.g. ``nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3``)."""
+    key, eq, value = text.partition("=")
+    if not eq or not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
+        raise ValueError(f"node selector {text!r}: expected KEY=VALUE, e.g. "
+                         "cloud.google.com/gke-accelerator=nvidia-h100-80gb")
+    return key, value
 
 
 def trainjob_settings(settings: ClusterSettings) -> str:
@@ -174,6 +254,25 @@ def _with_mlflow(task: dsl.PipelineTask, settings: ClusterSettings) -> None:
     kubernetes.use_secret_as_env(task, settings.mlflow_auth_secret, {
         "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
         "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"}, optional=True)
+
+
+def _on_gpu_nodes(task: dsl.PipelineTask, settings: ClusterSettings) -> None:
+    """What a GPU training pod needs beyond its GPU limit: tolerations for the GPU nodes' taints,
+    a node selector, CPU and memory requests (without them the pod is the first evicted, or
+    OOM-killed), and a memory-backed ``/dev/shm`` (Kubernetes gives a container 64 MiB, which
+    NCCL between the GPUs of one pod can outgrow; the volume counts as the pod's memory only as
+    far as it is used, up to ``shm_size``)."""
+    for text in settings.gpu_tolerations:
+        kubernetes.add_toleration(task, **toleration(text))
+    for text in settings.gpu_node_selector:
+        kubernetes.add_node_selector(task, *node_label(text))
+    if settings.train_cpu_request:
+        task.set_cpu_request(settings.train_cpu_request)
+    if settings.train_memory_request:
+        task.set_memory_request(settings.train_memory_request)
+    if settings.shm_size:
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm",
+                                   medium="Memory", size_limit=settings.shm_size)
 
 
 def _signature(table: list[Knob]) -> inspect.Signature:
@@ -232,6 +331,7 @@ def build_pipeline(params: Params, settings: ClusterSettings = ClusterSettings()
             else:
                 task.set_accelerator_type(values["accelerator_type"])
                 task.set_accelerator_limit(values["gpus_per_node"])
+                _on_gpu_nodes(task, settings)
             return task.set_retry(num_retries=settings.train_retries, backoff_duration="60s",
                                   backoff_factor=2.0)
 
@@ -273,6 +373,8 @@ def build_pipeline(params: Params, settings: ClusterSettings = ClusterSettings()
             task.set_caching_options(False)  # a registration is a side effect, never a cache hit
         for task in (data, trained, evaluated, decided, candidate, blocked, *beside):
             task.set_container_image(settings.image)
+            if settings.image_pull_secrets:
+                kubernetes.set_image_pull_secrets(task, list(settings.image_pull_secrets))
 
     fairat_pipeline.__signature__ = signature  # type: ignore[attr-defined]
     fairat_pipeline.__doc__ = _docstring(table)
