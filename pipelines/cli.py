@@ -42,7 +42,10 @@ CLUSTER_DEFAULTS: dict[str, str | None] = {
     "endpoints_config_map": "fairat-endpoints", "shared_volume_claim": None,
     "trainer_namespace": None, "shm_size": "8Gi", "train_retries": 2}
 CLUSTER_HELP = {
-    "image": "container image of every task (default: %(default)s)",
+    "image": "container image of every task; {commit} in it becomes the checkout's commit "
+             "(e.g. ghcr.io/fairat/fairat:{commit}, the tag the image was built with, see "
+             "docs/kubeflow.md), refused when the files the image copies have uncommitted "
+             "changes (default: %(default)s)",
     "s3_secret": "Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, mounted as optional "
                  "(default: %(default)s)",
     "mlflow_secret": "Secret with MLFLOW_TRACKING_URI, required by train, evaluate and register "
@@ -55,12 +58,57 @@ CLUSTER_HELP = {
                            "Trainer TrainJob, needed for --num-nodes above 1 (default: none, train "
                            "runs in its own pod)",
     "trainer_namespace": "namespace the TrainJob is created in (default: the pipeline pod's)"}
+COMMIT_TAG = "{commit}"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# What the Dockerfile copies (see .dockerignore): a change there means another image.
+IMAGE_SOURCES = ("pyproject.toml", "constraints.txt", "README.md", "params.yaml", "fairat",
+                 "components", "pipelines", "Dockerfile")
+
+
+def resolve_image(image: str, repo: Path = REPO_ROOT) -> str:
+    """``image`` with ``{commit}`` replaced by the checkout's 12-digit commit.
+
+    Why: a tag that changes with the code (``ghcr.io/fairat/fairat:<commit>``, built as
+    docs/kubeflow.md shows) makes every node pull the code the run was compiled from; a reused
+    tag leaves nodes with ``IfNotPresent`` on older code. Uncommitted changes to what the image
+    copies would make the tag lie, so they are refused (the compiled YAML itself is exempt).
+    """
+    if COMMIT_TAG not in image:
+        return image
+    import subprocess
+
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
+                                 timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise KubeflowError(f"--image {image}: cannot run git ({err})") from None
+        if out.returncode != 0:
+            raise KubeflowError(f"--image {image}: {repo} is not a git checkout "
+                                f"({out.stderr.strip()}); pass a fixed tag")
+        return out.stdout
+
+    commit = git("rev-parse", "--short=12", "HEAD").strip()
+    dirty = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no", "--",
+                                      *IMAGE_SOURCES).splitlines()
+             if not line.endswith("pipelines/fairat_pipeline.yaml")]
+    if dirty:
+        raise KubeflowError(f"--image {image}: {', '.join(dirty[:3])}"
+                            f"{' ...' if len(dirty) > 3 else ''} changed since commit {commit}, "
+                            "so an image tagged with it would not hold this code: commit first "
+                            "(and build the image), or pass a fixed tag")
+    return image.replace(COMMIT_TAG, commit)
+
+
 def cluster_settings(values: dict[str, Any]) -> Any:
     """ClusterSettings with the given non-None fields replaced; a malformed one (a toleration,
-    a quantity) is a :class:`KubeflowError` naming it. ``shm_size`` None means none."""
+    a quantity) is a :class:`KubeflowError` naming it. ``shm_size`` None means none, and
+    ``{commit}`` in the image is resolved (:func:`resolve_image`)."""
     from pipelines.fairat_pipeline import ClusterSettings
 
     fields = {k: v for k, v in values.items() if v is not None}
+    if fields.get("image"):
+        fields["image"] = resolve_image(fields["image"])
     if "shm_size" in values:
         fields["shm_size"] = values["shm_size"]
     try:

@@ -367,3 +367,32 @@ def test_shm_size_zero_leaves_kubernetes_default(tmp_path):
     out = tmp_path / "p.yaml"
     assert main(["pipeline", "compile", "--out", str(out), "--shm-size", "0"]) == 0
     assert "emptyDirMounts" not in out.read_text()
+
+
+def test_an_image_tag_from_the_commit_and_refused_on_uncommitted_code(tmp_path):
+    from pipelines.cli import resolve_image
+    from pipelines.connection import KubeflowError
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com",
+                               *args], cwd=tmp_path, check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    with pytest.raises(KubeflowError, match="is not a git checkout"):
+        resolve_image("r.example/fairat:{commit}", tmp_path)
+    (tmp_path / "fairat").mkdir()
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "fairat" / "code.py").write_text("x = 1\n")
+    (tmp_path / "pipelines" / "fairat_pipeline.yaml").write_text("a: 1\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-q", "-m", "c")
+    commit = git("rev-parse", "HEAD")[:12]
+    assert resolve_image("r.example/fairat:{commit}", tmp_path) == f"r.example/fairat:{commit}"
+    assert resolve_image("r.example/fairat:1.2", tmp_path) == "r.example/fairat:1.2"
+    (tmp_path / "pipelines" / "fairat_pipeline.yaml").write_text("a: 2\n")  # compiled output
+    (tmp_path / "notes.txt").write_text("not in the image\n")
+    assert resolve_image("r.example/fairat:{commit}", tmp_path).endswith(commit)
+    (tmp_path / "fairat" / "code.py").write_text("x = 2\n")
+    with pytest.raises(KubeflowError, match=f"fairat/code.py changed since commit {commit}"):
+        resolve_image("r.example/fairat:{commit}", tmp_path)
