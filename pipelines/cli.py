@@ -229,7 +229,7 @@ def add_parser(sub: Any) -> None:
                              help="Secret in the run's namespace to pull a private --image with "
                                   "(repeatable; default: none)")
         gpu = a.add_argument_group("the GPU training pods (train and baseline-train in their own "
-                                   "pods; a TrainJob's nodes are set up by its runtime)")
+                                   "pods, or the nodes of their TrainJob)")
         gpu.add_argument("--gpu-toleration", dest="gpu_tolerations", action="append", default=[],
                          metavar="KEY[=VALUE][:EFFECT]",
                          help="tolerate a GPU node taint, e.g. nvidia.com/gpu:NoSchedule "

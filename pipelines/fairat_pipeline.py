@@ -63,6 +63,7 @@ from components import IMAGE, compare, evaluate, gate, prepare, register, train
 from fairat.config import Params, load_params
 from fairat.evidence.comparison import BASELINE_METHOD
 from fairat.cluster.params import Knob, knob_lines, knobs, yaml_comments
+from fairat.cluster.pods import check_quantity, check_secret_name, node_label, toleration
 
 PIPELINE_NAME = "fairat"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -128,7 +129,8 @@ class ClusterSettings:
             data, seed and every training knob but the method's own), and compare the two; the
             registered version carries the lift. Doubles the training cost; False leaves it out.
 
-    The GPU training pods (train and baseline-train in their own pods; :func:`_on_gpu_nodes`):
+    The GPU training pods (train and baseline-train in their own pods, :func:`_on_gpu_nodes`, or
+    the nodes of their TrainJob, through :func:`trainjob_settings`):
         gpu_tolerations: ``KEY[=VALUE][:EFFECT]`` taints they tolerate (GPU node pools are
             usually tainted, e.g. ``nvidia.com/gpu:NoSchedule``).
         gpu_node_selector: ``KEY=VALUE`` node labels they must land on.
@@ -167,59 +169,20 @@ class ClusterSettings:
             toleration(text)
         for text in self.gpu_node_selector:
             node_label(text)
-        for name, value, pattern in (("train_cpu_request", self.train_cpu_request, _CPU),
-                                     ("train_memory_request", self.train_memory_request, _MEMORY),
-                                     ("shm_size", self.shm_size, _MEMORY)):
-            if value is not None and not pattern.match(value):
-                raise ValueError(f"{name}: {value!r} is not a Kubernetes quantity like "
-                                 f"{'8 or 500m' if pattern is _CPU else '32Gi'}")
+        check_quantity("train_cpu_request", self.train_cpu_request, memory=False)
+        check_quantity("train_memory_request", self.train_memory_request, memory=True)
+        check_quantity("shm_size", self.shm_size, memory=True)
         for name in self.image_pull_secrets:
-            if not _DNS_NAME.match(name):
-                raise ValueError(f"image pull secret {name!r} is not a Kubernetes Secret name")
+            check_secret_name(name)
         if self.train_retries < 0:
             raise ValueError(f"train_retries: {self.train_retries} must be >= 0")
 
 
-_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
-_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?"
-                        r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-_CPU = re.compile(r"^(\d+(\.\d+)?|\d+m)$")
-_MEMORY = re.compile(r"^\d+(\.\d+)?(E|P|T|G|M|K|Ei|Pi|Ti|Gi|Mi|Ki)?$")
-_DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-
-
-def toleration(text: str) -> dict[str, str]:
-    """``KEY[=VALUE][:EFFECT]`` (the ``kubectl taint`` spelling) as ``add_toleration`` arguments:
-    with a value the operator is Equal, without one Exists; no effect tolerates every effect.
-    ``nvidia.com/gpu:NoSchedule`` tolerates the taint GPU node pools usually carry."""
-    rest, _, effect = text.rpartition(":") if ":" in text else (text, "", "")
-    key, eq, value = rest.partition("=")
-    if not _LABEL_KEY.match(key) or (eq and not _LABEL_VALUE.match(value)) \
-            or (effect and effect not in _EFFECTS):
-        raise ValueError(f"toleration {text!r}: expected KEY[=VALUE][:EFFECT], e.g. "
-                         f"nvidia.com/gpu:NoSchedule (effects: {', '.join(_EFFECTS)})")
-    out = {"key": key, "operator": "Equal" if eq else "Exists"}
-    if eq:
-        out["value"] = value
-    if effect:
-        out["effect"] = effect
-    return out
-
-
-def node_label(text: str) -> tuple[str, str]:
-    """``KEY=VALUE`` of a node selector (e.g. ``nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3``)."""
-    key, eq, value = text.partition("=")
-    if not eq or not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
-        raise ValueError(f"node selector {text!r}: expected KEY=VALUE, e.g. "
-                         "cloud.google.com/gke-accelerator=nvidia-h100-80gb")
-    return key, value
-
-
 def trainjob_settings(settings: ClusterSettings) -> str:
     """The compile-time JSON the train component needs to build a TrainJob (read by
-    ``fairat.cluster.runtime.stage_trainjob``): the image, the shared volume and the *names* of the
-    Secrets and ConfigMap the pipeline's own tasks use; the values stay in the cluster."""
+    ``fairat.cluster.runtime.stage_trainjob``): the image, the shared volume, the *names* of the
+    Secrets and ConfigMap the pipeline's own tasks use (the values stay in the cluster), and the
+    GPU pod settings, which the TrainJob's nodes get as the train pods would."""
     import json
 
     return json.dumps({"image": settings.image, "volume_claim": settings.shared_volume_claim,
@@ -228,7 +191,13 @@ def trainjob_settings(settings: ClusterSettings) -> str:
                        "mlflow_secret": settings.mlflow_secret,
                        "mlflow_auth_secret": settings.mlflow_auth_secret,
                        "endpoints_config_map": settings.endpoints_config_map,
-                       "keep_failed_trainjob": settings.keep_failed_trainjob}, sort_keys=True)
+                       "keep_failed_trainjob": settings.keep_failed_trainjob,
+                       "tolerations": list(settings.gpu_tolerations),
+                       "node_selector": list(settings.gpu_node_selector),
+                       "cpu_request": settings.train_cpu_request,
+                       "memory_request": settings.train_memory_request,
+                       "shm_size": settings.shm_size,
+                       "image_pull_secrets": list(settings.image_pull_secrets)}, sort_keys=True)
 
 
 def _trainer_inputs(settings: ClusterSettings, accelerator_type: Any) -> dict[str, Any]:

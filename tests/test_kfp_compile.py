@@ -200,7 +200,12 @@ def test_with_a_shared_volume_train_launches_a_trainjob_without_gpus(ir, tmp_pat
                     "namespace": None, "s3_secret": "fairat-s3", "mlflow_secret": "fairat-mlflow",
                     "mlflow_auth_secret": "fairat-mlflow",
                     "endpoints_config_map": "fairat-endpoints",
-                    "keep_failed_trainjob": False}  # names only, never values
+                    "keep_failed_trainjob": False,  # names only, never values
+                    # the GPU pod settings the TrainJob's nodes get (test_kfp_runtime)
+                    "tolerations": [], "node_selector": [], "cpu_request": None,
+                    "memory_request": None, "shm_size": "8Gi", "image_pull_secrets": []}
+    # the launcher holds no GPU: none of the GPU pod settings on its own pod
+    assert "emptyDirMounts" not in executors["exec-train"]
 
 
 def test_registration_as_candidate_only_inside_the_gate_condition(ir):

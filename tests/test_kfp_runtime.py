@@ -170,8 +170,11 @@ def test_multi_node_stages_data_and_builds_the_trainjob(tmp_path):
     pod = job["template"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert pod["volumes"] == [{"name": "fairat-work",
-                               "persistentVolumeClaim": {"claimName": "fairat-work"}}]
-    assert container["volumeMounts"] == [{"name": "fairat-work", "mountPath": str(mount)}]
+                               "persistentVolumeClaim": {"claimName": "fairat-work"}},
+                              {"name": "dshm",
+                               "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}]
+    assert container["volumeMounts"] == [{"name": "fairat-work", "mountPath": str(mount)},
+                                         {"name": "dshm", "mountPath": "/dev/shm"}]
     env = {e["name"]: e["valueFrom"] for e in container["env"]}
     assert all("value" not in e for e in container["env"])  # references only, never values
     # the same objects and optionality as the pipeline's tasks
@@ -183,6 +186,43 @@ def test_multi_node_stages_data_and_builds_the_trainjob(tmp_path):
         "name": "fairat-s3", "key": "AWS_SECRET_ACCESS_KEY", "optional": True}
     assert env["AWS_ENDPOINT_URL"] == {"configMapKeyRef": {
         "name": "fairat-endpoints", "key": "AWS_ENDPOINT_URL", "optional": True}}
+
+
+def test_the_trainjob_nodes_get_the_gpu_pod_settings_of_the_pipeline(tmp_path):
+    """Tolerations, node selector, requests, /dev/shm and the pull secret reach the TrainJob's
+    node pods as they reach the pipeline's own train pods (compile-time JSON -> TrainJob)."""
+    from fairat.cluster.runtime import stage_trainjob
+    from fairat.cluster.trainjob import trainjob_manifest
+
+    mount = tmp_path / "shared"
+    settings = _trainjob_json(mount, gpu_tolerations=("nvidia.com/gpu:NoSchedule",),
+                              gpu_node_selector=("nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3",),
+                              train_cpu_request="8", train_memory_request="64Gi",
+                              shm_size="16Gi", image_pull_secrets=("regcred",))
+    spec, _ = stage_trainjob(knob_lines({"train.epochs": 7}), str(_prepared(tmp_path)), 4, 2,
+                             settings)
+    m = trainjob_manifest(spec, namespace="ml")
+    assert m["spec"]["trainer"]["resourcesPerNode"]["limits"] == {
+        "nvidia.com/gpu": "4", "cpu": "8", "memory": "64Gi"}
+    (patch,) = m["spec"]["runtimePatches"]
+    (job,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    pod = job["template"]["spec"]["template"]["spec"]
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                   "effect": "NoSchedule"}]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    shm = {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}
+    assert shm in pod["volumes"]
+    (container,) = pod["containers"]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    # the pipeline's defaults: /dev/shm only
+    spec, _ = stage_trainjob(knob_lines({"train.epochs": 7}), str(_prepared(tmp_path / "b")), 4,
+                             2, _trainjob_json(tmp_path / "shared-b"))
+    pod = trainjob_manifest(spec, namespace="ml")["spec"]["runtimePatches"][0][
+        "trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"][
+        "template"]["spec"]
+    assert "tolerations" not in pod and "nodeSelector" not in pod
+    assert {**shm, "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}} in pod["volumes"]
 
 
 def _rank0_writes_outputs(body):

@@ -186,6 +186,7 @@ def stage_trainjob(params: str, data_dir: str, gpus_per_node: int, num_nodes: in
     namespace, Secret and ConfigMap *names*, keep_failed_trainjob). Returns ``(TrainJobSpec,
     namespace)``; a None namespace lets the SDK use this pod's service-account namespace.
     """
+    from fairat.cluster.pods import node_label, toleration
     from fairat.cluster.trainjob import TrainJobSpec, credential_refs
 
     settings = json.loads(trainjob) if trainjob else {}
@@ -216,7 +217,13 @@ def stage_trainjob(params: str, data_dir: str, gpus_per_node: int, num_nodes: in
         work_dir=str(run_dir / "run"), volume_claim=settings["volume_claim"],
         mount_path=settings["mount_path"],
         secret_env=secret_env, config_map_env=config_map_env,
-        checkpoint_url=checkpoint_url, name=key, labels=labels)
+        checkpoint_url=checkpoint_url, name=key, labels=labels,
+        # the GPU pod settings the pipeline was compiled with, as its own train pods get them
+        cpu_per_node=settings.get("cpu_request"), memory_per_node=settings.get("memory_request"),
+        tolerations=tuple(toleration(t) for t in settings.get("tolerations", ())),
+        node_selector=dict(node_label(t) for t in settings.get("node_selector", ())),
+        shm_size=settings.get("shm_size"),
+        image_pull_secrets=tuple(settings.get("image_pull_secrets", ())))
     return spec, settings.get("namespace")
 
 
