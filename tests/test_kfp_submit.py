@@ -377,7 +377,7 @@ def test_help_names_every_default():
                      "--train-cpu-request CPU", "--train-memory-request MEMORY",
                      "--shm-size SIZE", f"(default: {defaults.shm_size})",
                      "--train-retries N", f"(default: {defaults.train_retries})",
-                     "--image-pull-secret NAME"):
+                     "--image-pull-secret NAME", "{commit} in it becomes the checkout's commit"):
             assert name in text, (action, name)
     text = " ".join(actions["submit"].format_help().split())
     for name in ("--ca-cert PEM_FILE", "--insecure-skip-tls-verify", "HTTPS_PROXY", "NO_PROXY",
