@@ -1,14 +1,34 @@
 # fairat: the one image every Kubeflow component (and `fairat` itself) runs in.
 #
-# GPU-ready without a CUDA base image: torch==2.14.1 from PyPI on linux/x86_64 is the CUDA 13 build
-# and brings its CUDA, cuDNN and NCCL libraries as pinned wheels (constraints.txt), so the node only
-# needs an NVIDIA driver new enough for CUDA 13. The same image runs on CPU nodes.
+# GPU-ready without a CUDA base image: torch==2.14.1 from PyPI on linux/x86_64 is the CUDA 13.0
+# build (torch.__version__ 2.14.1+cu130) and brings its CUDA, cuDNN and NCCL libraries as pinned
+# wheels (constraints.txt). What a GPU node needs (also in the io.fairat.* labels below):
+#   - an NVIDIA driver R580 or newer (CUDA 13.0's minimum on Linux; older drivers fail with "the
+#     NVIDIA driver on your system is too old", and training then refuses to start);
+#   - a GPU of compute capability 7.5 or newer (Turing, Ampere, Ada, Hopper, Blackwell): CUDA 13
+#     builds carry no kernels for Maxwell, Pascal or Volta.
+# The same image runs on CPU nodes (a task that requested GPUs refuses to run on CPU).
 #
 # Layers, cheapest to invalidate last: system setup, then the pinned dependencies (they change when
 # pyproject.toml or constraints.txt change), then the project source (changes on every commit).
-#   docker build -t ghcr.io/fairat/fairat:0.1.0 .
+# Tag the image with the commit it is built from, so that a new commit is a new tag and no node
+# keeps running old code under a reused tag; compile/submit with --image ...:{commit} to match:
+#   docker build -t ghcr.io/fairat/fairat:$(git rev-parse --short=12 HEAD) \
+#     --build-arg GIT_COMMIT=$(git rev-parse HEAD) .
+#
+# Base image: pinned by tag here. No digest is written in this file because none could be looked
+# up where it was written; pin one for a reproducible build (the digest of the tag today):
+#   docker buildx imagetools inspect python:3.11-slim-bookworm      # "Digest: sha256:..."
+#   docker build --build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:<that digest> ...
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE}
+
+LABEL org.opencontainers.image.title="fairat" \
+      org.opencontainers.image.description="fair adversarial training: the Kubeflow components and the fairat CLI" \
+      io.fairat.torch="2.14.1+cu130" \
+      io.fairat.cuda="13.0" \
+      io.fairat.nvidia-driver="R580 or newer" \
+      io.fairat.gpu="compute capability 7.5 or newer (Turing and later)"
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -41,6 +61,10 @@ COPY components ./components
 COPY pipelines ./pipelines
 RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
     && rm -rf build ./*.egg-info
+
+# The commit the source came from, last: a new commit invalidates no earlier layer.
+ARG GIT_COMMIT=unknown
+LABEL org.opencontainers.image.revision="${GIT_COMMIT}"
 
 # Numeric, so Kubernetes can verify runAsNonRoot without reading /etc/passwd.
 USER 1000:1000

@@ -12,14 +12,16 @@ from components.image import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def train(params: str, data: Input[Dataset], model: Output[Model], summary: Output[Artifact],
-          metrics: Output[Metrics], gpus_per_node: int = 1, num_nodes: int = 1,
+          metrics: Output[Metrics], gpus_per_node: str = "1", num_nodes: int = 1,
           trainjob: str = "", accelerator_type: str = "nvidia.com/gpu",
           checkpoint_url: str = "", run_id: str = ""):
     """Write ``model.pt`` into ``model`` and ``train.json`` / ``train.csv`` into ``summary``.
 
     Args:
         params: ``key=value`` lines of the `model` and `train` knobs.
-        gpus_per_node: processes (GPUs) per node; above 1, training runs under torchrun.
+        gpus_per_node: processes (GPUs) per node, as text (the KFP driver reads the GPU limit
+            bound to it as a string); above 1, training runs under torchrun; above 0, training
+            refuses to start without a usable GPU.
         num_nodes: nodes; above 1 needs ``trainjob`` (the pipeline compiled with a shared volume).
         trainjob: compile-time JSON (image, shared volume, secret names); set: run a TrainJob.
         accelerator_type: the GPU resource name the TrainJob nodes request.

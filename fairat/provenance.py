@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -73,3 +74,46 @@ def machine(device: torch.device, world_size: int = 1) -> str:
         what = f"{device.type}: {cpu_model() or 'unknown CPU'}"
     return (f"{what}; {cores} cores usable, {torch.get_num_threads()} torch threads, "
             f"{world_size} process{'es' if world_size != 1 else ''}")
+
+
+NVIDIA_VERSION_FILE = Path("/proc/driver/nvidia/version")  # the kernel module's own line
+_DRIVER = re.compile(r"Kernel Module(?:\s+for\s+\S+)?\s+(\d+(?:\.\d+)+)")
+
+
+def nvidia_driver_version(version_file: Path = NVIDIA_VERSION_FILE) -> str | None:
+    """The NVIDIA driver's version (``580.65.06``), from the kernel module's version file, else
+    ``nvidia-smi``; None where neither answers (no driver, or not visible in this container)."""
+    try:
+        match = _DRIVER.search(version_file.read_text(errors="replace"))
+        if match:
+            return match[1]
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = out.stdout.split()
+    return lines[0] if out.returncode == 0 and lines else None
+
+
+def accelerator_facts(device: torch.device) -> dict[str, str]:
+    """What a GPU run ran on, for the training run's params and the model's provenance: the GPU,
+    its compute capability and memory, how many this process sees, the NVIDIA driver, the CUDA
+    and cuDNN versions of the torch build, and torch's version. ``{}`` on CPU.
+
+    Why: a model trained on GPU depends on the node it landed on (a driver too old for the build,
+    another GPU generation); these are what an operator compares when two runs disagree.
+    """
+    if device.type != "cuda":
+        return {}
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {"gpu": props.name, "gpu_capability": f"{props.major}.{props.minor}",
+            "gpu_memory_gib": f"{props.total_memory / 2**30:.1f}",
+            "gpus_visible": str(torch.cuda.device_count()),
+            "nvidia_driver": nvidia_driver_version() or "unknown",
+            "cuda": torch.version.cuda or "unknown", "cudnn": str(cudnn or "unknown"),
+            "torch": torch.__version__}

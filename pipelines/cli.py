@@ -10,30 +10,23 @@ explicitly as a run argument, so the run is exactly ``--params`` plus ``-S`` ove
 committed YAML says. A host that cannot be reached or that answers with an error stops with a
 message naming the host (exit code 2), never with a library traceback.
 
-Authentication (:class:`Credentials`): a bearer token read from an environment variable
-(``--token-env``, default ``KF_PIPELINES_TOKEN``), the in-cluster ServiceAccount token file
-(``--in-cluster-token`` / ``--token-path``) or a session cookie read from an environment variable
-(``--cookie-env``, default ``KF_PIPELINES_COOKIE``). Secrets never come from the command line
-(``ps`` and shell history show it), and are never printed, logged, compiled into the package or
-passed as pipeline arguments; messages name where a credential came from, never its value.
+Credentials, TLS, proxy and the preflight checks live in :mod:`pipelines.connection`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import re
-import socket
 import sys
 import tempfile
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from fairat.config import ConfigError, Params, load_params
+from pipelines.connection import (COOKIE_ENV, SA_TOKEN_PATH, TOKEN_ENV,  # noqa: F401 (API)
+                                  Credentials, KubeflowError, Transport, _check_access,
+                                  _check_reachable, _error_detail, _namespace_hint, auth_message,
+                                  credentials_from, transport_from)
 
 # CLI flag -> ClusterSettings field (pipelines.fairat_pipeline).
 CLUSTER_FLAGS = {"--image": "image", "--s3-secret": "s3_secret",
@@ -47,9 +40,12 @@ CLUSTER_DEFAULTS: dict[str, str | None] = {
     "image": "ghcr.io/fairat/fairat:0.1.0", "s3_secret": "fairat-s3",
     "mlflow_secret": "fairat-mlflow", "mlflow_auth_secret": None,
     "endpoints_config_map": "fairat-endpoints", "shared_volume_claim": None,
-    "trainer_namespace": None}
+    "trainer_namespace": None, "shm_size": "8Gi", "train_retries": 2}
 CLUSTER_HELP = {
-    "image": "container image of every task (default: %(default)s)",
+    "image": "container image of every task; {commit} in it becomes the checkout's commit "
+             "(e.g. ghcr.io/fairat/fairat:{commit}, the tag the image was built with, see "
+             "docs/kubeflow.md), refused when the files the image copies have uncommitted "
+             "changes (default: %(default)s)",
     "s3_secret": "Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, mounted as optional "
                  "(default: %(default)s)",
     "mlflow_secret": "Secret with MLFLOW_TRACKING_URI, required by train, evaluate and register "
@@ -62,139 +58,63 @@ CLUSTER_HELP = {
                            "Trainer TrainJob, needed for --num-nodes above 1 (default: none, train "
                            "runs in its own pod)",
     "trainer_namespace": "namespace the TrainJob is created in (default: the pipeline pod's)"}
-CONNECT_TIMEOUT_S = 10.0
-TOKEN_ENV = "KF_PIPELINES_TOKEN"
-COOKIE_ENV = "KF_PIPELINES_COOKIE"
-SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"  # kfp.client.KF_PIPELINES_SA_TOKEN_PATH
-HEALTHZ = "/apis/v2beta1/healthz"
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+COMMIT_TAG = "{commit}"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# What the Dockerfile copies (see .dockerignore): a change there means another image.
+IMAGE_SOURCES = ("pyproject.toml", "constraints.txt", "README.md", "params.yaml", "fairat",
+                 "components", "pipelines", "Dockerfile")
 
 
-class KubeflowError(RuntimeError):
-    """The Kubeflow Pipelines endpoint is unreachable or refused a request."""
+def resolve_image(image: str, repo: Path = REPO_ROOT) -> str:
+    """``image`` with ``{commit}`` replaced by the checkout's 12-digit commit.
 
-
-@dataclass(frozen=True)
-class Credentials:
-    """What `submit` sends to the KFP API; ``source`` names where it came from (for messages).
-
-    ``repr`` shows the sources only, so a credential never reaches a log or a traceback.
+    Why: a tag that changes with the code (``ghcr.io/fairat/fairat:<commit>``, built as
+    docs/kubeflow.md shows) makes every node pull the code the run was compiled from; a reused
+    tag leaves nodes with ``IfNotPresent`` on older code. Uncommitted changes to what the image
+    copies would make the tag lie, so they are refused (the compiled YAML itself is exempt).
     """
+    if COMMIT_TAG not in image:
+        return image
+    import subprocess
 
-    token: str | None = field(default=None, repr=False)  # bearer token (from an env var)
-    token_path: str | None = None  # in-cluster ServiceAccount token file, read on every request
-    cookie: str | None = field(default=None, repr=False)  # "name=value" session cookie
-    source: str = "no credentials"
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
+                                 timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise KubeflowError(f"--image {image}: cannot run git ({err})") from None
+        if out.returncode != 0:
+            raise KubeflowError(f"--image {image}: {repo} is not a git checkout "
+                                f"({out.stderr.strip()}); pass a fixed tag")
+        return out.stdout
 
-    def headers(self) -> dict[str, str]:
-        """The HTTP headers kfp's client sends with these credentials."""
-        headers = {}
-        token = self.token
-        if self.token_path:
-            token = _read_token_file(self.token_path)
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        if self.cookie:
-            headers["Cookie"] = self.cookie
-        return headers
-
-    def client_kwargs(self) -> dict[str, Any]:
-        """``kfp.Client`` arguments: existing_token, credentials (the SA token file), cookies."""
-        kwargs: dict[str, Any] = {}
-        if self.token:
-            kwargs["existing_token"] = self.token
-        elif self.token_path:
-            from kfp.client import ServiceAccountTokenVolumeCredentials
-
-            kwargs["credentials"] = ServiceAccountTokenVolumeCredentials(path=self.token_path)
-        if self.cookie:
-            kwargs["cookies"] = self.cookie
-        return kwargs
-
-
-def _read_token_file(path: str) -> str:
-    try:
-        token = Path(path).read_text().strip()
-    except OSError as err:
-        raise KubeflowError(f"--in-cluster-token: cannot read the ServiceAccount token at {path} "
-                            f"({err.strerror}): mount a projected token with audience "
-                            "pipelines.kubeflow.org there, or pass --token-path "
-                            "(see docs/kubeflow.md, Authentication)") from None
-    if not token:
-        raise KubeflowError(f"--in-cluster-token: the ServiceAccount token file {path} is empty")
-    return token
-
-
-def _from_env(flag: str, name: str, required: bool) -> str | None:
-    if not _ENV_NAME.match(name):  # never echo it: it may be the secret itself
-        raise KubeflowError(f"{flag} takes the NAME of an environment variable holding the "
-                            "secret, not the secret itself (which the command line would expose)")
-    value = os.environ.get(name, "").strip()
-    if not value and required:
-        if not name.isupper():  # an unusual name may be a mistyped secret: do not show it
-            raise KubeflowError(f"{flag}: that environment variable is not set or empty (names "
-                                "are usually upper case, e.g. KF_PIPELINES_TOKEN)")
-        raise KubeflowError(f"{flag} {name}: the environment variable {name} is not set or empty")
-    return value or None
-
-
-def credentials_from(token_env: str | None = TOKEN_ENV, cookie_env: str | None = COOKIE_ENV,
-                     in_cluster: bool = False, token_path: str | None = None) -> Credentials:
-    """Credentials from the CLI options; the default variables are read only when set.
-
-    A ``token_env`` or ``cookie_env`` other than the default must be set. ``token_path`` implies
-    ``in_cluster``; the in-cluster token replaces the bearer token from the environment.
-    """
-    sources = []
-    token = path = None
-    if in_cluster or token_path:
-        if token_env not in (None, TOKEN_ENV):
-            raise KubeflowError("--in-cluster-token and --token-env each give the bearer token: "
-                                "pass one of them")
-        path = token_path or SA_TOKEN_PATH
-        _read_token_file(path)  # fail now, naming the file, not inside the client
-        sources.append(f"the ServiceAccount token at {path}")
-    elif token_env:
-        token = _from_env("--token-env", token_env, required=token_env != TOKEN_ENV)
-        if token:
-            sources.append(f"the bearer token from ${token_env}")
-    cookie = None
-    if cookie_env:
-        cookie = _from_env("--cookie-env", cookie_env, required=cookie_env != COOKIE_ENV)
-        if cookie:
-            name, sep, _ = cookie.partition("=")
-            if not sep or not name.strip() or any(c in cookie for c in "\r\n"):
-                raise KubeflowError(f"--cookie-env {cookie_env}: expected NAME=VALUE in "
-                                    f"${cookie_env}, e.g. authservice_session=... copied from a "
-                                    "logged-in browser")
-            sources.append(f"the {name.strip()} cookie from ${cookie_env}")
-    return Credentials(token, path, cookie, " and ".join(sources) or "no credentials")
-
-
-def auth_message(host: str, status: int, reason: str, detail: str, creds: Credentials,
-                 namespace: str | None = None) -> str:
-    """One line for a 401 / 403 (or a login redirect): what the server said and what to provide."""
-    provide = (f"set {TOKEN_ENV} (a user or ServiceAccount token), run inside the cluster with "
-               "--in-cluster-token, or pass --cookie-env with the session cookie of a logged-in "
-               "browser (authservice_session=..., on Kubeflow 1.9+ oauth2_proxy_kubeflow=...) "
-               "(see docs/kubeflow.md, Authentication)")
-    said = f"Kubeflow Pipelines at {host} answered {status} {reason}".rstrip()
-    if detail:
-        said += f" ({detail})"
-    if status == 403 and creds.source != "no credentials":
-        where = f"namespace {namespace}" if namespace else "its profile namespace (--namespace)"
-        return (f"{said} to {creds.source}: this identity may not do that here; in multi-user "
-                f"Kubeflow it must own or contribute to {where}; else {provide}")
-    if creds.source == "no credentials":
-        return f"{said} and no credentials were sent: {provide}"
-    return f"{said} to {creds.source} (expired, or not accepted by this endpoint): {provide}"
+    commit = git("rev-parse", "--short=12", "HEAD").strip()
+    dirty = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no", "--",
+                                      *IMAGE_SOURCES).splitlines()
+             if not line.endswith("pipelines/fairat_pipeline.yaml")]
+    if dirty:
+        raise KubeflowError(f"--image {image}: {', '.join(dirty[:3])}"
+                            f"{' ...' if len(dirty) > 3 else ''} changed since commit {commit}, "
+                            "so an image tagged with it would not hold this code: commit first "
+                            "(and build the image), or pass a fixed tag")
+    return image.replace(COMMIT_TAG, commit)
 
 
 def cluster_settings(values: dict[str, Any]) -> Any:
-    """ClusterSettings with the given non-None fields replaced."""
+    """ClusterSettings with the given non-None fields replaced; a malformed one (a toleration,
+    a quantity) is a :class:`KubeflowError` naming it. ``shm_size`` None means none, and
+    ``{commit}`` in the image is resolved (:func:`resolve_image`)."""
     from pipelines.fairat_pipeline import ClusterSettings
 
-    return ClusterSettings(**{k: v for k, v in values.items() if v is not None})
+    fields = {k: v for k, v in values.items() if v is not None}
+    if fields.get("image"):
+        fields["image"] = resolve_image(fields["image"])
+    if "shm_size" in values:
+        fields["shm_size"] = values["shm_size"]
+    try:
+        return ClusterSettings(**fields)
+    except ValueError as err:
+        raise KubeflowError(str(err)) from None
 
 
 def compile_to(out_path: str | Path, params_file: str | Path, settings: Any = None) -> Path:
@@ -204,73 +124,11 @@ def compile_to(out_path: str | Path, params_file: str | Path, settings: Any = No
     return compile_pipeline(out_path, params_file, settings or ClusterSettings())
 
 
-def _check_reachable(host: str) -> None:
-    """Fail fast, naming the host, when nothing accepts a TCP connection there.
-
-    The kfp client has no connect timeout and retries a refused connection several times; a
-    preflight connect gives one clear error within ``CONNECT_TIMEOUT_S``.
-    """
-    url = urlparse(host if "://" in host else f"https://{host}")
-    if not url.hostname:
-        raise KubeflowError(f"--host {host!r} is not a URL like http://127.0.0.1:8888")
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname, port), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as err:
-        raise KubeflowError(f"cannot reach Kubeflow Pipelines at {host} "
-                            f"({url.hostname}:{port}): {err}") from None
-
-
-def _error_detail(body: Any) -> str:
-    """The server's error text, on one line and short (bodies are JSON or an HTML login page)."""
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body or "")
-    try:
-        parsed = json.loads(text)
-        if isinstance(parsed, dict):
-            text = str(parsed.get("error") or parsed.get("message") or text)
-    except ValueError:
-        pass
-    if text.lstrip().startswith("<"):
-        return ""  # an HTML page says nothing a terminal can use
-    return " ".join(text.split())[:300]
-
-
-def _check_access(host: str, creds: Credentials, namespace: str | None) -> None:
-    """GET the health endpoint with the credentials before the kfp client does.
-
-    Why: the client retries a failing health check five times, five seconds apart, logging a
-    traceback each time; an auth proxy (Dex, oauth2-proxy) answers 401 or redirects to a login
-    page there, which deserves the one-line answer of :func:`auth_message` instead.
-    """
-    import certifi
-    import urllib3
-
-    base = host if "://" in host else f"https://{host}"
-    pool = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=certifi.where())
-    try:
-        answer = pool.request("GET", base.rstrip("/") + HEALTHZ, headers=creds.headers(),
-                              redirect=False, retries=False,
-                              timeout=urllib3.Timeout(CONNECT_TIMEOUT_S, read=30.0))
-    except urllib3.exceptions.HTTPError as err:
-        raise KubeflowError(f"cannot talk to Kubeflow Pipelines at {host}: {err}") from None
-    if answer.status in (401, 403):
-        raise KubeflowError(auth_message(host, answer.status, answer.reason or "",
-                                         _error_detail(answer.data), creds, namespace))
-    if 300 <= answer.status < 400:
-        where = urlparse(answer.headers.get("Location", ""))
-        login = f"{where.scheme}://{where.netloc}{where.path}" if where.netloc else where.path
-        raise KubeflowError(auth_message(host, answer.status, answer.reason or "",
-                                         f"a redirect to {login or 'another page'}, usually a "
-                                         "login page", creds, namespace))
-    if answer.status >= 400:
-        raise KubeflowError(f"Kubeflow Pipelines at {host} answered {answer.status} "
-                            f"{answer.reason} at {HEALTHZ}: {_error_detail(answer.data)}")
-
-
 def submit(host: str, params: Params, experiment: str = "fairat", run_name: str | None = None,
            namespace: str | None = None, resources: dict[str, Any] | None = None,
            settings: Any = None, enable_caching: bool | None = None,
-           credentials: Credentials | None = None) -> dict[str, str]:
+           credentials: Credentials | None = None,
+           transport: Transport | None = None) -> dict[str, str]:
     """Compile with ``params`` as defaults and start a run; returns {run_id, experiment_id, host}.
 
     Args:
@@ -280,18 +138,26 @@ def submit(host: str, params: Params, experiment: str = "fairat", run_name: str 
             ``checkpoint_url``.
         enable_caching: None keeps the compiled per-task caching; False forces every step to run.
         credentials: what authenticates the requests (:func:`credentials_from`); None: nothing.
+        transport: CA, TLS verification and proxy (:func:`transport_from`); None: certifi's CAs,
+            verified, no proxy.
     """
     import kfp
     import kfp_server_api
     import urllib3
 
-    from fairat.cluster.params import pipeline_arguments
+    from fairat.cluster.params import accelerator_count, pipeline_arguments
     from pipelines.fairat_pipeline import ClusterSettings, build_pipeline, write_package
 
     settings = settings or ClusterSettings()
     creds = credentials or Credentials()
-    num_nodes = (resources or {}).get("num_nodes", 1)
-    if (resources or {}).get("checkpoint_url"):
+    resources = dict(resources or {})
+    if "gpus_per_node" in resources:  # a STRING run parameter: the driver reads the GPU limit
+        try:                          # with GetStringValue() (fairat.cluster.params)
+            resources["gpus_per_node"] = str(accelerator_count(resources["gpus_per_node"]))
+        except ConfigError as err:
+            raise KubeflowError(f"--gpus-per-node: {err}") from None
+    num_nodes = resources.get("num_nodes", 1)
+    if resources.get("checkpoint_url"):
         from fairat.edge.storage import StorageError, parse_prefix_url
 
         try:
@@ -305,26 +171,30 @@ def submit(host: str, params: Params, experiment: str = "fairat", run_name: str 
         raise KubeflowError(f"--num-nodes {num_nodes} runs training as a Kubeflow Trainer "
                             "TrainJob, which needs a shared ReadWriteMany volume: pass "
                             "--shared-volume-claim NAME (see docs/kubeflow.md)")
-    _check_reachable(host)
-    _check_access(host, creds, namespace)
-    arguments = {**pipeline_arguments(params), **(resources or {})}
+    transport = transport or Transport()
+    _check_reachable(host, transport)
+    _check_access(host, creds, namespace, transport)
+    arguments = {**pipeline_arguments(params), **resources}
     with tempfile.TemporaryDirectory(prefix="fairat-kfp-") as tmp:
         package = write_package(build_pipeline(params, settings), Path(tmp) / "fairat_pipeline.yaml")
         try:
             with warnings.catch_warnings():  # the client warns on every construction
                 warnings.simplefilter("ignore", FutureWarning)
+                warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
                 client = kfp.Client(host=host, namespace=namespace or "kubeflow",
-                                    **creds.client_kwargs())
-            result = client.create_run_from_pipeline_package(
-                str(package), arguments=arguments, run_name=run_name,
-                experiment_name=experiment, namespace=namespace, enable_caching=enable_caching)
+                                    **creds.client_kwargs(), **transport.client_kwargs())
+                result = client.create_run_from_pipeline_package(
+                    str(package), arguments=arguments, run_name=run_name,
+                    experiment_name=experiment, namespace=namespace,
+                    enable_caching=enable_caching)
         except kfp_server_api.ApiException as err:
             if err.status in (401, 403):
                 raise KubeflowError(auth_message(host, err.status, err.reason or "",
                                                  _error_detail(err.body), creds,
                                                  namespace)) from None
             raise KubeflowError(f"Kubeflow Pipelines at {host} answered {err.status} "
-                                f"{err.reason}: {_error_detail(err.body)}") from None
+                                f"{err.reason}: "
+                                f"{_namespace_hint(_error_detail(err.body), namespace)}") from None
         except (urllib3.exceptions.HTTPError, TimeoutError, OSError) as err:
             raise KubeflowError(f"cannot talk to Kubeflow Pipelines at {host}: {err}") from None
     run = result.run_info
@@ -354,6 +224,34 @@ def add_parser(sub: Any) -> None:
                              help="leave out the PGD-AT baseline trained beside the model (half "
                                   "the training cost; the card then shows no lift; default: "
                                   "train it, as dvc repro does)")
+        cluster.add_argument("--image-pull-secret", dest="image_pull_secrets", action="append",
+                             default=[], metavar="NAME",
+                             help="Secret in the run's namespace to pull a private --image with "
+                                  "(repeatable; default: none)")
+        gpu = a.add_argument_group("the GPU training pods (train and baseline-train in their own "
+                                   "pods, or the nodes of their TrainJob)")
+        gpu.add_argument("--gpu-toleration", dest="gpu_tolerations", action="append", default=[],
+                         metavar="KEY[=VALUE][:EFFECT]",
+                         help="tolerate a GPU node taint, e.g. nvidia.com/gpu:NoSchedule "
+                              "(repeatable; default: none)")
+        gpu.add_argument("--gpu-node-selector", dest="gpu_node_selector", action="append",
+                         default=[], metavar="KEY=VALUE",
+                         help="run only on nodes with this label, e.g. nvidia.com/gpu.product="
+                              "NVIDIA-H100-80GB-HBM3 (repeatable; default: none)")
+        gpu.add_argument("--train-cpu-request", default=None, metavar="CPU",
+                         help="CPU request of the train pods, e.g. 8 (default: none)")
+        gpu.add_argument("--train-memory-request", default=None, metavar="MEMORY",
+                         help="memory request of the train pods, e.g. 32Gi (default: none; "
+                              "without one the pod is the first evicted under memory pressure)")
+        gpu.add_argument("--shm-size", default=CLUSTER_DEFAULTS["shm_size"], metavar="SIZE",
+                         help="size limit of the memory-backed /dev/shm the train pods mount "
+                              "(NCCL between GPUs outgrows Kubernetes' 64 MiB); 0: none "
+                              "(default: %(default)s)")
+        gpu.add_argument("--train-retries", type=int, default=CLUSTER_DEFAULTS["train_retries"],
+                         metavar="N",
+                         help="retries of a failed train pod, with backoff; a pod lost with its "
+                              "node needs the Argo retry policy in docs/kubeflow.md (default: "
+                              "%(default)s)")
     compile_p, submit_p = actions.choices["compile"], actions.choices["submit"]
     compile_p.add_argument("--out", default="pipelines/fairat_pipeline.yaml", type=Path,
                            help="output YAML (default: %(default)s)")
@@ -373,7 +271,9 @@ def add_parser(sub: Any) -> None:
     submit_p.add_argument("--accelerator-type", default=None,
                           help="GPU resource name (default: the pipeline's, nvidia.com/gpu)")
     submit_p.add_argument("--gpus-per-node", type=int, default=None,
-                          help="GPUs for the train task; >1 runs torchrun (default: 1)")
+                          help="GPUs for the train task, sent as the text run parameter the "
+                               "KFP driver needs for the GPU limit; >1 runs torchrun; >0: train "
+                               "refuses to start without a usable GPU; 0: CPU (default: 1)")
     submit_p.add_argument("--num-nodes", type=int, default=None,
                           help="training nodes; above 1 a Kubeflow Trainer TrainJob trains "
                                "(needs --shared-volume-claim) (default: 1)")
@@ -382,6 +282,16 @@ def add_parser(sub: Any) -> None:
                                "train pod resumes (default: none, pod scratch space)")
     submit_p.add_argument("--no-cache", action="store_true",
                           help="run every step even where a cached result exists")
+    tls = submit_p.add_argument_group(
+        "connection: TLS and proxy (the proxy comes from HTTPS_PROXY / HTTP_PROXY, minus "
+        "NO_PROXY, as for curl and pip)")
+    tls.add_argument("--ca-cert", default=None, metavar="PEM_FILE",
+                     help="trust the CA certificates in this PEM file for the endpoint (a "
+                          "private CA); default: the public CAs of certifi")
+    tls.add_argument("--insecure-skip-tls-verify", action="store_true",
+                     help="do not verify the endpoint's TLS certificate at all (anyone in "
+                          "between can read the token); only on purpose, for a test cluster; "
+                          "default: verify")
     auth = submit_p.add_argument_group(
         "authentication (docs/kubeflow.md): secrets come from the environment or a file, never "
         "from the command line, and are never printed")
@@ -409,6 +319,12 @@ def main(args: argparse.Namespace) -> int:
     settings_values = {name: getattr(args, name) for name in CLUSTER_FLAGS.values()}
     settings_values["keep_failed_trainjob"] = args.keep_failed_trainjob or None
     settings_values["baseline"] = False if args.no_baseline else None
+    settings_values.update(
+        gpu_tolerations=tuple(args.gpu_tolerations),
+        gpu_node_selector=tuple(args.gpu_node_selector),
+        train_cpu_request=args.train_cpu_request, train_memory_request=args.train_memory_request,
+        shm_size=None if args.shm_size in ("0", "", "none") else args.shm_size,
+        train_retries=args.train_retries, image_pull_secrets=tuple(args.image_pull_secrets))
     if settings_values["mlflow_auth_secret"] is None:  # one secret serves both, unless told
         settings_values["mlflow_auth_secret"] = settings_values["mlflow_secret"]
     try:
@@ -424,8 +340,15 @@ def main(args: argparse.Namespace) -> int:
         params = load_params(args.params, args.overrides)
         creds = credentials_from(args.token_env, args.cookie_env, args.in_cluster_token,
                                  args.token_path)
+        transport = transport_from(args.host, args.ca_cert, args.insecure_skip_tls_verify)
+        if not transport.verify:
+            print(f"fairat pipeline submit: warning: TLS verification of {args.host} is off "
+                  "(--insecure-skip-tls-verify): the credentials go to whoever answers",
+                  file=sys.stderr)
+        if transport.proxy:
+            print(f"through the proxy {transport.proxy} (from ${transport.proxy_source})")
         run = submit(args.host, params, args.experiment, args.run_name, args.namespace,
-                     resources, settings, False if args.no_cache else None, creds)
+                     resources, settings, False if args.no_cache else None, creds, transport)
     except (KubeflowError, ConfigError) as err:
         print(f"fairat pipeline {args.action}: error: {err}", file=sys.stderr)
         return 2

@@ -19,7 +19,11 @@ Four more run-time parameters set up the training task: ``accelerator_type`` (th
 resource name, e.g. ``nvidia.com/gpu``), ``gpus_per_node`` (the accelerator limit, and the number of
 torchrun processes when above 1), ``num_nodes`` and ``checkpoint_url`` (an S3 prefix for the epoch
 checkpoints, so a retried train pod resumes). kfp 2.17 accepts pipeline parameters for the
-accelerator type and limit. The train task also gets the run's id
+accelerator type and limit, but the KFP v2 driver reads both with ``GetStringValue()``
+(``backend/src/v2/driver``: ``initPodSpecPatch``, ``resolvePodSpecInputRuntimeParameter``), so a
+number-typed limit resolves to ``""`` and the pod gets no GPU: ``gpus_per_node`` is a STRING
+parameter (``"1"``), decoded and checked where it is used
+(:func:`fairat.cluster.params.accelerator_count`). The train task also gets the run's id
 (``dsl.PIPELINE_JOB_ID_PLACEHOLDER``), which keys its checkpoints and its TrainJob so that a retry
 finds them.
 
@@ -59,6 +63,7 @@ from components import IMAGE, compare, evaluate, gate, prepare, register, train
 from fairat.config import Params, load_params
 from fairat.evidence.comparison import BASELINE_METHOD
 from fairat.cluster.params import Knob, knob_lines, knobs, yaml_comments
+from fairat.cluster.pods import check_quantity, check_secret_name, node_label, toleration
 
 PIPELINE_NAME = "fairat"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -78,8 +83,10 @@ SECTIONS = {"prepare": ("data",), "train": ("model", "train"),
 RESOURCE_PARAMETERS = (
     ("accelerator_type", str, "nvidia.com/gpu",
      "Kubernetes resource name of the GPUs the train task requests (nvidia.com/gpu, amd.com/gpu)"),
-    ("gpus_per_node", int, 1,
-     "GPUs per training node; above 1 torchrun starts one process per GPU; 0 trains on CPU"),
+    ("gpus_per_node", str, "1",
+     "GPUs per training node, a whole number written as text (the KFP driver reads the GPU "
+     "limit as a string); above 1 torchrun starts one process per GPU; 0 trains on CPU; above 0 "
+     "training refuses to start without a usable GPU"),
     ("num_nodes", int, 1,
      "training nodes; above 1 trains as a Kubeflow Trainer TrainJob, which needs the pipeline "
      "compiled with --shared-volume-claim"),
@@ -121,6 +128,21 @@ class ClusterSettings:
         baseline: train and evaluate a PGD-AT model beside the one the run trains (the same
             data, seed and every training knob but the method's own), and compare the two; the
             registered version carries the lift. Doubles the training cost; False leaves it out.
+
+    The GPU training pods (train and baseline-train in their own pods, :func:`_on_gpu_nodes`, or
+    the nodes of their TrainJob, through :func:`trainjob_settings`):
+        gpu_tolerations: ``KEY[=VALUE][:EFFECT]`` taints they tolerate (GPU node pools are
+            usually tainted, e.g. ``nvidia.com/gpu:NoSchedule``).
+        gpu_node_selector: ``KEY=VALUE`` node labels they must land on.
+        train_cpu_request, train_memory_request: their requests (``8``, ``32Gi``); None: none.
+        shm_size: size limit of the memory-backed ``/dev/shm`` they mount; None: Kubernetes'
+            64 MiB default.
+        train_retries: how often a failed train pod is retried (the KFP backend's retry covers
+            a failed container; a pod lost with its node needs the Argo default in
+            docs/kubeflow.md).
+
+    Every task:
+        image_pull_secrets: Secrets (in the run's namespace) to pull a private image with.
     """
 
     image: str = IMAGE
@@ -134,12 +156,33 @@ class ClusterSettings:
     trainer_namespace: str | None = None
     keep_failed_trainjob: bool = False
     baseline: bool = True  # train the PGD-AT baseline beside the model, as `dvc repro` does
+    gpu_tolerations: tuple[str, ...] = ()
+    gpu_node_selector: tuple[str, ...] = ()
+    train_cpu_request: str | None = None
+    train_memory_request: str | None = None
+    shm_size: str | None = "8Gi"
+    image_pull_secrets: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        """Refuse a malformed setting now, naming it, not as a pod that never schedules."""
+        for text in self.gpu_tolerations:
+            toleration(text)
+        for text in self.gpu_node_selector:
+            node_label(text)
+        check_quantity("train_cpu_request", self.train_cpu_request, memory=False)
+        check_quantity("train_memory_request", self.train_memory_request, memory=True)
+        check_quantity("shm_size", self.shm_size, memory=True)
+        for name in self.image_pull_secrets:
+            check_secret_name(name)
+        if self.train_retries < 0:
+            raise ValueError(f"train_retries: {self.train_retries} must be >= 0")
 
 
 def trainjob_settings(settings: ClusterSettings) -> str:
     """The compile-time JSON the train component needs to build a TrainJob (read by
-    ``fairat.cluster.runtime.stage_trainjob``): the image, the shared volume and the *names* of the
-    Secrets and ConfigMap the pipeline's own tasks use; the values stay in the cluster."""
+    ``fairat.cluster.runtime.stage_trainjob``): the image, the shared volume, the *names* of the
+    Secrets and ConfigMap the pipeline's own tasks use (the values stay in the cluster), and the
+    GPU pod settings, which the TrainJob's nodes get as the train pods would."""
     import json
 
     return json.dumps({"image": settings.image, "volume_claim": settings.shared_volume_claim,
@@ -148,7 +191,13 @@ def trainjob_settings(settings: ClusterSettings) -> str:
                        "mlflow_secret": settings.mlflow_secret,
                        "mlflow_auth_secret": settings.mlflow_auth_secret,
                        "endpoints_config_map": settings.endpoints_config_map,
-                       "keep_failed_trainjob": settings.keep_failed_trainjob}, sort_keys=True)
+                       "keep_failed_trainjob": settings.keep_failed_trainjob,
+                       "tolerations": list(settings.gpu_tolerations),
+                       "node_selector": list(settings.gpu_node_selector),
+                       "cpu_request": settings.train_cpu_request,
+                       "memory_request": settings.train_memory_request,
+                       "shm_size": settings.shm_size,
+                       "image_pull_secrets": list(settings.image_pull_secrets)}, sort_keys=True)
 
 
 def _trainer_inputs(settings: ClusterSettings, accelerator_type: Any) -> dict[str, Any]:
@@ -174,6 +223,25 @@ def _with_mlflow(task: dsl.PipelineTask, settings: ClusterSettings) -> None:
     kubernetes.use_secret_as_env(task, settings.mlflow_auth_secret, {
         "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
         "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"}, optional=True)
+
+
+def _on_gpu_nodes(task: dsl.PipelineTask, settings: ClusterSettings) -> None:
+    """What a GPU training pod needs beyond its GPU limit: tolerations for the GPU nodes' taints,
+    a node selector, CPU and memory requests (without them the pod is the first evicted, or
+    OOM-killed), and a memory-backed ``/dev/shm`` (Kubernetes gives a container 64 MiB, which
+    NCCL between the GPUs of one pod can outgrow; the volume counts as the pod's memory only as
+    far as it is used, up to ``shm_size``)."""
+    for text in settings.gpu_tolerations:
+        kubernetes.add_toleration(task, **toleration(text))
+    for text in settings.gpu_node_selector:
+        kubernetes.add_node_selector(task, *node_label(text))
+    if settings.train_cpu_request:
+        task.set_cpu_request(settings.train_cpu_request)
+    if settings.train_memory_request:
+        task.set_memory_request(settings.train_memory_request)
+    if settings.shm_size:
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm",
+                                   medium="Memory", size_limit=settings.shm_size)
 
 
 def _signature(table: list[Knob]) -> inspect.Signature:
@@ -232,6 +300,7 @@ def build_pipeline(params: Params, settings: ClusterSettings = ClusterSettings()
             else:
                 task.set_accelerator_type(values["accelerator_type"])
                 task.set_accelerator_limit(values["gpus_per_node"])
+                _on_gpu_nodes(task, settings)
             return task.set_retry(num_retries=settings.train_retries, backoff_duration="60s",
                                   backoff_factor=2.0)
 
@@ -273,6 +342,8 @@ def build_pipeline(params: Params, settings: ClusterSettings = ClusterSettings()
             task.set_caching_options(False)  # a registration is a side effect, never a cache hit
         for task in (data, trained, evaluated, decided, candidate, blocked, *beside):
             task.set_container_image(settings.image)
+            if settings.image_pull_secrets:
+                kubernetes.set_image_pull_secrets(task, list(settings.image_pull_secrets))
 
     fairat_pipeline.__signature__ = signature  # type: ignore[attr-defined]
     fairat_pipeline.__doc__ = _docstring(table)

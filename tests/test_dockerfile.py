@@ -134,3 +134,42 @@ def test_the_project_layer_installs_package_components_and_pipeline(tmp_path):
     subprocess.run([sys.executable, "-c", check], cwd=tmp_path, check=True,
                    env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})
     assert (target / "bin" / "fairat").exists()
+
+
+def _labels() -> dict[str, str]:
+    out = {}
+    for word, args in instructions():
+        if word == "LABEL":
+            out.update(dict(part.split("=", 1) for part in shlex.split(args)))
+    return out
+
+
+def _pin(name: str) -> str:
+    line = next(line for line in (REPO / "constraints.txt").read_text().splitlines()
+                if line.lower().startswith(f"{name}=="))
+    return line.split("==", 1)[1].strip()
+
+
+def test_labels_state_the_torch_cuda_build_and_what_a_gpu_node_needs():
+    """The labels an operator reads (docker inspect) agree with the pins the image installs."""
+    labels = _labels()
+    torch_version, _, build = labels["io.fairat.torch"].partition("+")
+    assert torch_version == _pin("torch")
+    cuda = _pin("nvidia-cuda-runtime").split(".")[:2]  # the CUDA runtime wheel torch brings
+    assert labels["io.fairat.cuda"] == ".".join(cuda) and build == f"cu{''.join(cuda)}"
+    from fairat.engine.device import DRIVER_NEEDED  # what the refusal message says, too
+
+    assert labels["io.fairat.nvidia-driver"] == DRIVER_NEEDED[cuda[0]]
+    assert "7.5" in labels["io.fairat.gpu"] and "Turing" in labels["io.fairat.gpu"]
+    assert "R580" in DOCKERFILE.read_text() and "Turing" in DOCKERFILE.read_text()
+
+
+def test_the_commit_label_comes_last_and_the_base_image_is_an_argument():
+    steps = instructions()
+    git_arg = next(i for i, (word, args) in enumerate(steps)
+                   if word == "ARG" and args.startswith("GIT_COMMIT"))
+    assert git_arg > max(i for i, (word, _) in enumerate(steps) if word in ("RUN", "COPY"))
+    assert _labels()["org.opencontainers.image.revision"] == "${GIT_COMMIT}"
+    assert steps[0] == ("ARG", "PYTHON_IMAGE=python:3.11-slim-bookworm")
+    assert steps[1] == ("FROM", "${PYTHON_IMAGE}")  # a digest-pinned base goes in by --build-arg
+    assert "imagetools inspect" in DOCKERFILE.read_text()  # how to learn the digest

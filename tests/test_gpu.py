@@ -69,3 +69,16 @@ def test_evaluation_on_cuda_is_consistent(digits, tmp_path):
     report = evaluate(model, digits.test.images, digits.test.labels, digits.test.class_names,
                       cfg_eval, CUDA)
     assert report["consistency"] == []  # e.g. AutoAttack never above PGD on the same examples
+
+
+def test_the_gpu_facts_name_the_device_driver_cuda_and_torch():
+    from fairat.engine.device import gpu_problem
+    from fairat.provenance import accelerator_facts
+
+    assert gpu_problem(torch.cuda.device_count()) is None
+    facts = accelerator_facts(CUDA)
+    assert facts["gpu"] == torch.cuda.get_device_name(0)
+    assert facts["cuda"] == torch.version.cuda and facts["torch"] == torch.__version__
+    assert facts["nvidia_driver"] != "unknown" and facts["nvidia_driver"][0].isdigit()
+    major, minor = torch.cuda.get_device_capability(0)
+    assert facts["gpu_capability"] == f"{major}.{minor}"

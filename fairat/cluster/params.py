@@ -276,3 +276,26 @@ def params_from_lines(text: str) -> Params:
             raise ConfigError(f"pipeline params line {line!r}: expected KEY=VALUE with a known key")
         overrides[key] = _decode(table[key], value)
     return with_overrides(Params(), overrides)
+
+
+_COUNT = re.compile(r"^\s*\d+\s*$")
+
+
+def accelerator_count(value: Any, name: str = "gpus_per_node") -> int:
+    """The GPU count of a run argument: a non-negative integer, written as text.
+
+    Why text: the KFP v2 driver reads a task's accelerator limit from the bound run argument with
+    ``GetStringValue()`` (kubeflow/pipelines ``backend/src/v2/driver/resolve.go``,
+    ``resolvePodSpecInputRuntimeParameter``), so a number-typed parameter gives an empty limit and
+    the pod gets no GPU. The pipeline parameter is therefore a string, and this is where it is
+    decoded and checked: ``"2"`` -> 2; ``"-1"``, ``"1.5"``, ``"two"`` or ``""`` is an error
+    naming the parameter. An ``int`` is accepted too (callers outside KFP).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ConfigError(f"{name}: expected a non-negative integer, got {value!r}")
+    if isinstance(value, str) and not _COUNT.match(value):
+        raise ConfigError(f"{name}: expected a non-negative integer such as 1, got {value!r}")
+    count = int(value)
+    if count < 0:
+        raise ConfigError(f"{name}: expected a non-negative integer, got {value!r}")
+    return count

@@ -25,10 +25,10 @@ from typing import Any
 
 import yaml
 
-from fairat.config import Params, to_dict
+from fairat.config import ConfigError, Params, to_dict, with_overrides
 from fairat.engine.metrics import numeric_metrics
 from fairat.io import atomic_folder, write_text_atomic
-from fairat.cluster.params import params_from_lines
+from fairat.cluster.params import accelerator_count, params_from_lines
 
 from fairat.artifacts import (COMPARISON_JSON, EVAL_JSON, EVAL_PNG, GATE_JSON, MODEL,
                               REGISTERED_JSON, TRAIN_CSV, TRAIN_JSON)
@@ -87,8 +87,8 @@ def torchrun_command(params_file: Path, data_dir: str, model_dir: str, train_dir
     return cmd + (["--checkpoint-url", checkpoint_url] if checkpoint_url else [])
 
 
-def run_train(params: str, data_dir: str, model_dir: str, train_dir: str, gpus_per_node: int,
-              num_nodes: int, trainjob: str = "",
+def run_train(params: str, data_dir: str, model_dir: str, train_dir: str,
+              gpus_per_node: int | str, num_nodes: int, trainjob: str = "",
               accelerator_type: str = "nvidia.com/gpu", checkpoint_url: str = "",
               run_id: str = "") -> dict[str, float]:
     """Train into ``model_dir/model.pt`` and ``train_dir/{train.json,train.csv}``.
@@ -105,18 +105,26 @@ def run_train(params: str, data_dir: str, model_dir: str, train_dir: str, gpus_p
     shape on the shared volume, in ``fairat-<key>/`` (:func:`run_key` of ``run_id`` and the
     params); in a pod of its own under ``checkpoint_url/<key>/`` on S3 (pushed after every epoch,
     fetched before training), or, with ``checkpoint_url`` empty, in pod scratch space only.
+    ``gpus_per_node`` arrives as text (the pipeline parameter is a string, see
+    :func:`fairat.cluster.params.accelerator_count`) and is checked here.
     Returns the flat numbers of the training summary for a Metrics artifact.
     """
+    gpus_per_node = accelerator_count(gpus_per_node)
     if num_nodes < 1:
         raise ValueError(f"num_nodes={num_nodes} must be >= 1")
-    if gpus_per_node < 0:
-        raise ValueError(f"gpus_per_node={gpus_per_node} must be >= 0")
     cfg = params_from_lines(params)
     key = run_key(cfg, run_id)
     mirror = checkpoint_location(checkpoint_url, key) if checkpoint_url else None
+    launcher = bool(trainjob or num_nodes > 1)  # holds no GPUs: the TrainJob's nodes do
+    if gpus_per_node > 0 and not launcher:
+        from fairat.engine.device import require_gpus
+
+        cfg = on_requested_gpus(cfg, gpus_per_node)
+        require_gpus(gpus_per_node, f"the train task requested {gpus_per_node} GPU"
+                     f"{'s' if gpus_per_node > 1 else ''} (gpus_per_node={gpus_per_node})")
     Path(model_dir).mkdir(parents=True, exist_ok=True)
     Path(train_dir).mkdir(parents=True, exist_ok=True)
-    if trainjob or num_nodes > 1:  # without trainjob settings, stage_trainjob says what is missing
+    if launcher:  # without trainjob settings, stage_trainjob says what is missing
         _train_with_trainjob(params, data_dir, model_dir, train_dir, gpus_per_node, num_nodes,
                              trainjob, accelerator_type, mirror, run_id)
         return numeric_metrics(json.loads((Path(train_dir) / TRAIN_JSON).read_text()))
@@ -142,6 +150,20 @@ def run_train(params: str, data_dir: str, model_dir: str, train_dir: str, gpus_p
     return numeric_metrics(summary)
 
 
+def on_requested_gpus(cfg: Params, gpus_per_node: int) -> Params:
+    """``cfg`` for a task that requested ``gpus_per_node`` > 0 GPUs: ``train.device`` becomes
+    ``cuda``, so every process (torchrun ranks, TrainJob nodes) refuses to train on CPU when no
+    GPU is usable, instead of ``auto`` quietly falling back to it; ``train.device: cpu`` with
+    GPUs requested contradicts itself and is refused. (The device is ignored on resume.)"""
+    if gpus_per_node <= 0 or cfg.train.device == "cuda":
+        return cfg
+    if cfg.train.device == "cpu":
+        raise ConfigError(f"train.device is cpu but the train task requests {gpus_per_node} "
+                          f"GPU(s) (gpus_per_node={gpus_per_node}): set gpus_per_node to 0 to "
+                          "train on CPU, or train.device to auto or cuda")
+    return with_overrides(cfg, {"train.device": "cuda"})
+
+
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
@@ -164,6 +186,7 @@ def stage_trainjob(params: str, data_dir: str, gpus_per_node: int, num_nodes: in
     namespace, Secret and ConfigMap *names*, keep_failed_trainjob). Returns ``(TrainJobSpec,
     namespace)``; a None namespace lets the SDK use this pod's service-account namespace.
     """
+    from fairat.cluster.pods import node_label, toleration
     from fairat.cluster.trainjob import TrainJobSpec, credential_refs
 
     settings = json.loads(trainjob) if trainjob else {}
@@ -174,10 +197,11 @@ def stage_trainjob(params: str, data_dir: str, gpus_per_node: int, num_nodes: in
             "this pipeline was compiled without one: compile or submit with "
             "--shared-volume-claim NAME (see docs/kubeflow.md), or use num_nodes=1")
     cfg = params_from_lines(params)
+    key = run_key(cfg, run_id)
+    cfg = on_requested_gpus(cfg, gpus_per_node)  # the nodes refuse to train on CPU
     secret_env, config_map_env = credential_refs(
         settings["s3_secret"], settings["mlflow_secret"], settings["mlflow_auth_secret"],
         settings["endpoints_config_map"])
-    key = run_key(cfg, run_id)
     run_dir = Path(settings["mount_path"]) / key
     if not (run_dir / "data").is_dir():
         with atomic_folder(run_dir / "data") as staged:
@@ -193,7 +217,13 @@ def stage_trainjob(params: str, data_dir: str, gpus_per_node: int, num_nodes: in
         work_dir=str(run_dir / "run"), volume_claim=settings["volume_claim"],
         mount_path=settings["mount_path"],
         secret_env=secret_env, config_map_env=config_map_env,
-        checkpoint_url=checkpoint_url, name=key, labels=labels)
+        checkpoint_url=checkpoint_url, name=key, labels=labels,
+        # the GPU pod settings the pipeline was compiled with, as its own train pods get them
+        cpu_per_node=settings.get("cpu_request"), memory_per_node=settings.get("memory_request"),
+        tolerations=tuple(toleration(t) for t in settings.get("tolerations", ())),
+        node_selector=dict(node_label(t) for t in settings.get("node_selector", ())),
+        shm_size=settings.get("shm_size"),
+        image_pull_secrets=tuple(settings.get("image_pull_secrets", ())))
     return spec, settings.get("namespace")
 
 

@@ -79,6 +79,12 @@ class TrainJobSpec:
         name: TrainJob name; None lets the SDK pick one. Set, :func:`submit_trainjob` adopts an
             existing TrainJob of that name instead of creating a second one.
         labels: extra TrainJob labels.
+        tolerations: Kubernetes tolerations of the node pods (GPU node pools are usually
+            tainted; :func:`fairat.cluster.pods.toleration` reads the ``KEY=VALUE:EFFECT`` form).
+        node_selector: node labels the node pods must land on.
+        shm_size: size limit of a memory-backed ``/dev/shm`` for the node pods (NCCL between the
+            GPUs of a node outgrows Kubernetes' 64 MiB); None = the default.
+        image_pull_secrets: Secrets to pull a private image with.
     """
 
     image: str
@@ -102,6 +108,10 @@ class TrainJobSpec:
     checkpoint_url: str | None = None
     name: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, str], ...] = ()
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    shm_size: str | None = None
+    image_pull_secrets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.image or ":" not in self.image.rsplit("/", 1)[-1] and "@" not in self.image:
@@ -171,14 +181,24 @@ def trainjob_request(spec: TrainJobSpec) -> tuple[Any, list[Any]]:
     secret_env = [_env_ref(var, "secretKeyRef", *ref) for var, ref in spec.secret_env.items()]
     secret_env += [_env_ref(var, "configMapKeyRef", name, key, True)
                    for var, (name, key) in spec.config_map_env.items()]
-    mounts = ([{"name": "fairat-work", "mountPath": spec.mount_path}]
-              if spec.volume_claim else None)
-    volumes = ([{"name": "fairat-work",
-                 "persistentVolumeClaim": {"claimName": spec.volume_claim}}]
-               if spec.volume_claim else None)
-    if secret_env or volumes:
-        container = opt.ContainerPatch(name=NODE, env=secret_env or None, volume_mounts=mounts)
-        pod = opt.PodTemplatePatch(spec=opt.PodSpecPatch(containers=[container], volumes=volumes))
+    mounts, volumes = [], []
+    if spec.volume_claim:
+        mounts.append({"name": "fairat-work", "mountPath": spec.mount_path})
+        volumes.append({"name": "fairat-work",
+                        "persistentVolumeClaim": {"claimName": spec.volume_claim}})
+    if spec.shm_size:
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory",
+                                                     "sizeLimit": spec.shm_size}})
+    pod_fields = {"tolerations": [dict(t) for t in spec.tolerations] or None,
+                  "node_selector": dict(spec.node_selector) or None,
+                  "image_pull_secrets": [{"name": n} for n in spec.image_pull_secrets] or None}
+    if secret_env or volumes or any(pod_fields.values()):
+        container = opt.ContainerPatch(name=NODE, env=secret_env or None,
+                                       volume_mounts=mounts or None)
+        pod = opt.PodTemplatePatch(spec=opt.PodSpecPatch(containers=[container],
+                                                         volumes=volumes or None,
+                                                         **pod_fields))
         job = opt.ReplicatedJobPatch(name=NODE, template=opt.JobTemplatePatch(
             spec=opt.JobSpecPatch(template=pod)))
         options.append(opt.RuntimePatch(training_runtime_spec=opt.TrainingRuntimeSpecPatch(

@@ -5,20 +5,38 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from typing import Any
+
 import torch
 
+from fairat.config import Params, to_dict
 from fairat.engine.distributed import DistContext, init_distributed
 from fairat.engine.device import resolve_device
+from fairat.provenance import accelerator_facts
 
 
 def device_and_context(name: str) -> tuple[torch.device, DistContext]:
-    """The device named in params and the process group; under torchrun each rank takes its GPU."""
+    """The device named in params and the process group; under torchrun each rank takes its GPU.
+
+    On a GPU, rank 0 prints what it runs on (GPU, driver, CUDA, torch: the pod log shows it)."""
     device = resolve_device(name)
     ctx = init_distributed(device.type)
     if ctx.active and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
+    if device.type == "cuda" and ctx.is_main:
+        print("device: " + ", ".join(f"{k} {v}" for k, v in accelerator_facts(device).items()),
+              flush=True)
     return device, ctx
+
+
+def run_params(params: Params, device: torch.device) -> dict[str, Any]:
+    """What a training run logs as its MLflow params: the params tree, plus, on a GPU, the
+    ``accelerator`` it ran on (:func:`fairat.provenance.accelerator_facts`: GPU, driver, CUDA,
+    torch), so the registered model's run says which node's GPU produced it."""
+    tree = to_dict(params)
+    facts = accelerator_facts(device)
+    return {**tree, "accelerator": facts} if facts else tree
 
 
 def run_id_of(train_metrics_path: str | Path | None) -> str | None:

@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fairat.artifacts import TRAIN_METRICS
-from fairat.config import Params, to_dict
+from fairat.config import Params
 from fairat.engine.metrics import numeric_metrics
 from fairat.engine.data import load_prepared
 from fairat.engine.distributed import DistContext, barrier
 from fairat.engine.training import TrainPaths, TrainSummary, train
 from fairat.io import write_json_atomic
-from fairat.steps.shared import device_and_context
+from fairat.steps.shared import device_and_context, run_params
 
 
 def train_step(params: Params, data_dir: str | Path, paths: TrainPaths,
@@ -40,7 +40,8 @@ def train_step(params: Params, data_dir: str | Path, paths: TrainPaths,
         from fairat.edge.registry import training_run
 
         name = f"{params.train.method}-seed{params.train.seed}"
-        with training_run(to_dict(params), params.track.experiment, name) as (run_id, on_epoch):
+        with training_run(run_params(params, device), params.track.experiment,
+                          name) as (run_id, on_epoch):
             summary = train(params.model, params.train, data, paths, resume=resume, ctx=ctx,
                             device=device, on_epoch=_both(on_epoch, sync))
         record = json.loads(Path(paths.metrics).read_text())
