@@ -9,12 +9,14 @@ import torch
 
 from fairat.engine.distributed import DistContext, init_distributed
 from fairat.engine.device import resolve_device
+from fairat.engine.threads import fit_torch_threads
 
 
 def device_and_context(name: str) -> tuple[torch.device, DistContext]:
     """The device named in params and the process group; under torchrun each rank takes its GPU."""
     device = resolve_device(name)
     ctx = init_distributed(device.type)
+    fit_torch_threads()  # threads for the CPUs this rank may use (affinity, cgroup quota, ranks)
     if ctx.active and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
