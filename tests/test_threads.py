@@ -45,13 +45,20 @@ def test_cgroup_v1_quota(tmp_path):
     assert threads.cgroup_cpu_limit(tmp_path, "3:cpu,cpuacct:/elsewhere\n") == 2.0
 
 
-def test_usable_threads_combines_affinity_quota_and_ranks():
-    assert threads.usable_threads(affinity=16, quota=None, local_world_size=1) == 16
-    assert threads.usable_threads(affinity=16, quota=2.5, local_world_size=1) == 3  # rounded up
-    assert threads.usable_threads(affinity=2, quota=8.0, local_world_size=1) == 2
-    assert threads.usable_threads(affinity=16, quota=None, local_world_size=4) == 4
-    assert threads.usable_threads(affinity=2, quota=None, local_world_size=4) == 1  # at least 1
-    assert threads.usable_threads(affinity=8, quota=0.5, local_world_size=1) == 1
+def test_usable_threads_combines_affinity_quota_ranks_and_load():
+    def use(**kw):
+        return threads.usable_threads(**{"quota": None, "local_world_size": 1, "load": 0.0, **kw})
+    assert use(affinity=16) == 16
+    assert use(affinity=16, quota=2.5) == 3  # a fractional quota rounds up
+    assert use(affinity=2, quota=8.0) == 2
+    assert use(affinity=16, local_world_size=4) == 4
+    assert use(affinity=2, local_world_size=4) == 1  # at least 1
+    assert use(affinity=8, quota=0.5) == 1
+    # other work on the cores leaves fewer threads, never none
+    assert use(affinity=2, load=9.0) == 1
+    assert use(affinity=16, load=6.2) == 10
+    assert use(affinity=16, load=6.2, local_world_size=2) == 5
+    assert use(affinity=2, load=0.4) == 2
 
 
 def test_fit_torch_threads_respects_explicit_choices(monkeypatch):

@@ -10,7 +10,12 @@ ran about 20x slower with 2 threads than with 1 (issue 31). The usable count is 
 - the cgroup CPU quota, rounded up (v2 ``cpu.max``: "QUOTA PERIOD" or "max PERIOD"; v1
   ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``, -1 meaning none),
 
-divided by the processes sharing it (``LOCAL_WORLD_SIZE`` under torchrun), at least 1.
+divided by the processes sharing it (``LOCAL_WORLD_SIZE`` under torchrun), and reduced to
+what other work leaves free: cores minus the 1-minute load average at step start, rounded. Why
+the load: on a 2-core machine with other jobs running, 2 threads were 19-21x slower than 1 for
+PGD-20 and for training (benchmarks/threads.py), while on a quiet machine 2 threads gain at most
+2x; fewer threads when the cores are busy loses little and never collapses. The load is
+sampled once, when the step starts. At least 1 thread.
 
 An explicit choice wins: ``FAIRAT_THREADS``, else ``OMP_NUM_THREADS`` (which torch itself reads)
 leaves the count alone.
@@ -108,18 +113,29 @@ def affinity_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def usable_threads(affinity: int | None = None, quota: float | None = None,
-                   local_world_size: int | None = None) -> int:
-    """Threads per process: min(affinity, ceil(quota)) // local world size, at least 1.
+def _load_1min() -> float:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
 
-    Arguments default to this process's facts (affinity mask, cgroup quota, LOCAL_WORLD_SIZE)."""
+
+def usable_threads(affinity: int | None = None, quota: float | None = None,
+                   local_world_size: int | None = None, load: float | None = None) -> int:
+    """Threads per process: min(affinity, ceil(quota), round(cpus - load)) // local world size.
+
+    At least 1. Arguments default to this process's facts (affinity mask, cgroup quota,
+    LOCAL_WORLD_SIZE, 1-minute load average); pass ``load=0`` to ignore other work."""
     affinity = affinity_cpus() if affinity is None else affinity
     if quota is None:
         quota = cgroup_cpu_limit()
     if local_world_size is None:
         local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    if load is None:
+        load = _load_1min()
     cpus = affinity if quota is None else min(affinity, max(1, math.ceil(quota - 1e-9)))
-    return max(1, cpus // max(1, local_world_size))
+    free = min(cpus, max(1, int(cpus - load + 0.5)))
+    return max(1, free // max(1, local_world_size))
 
 
 def fit_torch_threads() -> int:
@@ -136,7 +152,7 @@ def fit_torch_threads() -> int:
     elif not os.environ.get("OMP_NUM_THREADS"):
         n = usable_threads()
         if n != torch.get_num_threads():
-            log.info("torch threads %d -> %d (CPUs this process may use)",
+            log.info("torch threads %d -> %d (CPUs this process may use, less other load)",
                      torch.get_num_threads(), n)
             torch.set_num_threads(n)
     return torch.get_num_threads()
