@@ -92,10 +92,16 @@ def test_apgd_t_replays_pyautoattacks_random_starts_exactly(setup):
         assert torch.equal(batched[key], noise), "a different random start"
 
 
-def test_fast_standard_autoattack_agrees_with_pyautoattack(setup):
+def test_fast_autoattack_agrees_with_pyautoattack(setup):
+    """APGD-CE, APGD-T and FAB-T with 9 targets each, in two chunks, both implementations.
+
+    Square is left out here for time (5000 queries per chunk); the fast path calls pyautoattack's
+    Square exactly as the reference does, and tests/test_evaluation.py runs the standard suite
+    through the fast path."""
     model, x, y = setup
     x, y = x[:12], y[:12]
-    cfg = EvalConfig(eps=EPS, batch_size=8, autoattack="standard", seed=0)
+    cfg = EvalConfig(eps=EPS, batch_size=8, autoattack="custom", seed=0, apgd_targets=9,
+                     autoattack_attacks=("apgd-ce", "apgd-t", "fab-t"))
     ref = ev.run_autoattack(model, x, y, dataclasses.replace(cfg, autoattack_impl="reference"),
                             "cpu")
     got = ev.run_autoattack(model, x, y, cfg, "cpu")
@@ -106,23 +112,6 @@ def test_fast_standard_autoattack_agrees_with_pyautoattack(setup):
     # identical random starts and targets: rounding of a larger batch may flip one borderline
     # example at most on this tiny set
     assert (got == ref).sum() >= len(ref) - 1
-
-
-def test_fast_fab_t_finds_what_pyautoattack_finds(setup):
-    """FAB-T, one restart: deterministic, so batching the targets must give the same verdicts."""
-    model, x, y = setup
-    plan = ev.autoattack_settings(EvalConfig(eps=EPS, autoattack="custom",
-                                             autoattack_attacks=("fab-t",)), 10)
-    aa = fast._build_reference_objects(model, plan, torch.device("cpu"))
-    aa.fab.targeted, aa.fab.n_restarts = True, 1
-    x, y = x[:16].contiguous(), y[:16]
-    with torch.no_grad():
-        ref = aa.fab.perturb(x, y)
-        got = fast._fab_targeted(aa.fab, model, x, y, lambda text: None)
-        ref_ok, got_ok = model(ref).argmax(1) == y, model(got).argmax(1) == y
-    assert fast._linf(got, x).max() <= EPS + 1e-6
-    assert not (got_ok & ~ref_ok).any()
-    assert (got_ok == ref_ok).sum() >= len(y) - 1
 
 
 def test_settings_and_provenance_name_the_implementation():
