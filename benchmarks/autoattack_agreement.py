@@ -136,7 +136,8 @@ def compare(name: str, model: torch.nn.Module, data: PreparedData, n_images: int
             device: torch.device, threads: int, ref_threads: int) -> dict[str, Any]:
     test = data.test
     k = test.num_classes
-    idx = first_per_class(test.labels, max(1, n_images // k), k)
+    per_class = None if n_images >= len(test.labels) else max(1, n_images // k)
+    idx = first_per_class(test.labels, per_class, k)  # the whole split when asked for all
     x = (test.images[idx].float() / 255).contiguous()
     y = test.labels[idx]
     cfg = EvalConfig(eps=eps, autoattack="standard", batch_size=256, seed=0)
