@@ -12,9 +12,10 @@ size, one after the other in the same process, so they share the machine's load.
   to other jobs on a shared machine), and the speed-up of the whole suite;
 - the machine: CPU model, torch threads, load average before and after.
 
-    .venv/bin/python benchmarks/autoattack_agreement.py --out benchmarks/results/autoattack_agreement.json \
-        [--models pgd_at trades fairat cifar] [--digits-images 120] [--cifar-images 40] \
-        [--epochs 3] [--threads 1] [--reference-threads N] [--device cpu]
+    .venv/bin/python benchmarks/autoattack_agreement.py \
+        --out benchmarks/results/autoattack_agreement.json \
+        [--models pgd_at trades fairat cifar] [--digits-images 359] [--cifar-images 40] \
+        [--cifar-eps 0.0078] [--epochs 3] [--threads 1] [--reference-threads N] [--device cpu]
 
 ``--reference-threads`` runs pyautoattack with another torch thread count (e.g. torch's default,
 as the job ran before fairat.engine.threads), to time "as run today"; agreement is unaffected.
@@ -38,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fairat.config import DataConfig, EvalConfig, ModelConfig, load_params  # noqa: E402
 from fairat.engine.autoattack_fast import run_fast_autoattack  # noqa: E402
 from fairat.engine.data import PreparedData, prepare  # noqa: E402
-from fairat.engine.evaluation import autoattack_settings, first_per_class, predict_correct  # noqa: E402
+from fairat.engine.evaluation import (autoattack_settings, first_per_class,  # noqa: E402
+                                      predict_correct)
 from fairat.engine.training import Trainer, TrainPaths  # noqa: E402
 from fairat.io import write_json_atomic  # noqa: E402
 from fairat.provenance import cpu_model, load_average  # noqa: E402
@@ -156,7 +158,8 @@ def compare(name: str, model: torch.nn.Module, data: PreparedData, n_images: int
     per_ref = [int(ref[y == c].sum()) for c in range(k)]
     per_got = [int(got[y == c].sum()) for c in range(k)]
     out = {
-        "model": name, "n_images": len(y), "eps": eps, "clean_accuracy": float(clean.float().mean()),
+        "model": name, "n_images": len(y), "eps": eps,
+        "clean_accuracy": float(clean.float().mean()),
         "reference_robust_accuracy": float(ref.float().mean()),
         "fast_robust_accuracy": float(got.float().mean()),
         "agreement": float((ref == got).float().mean()),
@@ -218,7 +221,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"NOTE: {CIFAR} missing; CIFAR-10 skipped", flush=True)
         else:
             cdata = prepare(DataConfig(source="imagefolder", root=str(CIFAR), train_per_class=200,
-                                       val_per_class=0, test_per_class=max(1, args.cifar_images // 10)))
+                                       val_per_class=0,
+                                       test_per_class=max(1, args.cifar_images // 10)))
             model = train_model("pgd_at", cdata, args.epochs, args.width, device)
             results.append(compare("cifar10-small_cnn-pgd_at", model, cdata, args.cifar_images,
                                    args.cifar_eps, device, args.threads, ref_threads))

@@ -76,7 +76,7 @@ def _apgd_targeted(atk: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     Returns adversarial points: the first target's success per broken example, ``x`` elsewhere.
     """
     atk.init_hyperparam(x)
-    logits = model(x)  # under no_grad (caller); the target ranks index the loss, so no inference mode
+    logits = model(x)  # no_grad (caller), not inference mode: the target ranks index the loss
     acc = logits.argmax(1) == y
     order = logits.sort(dim=1)[1]
     adv = x.clone()

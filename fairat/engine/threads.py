@@ -11,11 +11,11 @@ ran about 20x slower with 2 threads than with 1 (issue 31). The usable count is 
   ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``, -1 meaning none),
 
 divided by the processes sharing it (``LOCAL_WORLD_SIZE`` under torchrun), and reduced to
-what other work leaves free: cores minus the 1-minute load average at step start, rounded. Why
-the load: on a 2-core machine with other jobs running (load 7-10), 2 threads were 8-21x slower than 1 for
-PGD-20 and for training (benchmarks/threads.py), while on a quiet machine 2 threads gain at most
-2x; fewer threads when the cores are busy loses little and never collapses. The load is
-sampled once, when the step starts. At least 1 thread.
+what other work leaves free: cores minus the 1-minute load average at step start, rounded.
+Why the load: on a 2-core machine with other jobs running (load 7-10), 2 threads were 8-21x
+slower than 1 for PGD-20 and for training (benchmarks/threads.py), while on a quiet machine 2
+threads gain at most 2x; fewer threads when the cores are busy loses little and never
+collapses. The load is sampled once, when the step starts. At least 1 thread.
 
 An explicit choice wins: ``FAIRAT_THREADS``, else ``OMP_NUM_THREADS`` (which torch itself reads)
 leaves the count alone.
