@@ -124,3 +124,29 @@ def test_settings_and_provenance_name_the_implementation():
     assert ev._eval_config_record(EvalConfig(autoattack="none"))["autoattack_attacks"] == []
     with pytest.raises(ConfigError, match="autoattack_impl"):
         from_dict(EvalConfig, {"autoattack_impl": "faster"}, prefix="evaluate.")
+
+
+def test_attack_progress_lines_name_attack_robust_so_far_and_eta():
+    import io
+
+    from fairat.engine.progress import AttackProgress
+
+    out = io.StringIO()  # not a terminal: plain lines, starts and ends always, the rest throttled
+    with AttackProgress("autoattack (standard, fast)", 40, stream=out, every_s=0.0) as bar:
+        bar.report("apgd-t", "started on 30 robust", 30, 40)
+        bar.report("apgd-t", "chunk 1: targets 2-2 on 16: 1 broken at target 2", 30, 40)
+        bar.report("apgd-t", "16/30 attacked", 29, 40)
+        bar.report("apgd-t", "done", 27, 40)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "autoattack (standard, fast) on 40 images: started"
+    assert "apgd-t started on 30 robust; robust 30/40 (75.0%)" in lines[1]
+    assert "targets 2-2 on 16: 1 broken at target 2" in lines[2]
+    assert "robust 29/40 (72.5%)" in lines[3] and "apgd-t ETA" in lines[3]
+    assert "apgd-t done; robust 27/40 (67.5%)" in lines[4]
+    assert lines[5].startswith("autoattack (standard, fast): done")
+    quiet = io.StringIO()
+    with AttackProgress("aa", 10, stream=quiet, every_s=3600) as bar:
+        bar.report("square", "started on 5 robust", 5, 10)
+        bar.report("square", "chunk 1: something", 5, 10)  # within the heartbeat: not printed
+        bar.report("square", "done", 5, 10)
+    assert "chunk 1" not in quiet.getvalue() and quiet.getvalue().count("\n") == 4
