@@ -267,6 +267,7 @@ class EvalConfig:
     autoattack_per_class: int | None = None  # AutoAttack subset per class; None = same as above
     apgd_restarts: int = 1  # custom version: restarts of APGD-CE (pyautoattack defaults to 5)
     apgd_targets: int = 9  # custom version: target classes of APGD-T
+    autoattack_impl: Literal["fast", "reference"] = "fast"  # fast: targets batched, same verdicts
     seed: int = 0
     device: DeviceName = "auto"
     progress: bool = True  # progress with ETA on a terminal, a heartbeat line in logs

@@ -141,7 +141,7 @@ def test_consistency_helper_flags_hand_made_case():
 
 def test_evaluate_records_and_logs_inconsistency(model, data, monkeypatch, caplog):
     images, labels = data
-    always_robust = lambda m, x, y, cfg, device: torch.ones(len(y), dtype=torch.bool)  # noqa: E731
+    always_robust = lambda m, x, y, cfg, device, **kw: torch.ones(len(y), dtype=torch.bool)  # noqa: E731
     monkeypatch.setattr(ev, "run_autoattack", always_robust)
     with caplog.at_level(logging.WARNING, logger="fairat.engine.evaluation"):
         rep = ev.evaluate(model, images, labels, NAMES, _cfg(cw=False), "cpu", {})

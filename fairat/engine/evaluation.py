@@ -86,7 +86,7 @@ def autoattack_settings(cfg: EvalConfig, num_classes: int) -> dict[str, Any]:
     targets = max(1, min(9 if standard else cfg.apgd_targets, num_classes - 1))
     return {"version": cfg.autoattack, "attacks": attacks, "norm": "Linf", "eps": cfg.eps,
             "apgd_restarts": 1 if standard else cfg.apgd_restarts, "apgd_targets": targets,
-            "fab_targets": targets, "seed": cfg.seed}
+            "fab_targets": targets, "seed": cfg.seed, "implementation": cfg.autoattack_impl}
 
 
 @contextmanager
@@ -118,23 +118,28 @@ def predict_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: 
 
 
 def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: EvalConfig,
-                   device: torch.device | str, verbose: bool = False) -> torch.Tensor:
-    """Per-sample robust flags under AutoAttack (pyautoattack), L-inf radius ``cfg.eps``.
+                   device: torch.device | str, verbose: bool = False,
+                   progress: bool = False) -> torch.Tensor:
+    """Per-sample robust flags under AutoAttack, L-inf radius ``cfg.eps``.
+
+    ``cfg.autoattack_impl`` picks the code: "reference" calls pyautoattack's
+    ``run_standard_evaluation``; "fast" (fairat.engine.autoattack_fast) drives pyautoattack's own
+    attack objects with every target of APGD-T and FAB-T in one batch and pyautoattack's random
+    starts reproduced (benchmarks/autoattack_agreement.py measures that the verdicts agree).
 
     Args:
         model: maps [0, 1] inputs to logits; put it in eval mode first (AutoAttack assumes a
             deterministic model).
         x: (N, C, H, W) float in [0, 1], any device; made contiguous (APGD-T needs it).
         y: (N,) int64 labels.
-        cfg: version, attacks, restarts, targets, seed and batch size (see autoattack_settings).
+        cfg: version, attacks, restarts, targets, seed, batch size and implementation.
         device: where the model runs; batches move there.
-        verbose: let pyautoattack log its progress.
+        verbose: let pyautoattack log its progress (reference).
+        progress: print per-attack progress lines with robust-so-far and an ETA (fast).
     Returns:
-        (N,) bool on the CPU: ``model(x_adv).argmax(1) == y``, computed here, not by pyautoattack.
+        (N,) bool on the CPU: ``model(x_adv).argmax(1) == y``, computed here, not by the attack.
         The global torch RNG state is left as it was (pyautoattack reseeds it).
     """
-    from pyautoattack import AutoAttack  # heavy, and only needed when AutoAttack runs
-
     device = torch.device(device)
     x = x.detach().float().contiguous()
     y = y.detach().long().contiguous()
@@ -143,21 +148,38 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Eval
     with torch.no_grad():
         num_classes = model(x[:1].to(device)).shape[1]
     plan = autoattack_settings(cfg, num_classes)
-    custom = cfg.autoattack == "custom"
     with _quiet_logger("auto-attack", not verbose), \
             torch.random.fork_rng(devices=_rng_devices(device)):
-        aa = AutoAttack(model, attacks=plan["attacks"] if custom else None, device=device,
-                        eps=cfg.eps, norm="Linf", seed=cfg.seed, version=cfg.autoattack)
-        aa.verbose = verbose
-        aa.apgd.n_restarts = plan["apgd_restarts"]
-        aa.apgd_targeted.n_target_classes = plan["apgd_targets"]
-        aa.fab.n_target_classes = plan["fab_targets"]
-        out = aa.run_standard_evaluation(x, y, batch_size=cfg.batch_size)
-    x_adv = (out[0] if isinstance(out, tuple) else out).detach()
+        if cfg.autoattack_impl == "fast":
+            from fairat.engine.autoattack_fast import run_fast_autoattack
+            from fairat.engine.progress import AttackProgress
+            with AttackProgress(f"autoattack ({cfg.autoattack}, fast)", len(x),
+                                enabled=progress) as bar:
+                x_adv, _ = run_fast_autoattack(model, x, y, plan, cfg.batch_size, device,
+                                               report=bar.report)
+        else:
+            x_adv = _reference_autoattack(model, x, y, cfg, plan, device, verbose)
     linf = (x_adv.to(x.device) - x).abs().amax().item()
     if linf > cfg.eps + 1e-5:
         raise RuntimeError(f"AutoAttack returned points {linf:.6f} away in L-inf (eps {cfg.eps})")
     return predict_correct(model, x_adv, y, device, cfg.batch_size)
+
+
+def _reference_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: EvalConfig,
+                          plan: dict[str, Any], device: torch.device,
+                          verbose: bool) -> torch.Tensor:
+    """pyautoattack's own ``run_standard_evaluation`` with ``plan``'s settings: the reference."""
+    from pyautoattack import AutoAttack  # heavy, and only needed when AutoAttack runs
+
+    custom = cfg.autoattack == "custom"
+    aa = AutoAttack(model, attacks=plan["attacks"] if custom else None, device=device,
+                    eps=cfg.eps, norm="Linf", seed=cfg.seed, version=cfg.autoattack)
+    aa.verbose = verbose
+    aa.apgd.n_restarts = plan["apgd_restarts"]
+    aa.apgd_targeted.n_target_classes = plan["apgd_targets"]
+    aa.fab.n_target_classes = plan["fab_targets"]
+    out = aa.run_standard_evaluation(x, y, batch_size=cfg.batch_size)
+    return (out[0] if isinstance(out, tuple) else out).detach()
 
 
 # ----------------------------------------------------------------------------- consistency
@@ -362,14 +384,30 @@ def _autoattack_sharded(model: nn.Module, images: torch.Tensor, idx: torch.Tenso
     n = len(idx)
     part = rank_slice(n, ctx)
     t0 = time.perf_counter()
-    # one pyautoattack call: no per-block progress inside it, so a start and an end line
-    with Progress(f"evaluate autoattack ({cfg.autoattack}) on {n} images", 1, unit="runs",
-                  enabled=cfg.progress and ctx.is_main) as bar:
-        mine = run_autoattack(model, images[idx[part]].float().div_(255), y[part], cfg, device)
-        bar.advance()
+    show = cfg.progress and ctx.is_main
+    if cfg.autoattack_impl == "fast":  # reports per attack and target batch itself
+        mine = run_autoattack(model, images[idx[part]].float().div_(255), y[part], cfg, device,
+                              progress=show)
+    else:  # one pyautoattack call: no progress inside it, so a start and an end line
+        with Progress(f"evaluate autoattack ({cfg.autoattack}, reference) on {n} images", 1,
+                      unit="runs", enabled=show) as bar:
+            mine = run_autoattack(model, images[idx[part]].float().div_(255), y[part], cfg,
+                                  device)
+            bar.advance()
     seconds = all_reduce_max(torch.tensor([time.perf_counter() - t0], dtype=torch.float64,
                                           device=device), ctx)
     return all_gather_cat(mine.to(device, torch.uint8), ctx).cpu().bool(), float(seconds.item())
+
+
+def _eval_config_record(cfg: EvalConfig) -> dict[str, Any]:
+    """``cfg`` as a dict, with ``autoattack_attacks`` naming the attacks that ran: the published
+    four under "standard" (the custom list would be a false record), none under "none"."""
+    record = to_dict(cfg)
+    if cfg.autoattack == "standard":
+        record["autoattack_attacks"] = list(STANDARD_ATTACKS)
+    elif cfg.autoattack == "none":
+        record["autoattack_attacks"] = []
+    return record
 
 
 def _provenance(extra: dict[str, Any] | None, cfg: EvalConfig, device: torch.device,
@@ -381,7 +419,7 @@ def _provenance(extra: dict[str, Any] | None, cfg: EvalConfig, device: torch.dev
         "pyautoattack": package_version("pyautoattack"), "fairat": fairat.__version__,
         "git_commit": git_commit(), "seed": cfg.seed, "device": device.type,
         "world_size": ctx.world_size, "machine": machine(device, ctx.world_size),
-        "eval_config": to_dict(cfg),
+        "eval_config": _eval_config_record(cfg),
     }
     merged = dict(extra or {})
     for key, value in measured.items():

@@ -12,6 +12,7 @@ import torch
 from fairat.config import Params, to_dict
 from fairat.engine.distributed import DistContext, init_distributed
 from fairat.engine.device import resolve_device
+from fairat.engine.threads import fit_torch_threads
 from fairat.provenance import accelerator_facts
 
 
@@ -21,6 +22,7 @@ def device_and_context(name: str) -> tuple[torch.device, DistContext]:
     On a GPU, rank 0 prints what it runs on (GPU, driver, CUDA, torch: the pod log shows it)."""
     device = resolve_device(name)
     ctx = init_distributed(device.type)
+    fit_torch_threads()  # threads for the CPUs this rank may use (affinity, cgroup quota, ranks)
     if ctx.active and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)

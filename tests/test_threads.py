@@ -1,0 +1,80 @@
+"""Thread count from affinity, cgroup v1/v2 quotas and torchrun ranks, on fake cgroup files."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fairat.engine import threads
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+
+
+def test_quota_parsing():
+    assert threads.quota_v2("200000 100000") == 2.0
+    assert threads.quota_v2("150000 100000") == 1.5
+    assert threads.quota_v2("max 100000") is None
+    assert threads.quota_v2("") is None and threads.quota_v2(None) is None
+    assert threads.quota_v1("50000", "100000") == 0.5
+    assert threads.quota_v1("-1", "100000") is None
+    assert threads.quota_v1(None, "100000") is None
+
+
+def test_cgroup_v2_takes_the_tightest_level(tmp_path):
+    _write(tmp_path / "cpu.max", "max 100000")
+    _write(tmp_path / "kubepods" / "cpu.max", "400000 100000")
+    _write(tmp_path / "kubepods" / "pod1" / "cpu.max", "150000 100000")
+    limit = threads.cgroup_cpu_limit(tmp_path, "0::/kubepods/pod1\n")
+    assert limit == 1.5
+    assert threads.cgroup_cpu_limit(tmp_path, "0::/\n") is None  # the root has no limit
+
+
+def test_cgroup_v1_quota(tmp_path):
+    _write(tmp_path / "cpu" / "docker" / "abc" / "cpu.cfs_quota_us", "300000")
+    _write(tmp_path / "cpu" / "docker" / "abc" / "cpu.cfs_period_us", "100000")
+    _write(tmp_path / "cpu" / "cpu.cfs_quota_us", "-1")
+    _write(tmp_path / "cpu" / "cpu.cfs_period_us", "100000")
+    proc = "5:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n0::/\n"
+    assert threads.cgroup_cpu_limit(tmp_path, proc) == 3.0
+    # the cgroup path of the host is not visible inside the container: the mount root's file
+    # (the container's own cgroup) is read instead
+    _write(tmp_path / "cpu" / "cpu.cfs_quota_us", "200000")
+    assert threads.cgroup_cpu_limit(tmp_path, "3:cpu,cpuacct:/elsewhere\n") == 2.0
+
+
+def test_usable_threads_combines_affinity_quota_ranks_and_load():
+    def use(**kw):
+        return threads.usable_threads(**{"quota": None, "local_world_size": 1, "load": 0.0, **kw})
+    assert use(affinity=16) == 16
+    assert use(affinity=16, quota=2.5) == 3  # a fractional quota rounds up
+    assert use(affinity=2, quota=8.0) == 2
+    assert use(affinity=16, local_world_size=4) == 4
+    assert use(affinity=2, local_world_size=4) == 1  # at least 1
+    assert use(affinity=8, quota=0.5) == 1
+    # other work on the cores leaves fewer threads, never none
+    assert use(affinity=2, load=9.0) == 1
+    assert use(affinity=16, load=6.2) == 10
+    assert use(affinity=16, load=6.2, local_world_size=2) == 5
+    assert use(affinity=2, load=0.4) == 2
+
+
+def test_fit_torch_threads_respects_explicit_choices(monkeypatch):
+    old = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("FAIRAT_THREADS", "1")
+        assert threads.fit_torch_threads() == 1
+        monkeypatch.setenv("FAIRAT_THREADS", "0")
+        with pytest.raises(ValueError, match="FAIRAT_THREADS"):
+            threads.fit_torch_threads()
+        monkeypatch.delenv("FAIRAT_THREADS")
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        assert threads.fit_torch_threads() == 1  # left alone
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        monkeypatch.setattr(threads, "usable_threads", lambda: 1)
+        assert threads.fit_torch_threads() == 1
+    finally:
+        torch.set_num_threads(old)
