@@ -399,7 +399,7 @@ def test_train_launches_torchrun_per_gpu_on_one_node_and_checks_sizes(tmp_path):
 
 RESUME_KNOBS = {"data.val_per_class": 5, "model.width": 8, "train.epochs": 5,
                 "train.max_batches": 3, "train.batch_size": 64, "train.attack.steps": 2,
-                "train.val_attack_steps": 2, "train.fairat.warmup_epochs": 1,
+                "train.val_attack_steps": 2, "train.fairat.warmup": 0.2,
                 "train.progress": False, "train.device": "cpu", "track.enabled": False}
 TRAIN_POD = """
 import sys
@@ -640,7 +640,7 @@ def test_register_refuses_a_branch_that_disagrees_with_the_gate(tmp_path):
 
 TINY = {"data.val_per_class": 5, "model.width": 8, "train.epochs": 2, "train.max_batches": 4,
         "train.batch_size": 64, "train.attack.steps": 2, "train.val_attack_steps": 2,
-        "train.fairat.warmup_epochs": 1, "train.progress": False, "train.device": "cpu",
+        "train.fairat.warmup": 0.5, "train.progress": False, "train.device": "cpu",
         "evaluate.examples_per_class": 5, "evaluate.pgd_steps": 3, "evaluate.autoattack": "none",
         "evaluate.device": "cpu", "gate.min_worst_class": 0.0, "track.model_name": "fairat-kfp",
         # a tiny model: judged on clean accuracy, with one threshold (all-zero gates are refused)
