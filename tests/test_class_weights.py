@@ -187,7 +187,8 @@ def test_dafa_weights_flow_from_easy_to_similar_hard_classes():
     log = policy.after_epoch(2, stats, {})
     assert log["class_weights"]["a"] == pytest.approx(float(w[0]), abs=1e-6)
     terms = policy.terms(torch.tensor([0, 2]))
-    assert terms.w_robust is None and terms.w_natural.tolist() == pytest.approx([float(w[0]), 1.0])
+    assert terms.w_robust is None and terms.w_natural.tolist() == pytest.approx([float(w[0]),
+                                                                                float(w[2])])
     assert torch.equal(terms.eps_scale, terms.step_scale)
     assert policy.after_epoch(3, EpochStats(torch.zeros(3), torch.eye(3)), {}) == {}  # once only
 

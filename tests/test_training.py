@@ -235,3 +235,50 @@ def test_resume_refuses_other_data_with_one_clear_error(digits, tmp_path):
     state["data_sha256"] = Trainer(MODEL, cfg, digits, _paths(tmp_path)).data_sha256
     save_checkpoint(state, tmp_path / "checkpoints" / "last.pt")
     assert train(MODEL, cfg, digits, _paths(tmp_path), resume=True).epochs == 2
+
+
+def test_a_refused_or_killed_training_ends_its_mlflow_run_failed(tmp_path, monkeypatch):
+    """A training that raises (here: --resume refused on other data) or gets SIGTERM (a pod
+    evicted) ends its MLflow run FAILED instead of leaving it RUNNING forever."""
+    import os
+    import signal
+
+    from mlflow.tracking import MlflowClient
+
+    from fairat.config import Params, with_overrides
+    from fairat.errors import DataError
+    from fairat.steps import train as train_module
+    from fairat.steps.prepare import prepare_step
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    params = with_overrides(Params(), {
+        "data.val_per_class": 5, "model.width": 8, "train.method": "pgd_at", "train.epochs": 1,
+        "train.max_batches": 2, "train.batch_size": 64, "train.attack.steps": 1,
+        "train.val_attack_steps": 1, "train.checkpoint": "last", "train.progress": False,
+        "train.device": "cpu", "track.experiment": "failed-runs"})
+    prepare_step(params, tmp_path / "data")
+    paths = _paths(tmp_path / "run")
+    train_module.train_step(params, tmp_path / "data", paths)  # finishes
+    finished = json.loads(paths.metrics.read_text())["mlflow_run_id"]
+    state = load_checkpoint(paths.checkpoints / "last.pt", torch.device("cpu"))
+    state["data_sha256"] = "0" * 64  # as if trained on another split
+    save_checkpoint(state, paths.checkpoints / "last.pt")
+    with pytest.raises(DataError, match="trained on other data"):
+        train_module.train_step(params, tmp_path / "data", paths, resume=True)
+
+    def killed(*_args, **_kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the step")
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(train_module, "train", killed)
+    with pytest.raises(SystemExit) as stopped:
+        train_module.train_step(params, tmp_path / "data", _paths(tmp_path / "killed"))
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before  # the step's handler is gone again
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("failed-runs")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    assert [(r.info.run_id == finished, r.info.status) for r in runs] == [
+        (True, "FINISHED"), (False, "FAILED"), (False, "FAILED")]
