@@ -124,8 +124,8 @@ def _sigterm_ends_the_step() -> Iterator[None]:
         return
     try:
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    finally:  # None: a handler not set from Python; the default is what stood before
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _raise_exit(signum: int, _frame: Any) -> None:
