@@ -171,7 +171,11 @@ def work(tmp_path_factory):
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train(params.model, params.train, load_prepared(root / "data"), _paths(root / "ref"))
+        from fairat.steps.train import write_outputs
+
+        summary = train(params.model, params.train, load_prepared(root / "data"),
+                        _paths(root / "ref"))
+        write_outputs(summary, params.train, _paths(root / "ref"))  # the engine returns them
     finally:
         torch.set_num_threads(old)
     return root
