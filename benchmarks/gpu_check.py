@@ -181,7 +181,7 @@ def compare_overrides(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
         return ROOT / "studies" / "digits.yaml", {
             "data.val_per_class": 5, "model.width": 8, "train.epochs": 2, "train.max_batches": 2,
             "train.attack.steps": 1, "train.val_attack_steps": 1,
-            "train.fairat.warmup_epochs": 1, "train.progress": False,
+            "train.fairat.warmup": 0.5, "train.progress": False,
             "evaluate.examples_per_class": 3, "evaluate.pgd_steps": 2,
             "evaluate.autoattack": "custom", "evaluate.autoattack_attacks": ["apgd-ce"],
             "evaluate.autoattack_per_class": 2, "evaluate.progress": False,
@@ -190,7 +190,7 @@ def compare_overrides(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
         "data.root": str(args.data), "data.train_per_class": 2600, "data.val_per_class": 100,
         "model.name": "preact_resnet18", "model.width": 64, "train.epochs": 6,
         "train.batch_size": 256, "train.lr": 0.1, "train.attack.steps": 10,
-        "train.attack.step_size": 2 / 255, "train.fairat.warmup_epochs": 2,
+        "train.attack.step_size": 2 / 255, "train.fairat.warmup": 0.33,
         "train.progress": False, "evaluate.examples_per_class": 100,
         "evaluate.autoattack": "custom", "evaluate.autoattack_attacks": ["apgd-ce", "apgd-t"],
         "evaluate.autoattack_per_class": 50, "evaluate.progress": False,

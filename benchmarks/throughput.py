@@ -8,7 +8,7 @@ What is compared (same model, same initial weights, same data, same PGD settings
   attack, and PGD whose every step calls ``loss.backward()`` (so it also computes, and throws away,
   every weight gradient), then one SGD step on the adversarial batch.
 - ``pgd_at``: :class:`fairat.engine.training.Trainer` with ``method: pgd_at``.
-- ``fairat``: the same Trainer with ``method: fairat`` (warmup_epochs 0, hard_ratio 0.2, copies 1,
+- ``fairat``: the same Trainer with ``method: fairat`` (warmup 0, hard_ratio 0.2, copies 1,
   default augmentation family). Hard examples are chosen from scores, so one untimed epoch first
   fills the tracker's scores; every timed fairat epoch then trains hard-example copies too.
 
@@ -43,7 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairat.config import AttackConfig, DataConfig, FairATConfig, ModelConfig, TrainConfig
+from fairat.config import AttackConfig, DataConfig, ModelConfig, TrainConfig
+from fairat.engine.methods.fairat import FairATConfig
 from fairat.engine.data import DataError, PreparedData, channel_stats, prepare
 from fairat.io import write_json_atomic
 from fairat.provenance import cpu_model, load_average
@@ -196,10 +197,11 @@ class OurLoop:
     def planned_copies(self, epoch: int) -> int:
         """Hard-example copies the epoch will train, from the same (deterministic) plan it draws."""
         t, cfg = self.trainer, self.trainer.cfg
-        if cfg.method != "fairat" or epoch < cfg.fairat.warmup_epochs:
+        hard = t.hook.select(t, epoch)  # FairAT's hook after its warm-up; none for the others
+        if not t.hook.copies or hard.numel() == 0:
             return 0
         plan_gen, _ = epoch_generators(cfg.seed, epoch, t.device)
-        batches = epoch_plan(len(t.labels), t.tracker.select().cpu(), cfg.fairat.copies,
+        batches = epoch_plan(len(t.labels), hard, t.hook.copies,
                              cfg.batch_size, 1, plan_gen, cfg.max_batches)
         return int(sum(int(c.sum()) for _, c in batches))
 
@@ -274,7 +276,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     n = len(data.train)
     max_batches = args.max_batches or math.ceil(n / args.batch_size)
     attack = AttackConfig(eps=8 / 255, step_size=2 / 255, steps=args.steps)
-    fair = FairATConfig(warmup_epochs=0, hard_ratio=0.2, copies=1)
+    fair = FairATConfig(warmup=0.0, hard_ratio=0.2, copies=1)
     base = TrainConfig(method="pgd_at", epochs=args.repeats + 2, batch_size=args.batch_size,
                        schedule="constant", attack=attack, fairat=fair, seed=args.seed,
                        device="cpu", amp="off", checkpoint="last", max_batches=max_batches,
@@ -382,7 +384,7 @@ def _measure(args: argparse.Namespace, data: PreparedData, data_info: dict[str, 
                           "weight_decay": base.weight_decay},
             "augmentation": f"random crop (padding {base.crop_padding}) + horizontal flip",
             "threads": args.threads, "repeats": args.repeats, "seed": args.seed,
-            "fairat": {"warmup_epochs": fair.warmup_epochs, "hard_ratio": fair.hard_ratio,
+            "fairat": {"warmup": fair.warmup, "hard_ratio": fair.hard_ratio,
                        "copies": fair.copies, "augment": list(fair.augment), "score": fair.score,
                        "base": fair.base},
             "reference": {"dataloader_workers": args.reference_workers,

@@ -23,12 +23,11 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import yaml
 
+from fairat.knobs import ConfigError, check as _check, check_positive_or_none as \
+    _check_positive_or_none, check_range
+
 DataSource = Literal["digits", "cifar10", "cifar100", "svhn", "imagefolder"]
-Method = Literal["pgd_at", "trades", "fairat", "wat", "frl", "cfa", "dafa"]
-BaseMethod = Literal["pgd_at", "trades"]
 Schedule = Literal["piecewise", "cosine", "constant"]
-ScoreKind = Literal["adv_ce", "clean_ce", "entropy"]
-AugmentName = Literal["autoaugment", "cutout", "cutmix", "mixup", "cropflip"]
 CheckpointChoice = Literal["best", "last"]
 SelectMetric = Literal["val_robust_avg", "val_robust_worst", "val_robust_sum"]
 AutoAttackVersion = Literal["standard", "custom", "none"]
@@ -36,10 +35,6 @@ AutoAttackName = Literal["apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fa
 DeviceName = Literal["auto", "cpu", "cuda"]
 ModelName = Literal["small_cnn", "preact_resnet18", "wrn"]  # keys of fairat.engine.models.MODELS
 GateAttack = Literal["worst_case", "autoattack", "pgd", "cw", "clean"]
-
-
-class ConfigError(ValueError):
-    """A params file or value is invalid; the message names the offending key and value."""
 
 
 @dataclass(frozen=True)
@@ -87,127 +82,20 @@ class AttackConfig:
 
     def __post_init__(self) -> None:
         _check(self.eps >= 0 and self.eps <= 1, "eps", self.eps, "must lie in [0, 1] (pixel units)")
-        _check(self.step_size > 0, "step_size", self.step_size, "must be > 0")
+        check_range(self, "step_size", 0, 1, low_open=True)
         _check(self.steps >= 0, "steps", self.steps, "must be >= 0")
 
 
 @dataclass(frozen=True)
-class FairATConfig:
-    """FairAT's knobs; defaults follow the paper where it states them (README: What the engine does).
+class TrainKnobs:
+    """One training run: method, optimiser, schedule, attack, checkpoints.
 
-    Except the selection: the paper takes the hardest examples over the whole training set
-    (``per_class: false``); the default takes a quota within every class, larger for harder classes
-    (``class_power: 4``), the setting chosen on the validation split of the digits study that lifts
-    the weakest class over PGD-AT there (docs/results.md), where the paper's global selection does not.
+    :data:`TrainConfig` adds one section per training method (``train.fairat``, ``train.wat``,
+    ...) from the method registry (:mod:`fairat.engine.methods`), so a new method brings its
+    own knobs.
     """
 
-    base: BaseMethod = "pgd_at"  # the adversarial objective hard examples are trained with
-    score: ScoreKind = "adv_ce"  # per-example hardness signal, from losses training computes anyway
-    score_ema: float = 0.9  # weight of the old score in the moving average
-    hard_ratio: float = 0.2  # fraction of the training set selected as hard each epoch
-    per_class: bool = True  # True: a quota within every class (below); False: the paper's global top-k
-    class_power: float = 4.0  # per_class: quota ~ (class mean score)^power; 0 = equal fractions
-    warmup_epochs: int = 5  # epochs of plain base training before selection starts
-    copies: int = 1  # extra augmented views per hard example per epoch
-    augment: tuple[AugmentName, ...] = ("autoaugment", "cutout", "cutmix")
-    strength: float = 1.0  # scales augmentation magnitudes (0 = identity, 1 = default, up to 2)
-    rescore_every: int = 0  # >0: full clean re-scoring pass every k epochs (off by default)
-
-    def __post_init__(self) -> None:
-        _check(0 <= self.score_ema < 1, "score_ema", self.score_ema, "must lie in [0, 1)")
-        _check(0 < self.hard_ratio <= 1, "hard_ratio", self.hard_ratio, "must lie in (0, 1]")
-        _check(self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, "must be >= 0")
-        _check(0 <= self.class_power <= 16, "class_power", self.class_power, "must lie in [0, 16]")
-        _check(self.copies >= 1, "copies", self.copies, "must be >= 1")
-        _check(len(self.augment) > 0, "augment", self.augment, "needs at least one name")
-        _check(0 <= self.strength <= 2, "strength", self.strength, "must lie in [0, 2]")
-        _check(self.rescore_every >= 0, "rescore_every", self.rescore_every, "must be >= 0")
-
-
-@dataclass(frozen=True)
-class WATConfig:
-    """WAT's knobs (Li and Liu, AAAI 2023): Hedge class weights from validation losses."""
-
-    base: BaseMethod = "trades"  # the authors train TRADES
-    eta: float = 0.1  # Hedge learning rate on the cumulative per-class validation loss
-
-    def __post_init__(self) -> None:
-        _check(0 < self.eta <= 10, "eta", self.eta, "must lie in (0, 10]")
-
-
-@dataclass(frozen=True)
-class FRLConfig:
-    """FRL's knobs (Xu et al., ICML 2021, reweight + remargin), authors' defaults.
-
-    FRL is TRADES split into its natural and boundary parts; each class's weight on either part,
-    and its attack radius, follow Lagrange multipliers of the fairness constraints "class error
-    <= average error + bound", updated every epoch from validation errors.
-    """
-
-    start: float = 0.5  # fraction of the epochs trained as plain TRADES first (the authors
-    #                     fine-tune a pre-trained model)
-    bound_clean: float = 0.1  # tolerated excess of a class's clean error over the average
-    bound_boundary: float = 0.1  # tolerated excess of a class's boundary error over the average
-    rate_weight: float = 0.05  # multiplier step for the reweighting (halved at each third)
-    rate_margin: float = 0.1  # multiplier step for the remargining (per-class radius)
-    limit: float = 0.5  # the reweighting multipliers are scaled back to sum <= limit
-    remargin: bool = True  # False: FRL-reweight only
-
-    def __post_init__(self) -> None:
-        _check(0 <= self.start < 1, "start", self.start, "must lie in [0, 1)")
-        for key in ("bound_clean", "bound_boundary"):
-            _check(0 <= getattr(self, key) <= 1, key, getattr(self, key), "must lie in [0, 1]")
-        for key in ("rate_weight", "rate_margin"):
-            _check(0 <= getattr(self, key) <= 10, key, getattr(self, key), "must lie in [0, 10]")
-        _check(0 < self.limit < 1, "limit", self.limit, "must lie in (0, 1)")
-
-
-@dataclass(frozen=True)
-class CFAConfig:
-    """CFA's knobs (Wei et al., CVPR 2023), authors' defaults.
-
-    Per class: a radius ``(lambda_margin + A_c) * eps`` (CCM) and, on a TRADES base, a trade-off
-    ``(lambda_beta + A_c) * beta`` (CCR), where ``A_c`` is the class's robust accuracy on the
-    previous training epoch; the shipped model is the fairness-aware weight average (FAWA).
-    """
-
-    base: BaseMethod = "trades"  # the authors' main results use TRADES
-    begin: float = 0.05  # fraction of the epochs before the calibration starts (10 of 200)
-    lambda_margin: float = 0.5  # CCM
-    lambda_beta: float = 0.5  # CCR (TRADES base only)
-    fawa: bool = True  # ship the fairness-aware weight average instead of the live weights
-    fawa_decay: float = 0.88  # weight of the old average per epoch
-    fawa_threshold: float = 0.24  # an epoch enters the average only if its worst validation
-    #                               class reaches this robust accuracy
-
-    def __post_init__(self) -> None:
-        _check(0 <= self.begin < 1, "begin", self.begin, "must lie in [0, 1)")
-        for key in ("lambda_margin", "lambda_beta"):
-            _check(0 < getattr(self, key) <= 2, key, getattr(self, key), "must lie in (0, 2]")
-        _check(0 <= self.fawa_decay < 1, "fawa_decay", self.fawa_decay, "must lie in [0, 1)")
-        _check(0 <= self.fawa_threshold <= 1, "fawa_threshold", self.fawa_threshold,
-               "must lie in [0, 1]")
-
-
-@dataclass(frozen=True)
-class DAFAConfig:
-    """DAFA's knobs (Lee et al., ICLR 2024), authors' defaults: once, after warm-up, class weights
-    (and radii) from how similar each class is to the others under attack."""
-
-    base: BaseMethod = "trades"  # the authors' main results use TRADES
-    warmup: float = 0.64  # fraction of the epochs before the weights are computed (70 of 110)
-    lam: float = 1.0  # the authors' lambda: how far weights move from 1
-
-    def __post_init__(self) -> None:
-        _check(0 < self.warmup < 1, "warmup", self.warmup, "must lie in (0, 1)")
-        _check(0 <= self.lam <= 5, "lam", self.lam, "must lie in [0, 5]")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """One training run: method, optimiser, schedule, attack, checkpoints."""
-
-    method: Method = "fairat"
+    method: str = "fairat"  # a method of the registry (TrainConfig narrows this to their names)
     epochs: int = 30
     batch_size: int = 128
     lr: float = 0.05
@@ -221,11 +109,6 @@ class TrainConfig:
     crop_padding: int = 1  # random-crop padding in pixels (0 disables); flips below
     flip: bool = False
     attack: AttackConfig = field(default_factory=AttackConfig)
-    fairat: FairATConfig = field(default_factory=FairATConfig)
-    wat: WATConfig = field(default_factory=WATConfig)
-    frl: FRLConfig = field(default_factory=FRLConfig)
-    cfa: CFAConfig = field(default_factory=CFAConfig)
-    dafa: DAFAConfig = field(default_factory=DAFAConfig)
     seed: int = 0
     device: DeviceName = "auto"
     amp: Literal["auto", "off", "bf16"] = "auto"  # auto: bf16 autocast on CUDA only (slow on CPU)
@@ -238,16 +121,39 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
         _check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
-        _check(self.lr > 0, "lr", self.lr, "must be > 0")
-        _check(0 <= self.momentum < 1, "momentum", self.momentum, "must lie in [0, 1)")
-        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        # every float knob in a range: a negative gamma or lr would train with a negative rate
+        _check(self.lr > 0, "lr", self.lr, "must be > 0")  # no upper bound: the divergence guard
+        check_range(self, "momentum", 0, 1, high_open=True)
+        check_range(self, "weight_decay", 0, 1, high_open=True)
         _check(all(0 < m < 1 for m in self.milestones), "milestones", self.milestones,
                "must be fractions of the epochs in (0, 1)")
-        _check(self.trades_beta >= 0, "trades_beta", self.trades_beta, "must be >= 0")
+        check_range(self, "gamma", 0, 1, low_open=True)
+        check_range(self, "trades_beta", 0, 100)
         _check(self.crop_padding >= 0, "crop_padding", self.crop_padding, "must be >= 0")
         _check(self.val_attack_steps >= 0, "val_attack_steps", self.val_attack_steps,
                "must be >= 0")
         _check_positive_or_none("max_batches", self.max_batches)
+
+
+def _train_config() -> type:
+    """TrainKnobs plus one ``train.<method>`` section per registered method that has knobs, and
+    ``method`` narrowed to the registry's names (so a typo gets "did you mean")."""
+    # The one import of the engine by the foundation: the registry package is torch-free at
+    # import (its docstring says why); tests/test_layout.py names this edge as the exception.
+    from fairat.engine.methods import registry
+
+    methods = registry()
+    sections = [(name, spec.section, field(default_factory=spec.section))
+                for name, spec in methods.items() if spec.section is not None]
+    cls = dataclasses.make_dataclass(
+        "TrainConfig", [("method", Literal[tuple(methods)], field(default="fairat")), *sections],
+        bases=(TrainKnobs,), frozen=True)
+    cls.__module__ = __name__
+    cls.__doc__ = TrainKnobs.__doc__
+    return cls
+
+
+TrainConfig = _train_config()
 
 
 @dataclass(frozen=True)
@@ -339,12 +245,9 @@ class Params:
     track: TrackConfig = field(default_factory=TrackConfig)
 
     def __post_init__(self) -> None:
-        needs_val = {"wat": "weights classes by their validation losses",
-                     "frl": "reweights classes by their validation errors",
-                     "cfa": "admits an epoch to its weight average by its validation worst class"}
-        why = needs_val.get(self.train.method)
-        if self.train.method == "cfa" and not self.train.cfa.fawa:
-            why = None  # CCM and CCR read training statistics only
+        from fairat.engine.methods import method
+
+        why = method(self.train.method).needs_validation(self.train)
         if why and self.data.val_per_class < 1:
             raise ConfigError(f"train.method: {self.train.method!r} {why}; "
                               "set data.val_per_class >= 1")
@@ -356,15 +259,6 @@ class Params:
                 f"evaluate.eps: {self.evaluate.eps!r} differs from train.attack.eps "
                 f"{self.train.attack.eps!r}; set both to the same radius, or set "
                 "evaluate.require_train_eps: false to evaluate at another one")
-
-
-def _check(ok: bool, key: str, value: Any, why: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {value!r} {why}")
-
-
-def _check_positive_or_none(key: str, value: int | None) -> None:
-    _check(value is None or value >= 1, key, value, "must be a positive integer or null")
 
 
 def from_dict(cls: type, raw: Mapping[str, Any] | None, prefix: str = "") -> Any:

@@ -30,12 +30,12 @@ cell fairat "$FAIRAT_CHOSEN_VARIANT" "${FAIRAT_CHOSEN[@]}"
 # is it the diversity or just the extra weight?), stronger augmentation, then a schedule twice as
 # long for all three methods (warm-up kept at a quarter of it), warm-up 0, and the longer schedule
 # on the PGD-AT base and the clean-CE score last.
-E16=(train.epochs=16 train.fairat.warmup_epochs=4)
+E16=(train.epochs=16 train.fairat.warmup=0.25)
 cell fairat trades-pc-pow4-cropflip "${FAIRAT_CHOSEN[@]}" "train.fairat.augment=[cropflip]"
 cell fairat trades-pc-pow4-s2 "${FAIRAT_CHOSEN[@]}" train.fairat.strength=2.0
 cell pgd_at e16 "${E16[@]}"
 cell trades e16 "${E16[@]}"
 cell fairat trades-pc-pow4-e16 "${FAIRAT_CHOSEN[@]}" "${E16[@]}"
-cell fairat trades-pc-pow4-w0 "${FAIRAT_CHOSEN[@]}" train.fairat.warmup_epochs=0
+cell fairat trades-pc-pow4-w0 "${FAIRAT_CHOSEN[@]}" train.fairat.warmup=0
 cell fairat pc-pow4-e16 train.fairat.per_class=true train.fairat.class_power=4 "${E16[@]}"
 cell fairat cleance train.fairat.score=clean_ce

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from fairat.config import ConfigError, DataConfig, Params, WATConfig
+from fairat.config import ConfigError, DataConfig, Params
 from fairat.engine.class_weights import WATWeights, hedge_weights
-from fairat.engine.methods import validation_cost
+from fairat.engine.methods.wat import WATConfig
+from fairat.engine.objectives import validation_cost
 
 
 def test_hedge_starts_uniform_and_sums_to_the_number_of_classes():
@@ -93,7 +94,9 @@ def test_wat_trains_in_the_one_loop_and_logs_its_weights(digits, tmp_path):
 
 # --- FRL, CFA, DAFA: class statistics and weights on hand-made inputs --------------------------
 
-from fairat.config import CFAConfig, DAFAConfig, FRLConfig  # noqa: E402
+from fairat.engine.methods.cfa import CFAConfig  # noqa: E402
+from fairat.engine.methods.dafa import DAFAConfig  # noqa: E402
+from fairat.engine.methods.frl import FRLConfig  # noqa: E402
 from fairat.engine.class_weights import (CFAPolicy, DAFAPolicy, EpochStats, FRLPolicy,  # noqa: E402
                                          cfa_terms, dafa_class_weights, frl_class_weights,
                                          frl_margins, frl_project)
@@ -167,9 +170,13 @@ def test_dafa_weights_flow_from_easy_to_similar_hard_classes():
                       [0.05, 0.9, 0.05],
                       [0.0, 0.0, 1.0]], dtype=torch.float64)
     w = dafa_class_weights(s, lam=1.0)
-    assert w[0] == pytest.approx(1 + 0.4 * 0.9 + 0.1 * 1.0)  # harder than both others
-    assert w[1] == pytest.approx(1 - 0.05 * 0.5 + 0.05 * 1.0)  # easier than 0, harder than 2
-    assert w[2] == pytest.approx(1.0)  # nobody is confused into it... and it is easiest
+    # by hand, from the authors' loop (rucy74/DAFA utils.calculate_class_weights): a harder class
+    # h gains S[h, e] * S[e, e] from each easier class e, and e gives up exactly that
+    assert w[0] == pytest.approx(1 + 0.4 * 0.9 + 0.1 * 1.0)  # 1.46: harder than both others
+    assert w[1] == pytest.approx(1 - 0.4 * 0.9 + 0.05 * 1.0)  # 0.69: gives 0 what 0 gains
+    assert w[2] == pytest.approx(1 - 0.1 * 1.0 - 0.05 * 1.0)  # 0.85: easiest, gives to both
+    assert w.tolist() == pytest.approx([1.46, 0.69, 0.85])
+    assert float(w.sum()) == pytest.approx(3.0)
     assert dafa_class_weights(s, lam=0.0).tolist() == [1, 1, 1]
     assert (dafa_class_weights(s, lam=5.0) >= 0).all()
 
@@ -180,9 +187,24 @@ def test_dafa_weights_flow_from_easy_to_similar_hard_classes():
     log = policy.after_epoch(2, stats, {})
     assert log["class_weights"]["a"] == pytest.approx(float(w[0]), abs=1e-6)
     terms = policy.terms(torch.tensor([0, 2]))
-    assert terms.w_robust is None and terms.w_natural.tolist() == pytest.approx([float(w[0]), 1.0])
+    assert terms.w_robust is None and terms.w_natural.tolist() == pytest.approx([float(w[0]),
+                                                                                float(w[2])])
     assert torch.equal(terms.eps_scale, terms.step_scale)
     assert policy.after_epoch(3, EpochStats(torch.zeros(3), torch.eye(3)), {}) == {}  # once only
+
+
+def test_dafa_weights_sum_to_the_number_of_classes():
+    # any similarity matrix with distinct diagonal entries: what one class gains, another gives up
+    gen = torch.Generator().manual_seed(0)
+    for k in (2, 5, 10):
+        s = torch.softmax(3 * torch.randn(k, k, generator=gen, dtype=torch.float64), 1)
+        for lam in (0.5, 1.0):
+            w = dafa_class_weights(s, lam)
+            assert (w > 0).all()  # no clipping, so the sum is exact
+            assert float(w.sum()) == pytest.approx(k, abs=1e-9)
+    # a tie counts both classes as the easier one, as the authors' loop does: both give up
+    tie = torch.tensor([[0.6, 0.4], [0.3, 0.6]], dtype=torch.float64)
+    assert dafa_class_weights(tie, 1.0).tolist() == pytest.approx([1 - 0.3 * 0.6, 1 - 0.4 * 0.6])
 
 
 def test_per_example_radius_bounds_each_example(tiny_model):

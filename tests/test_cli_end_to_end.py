@@ -14,7 +14,7 @@ TINY = [
     "-S", "model.width=8",
     "-S", "train.epochs=2", "-S", "train.max_batches=8", "-S", "train.batch_size=64",
     "-S", "train.attack.steps=2", "-S", "train.val_attack_steps=2",
-    "-S", "train.fairat.warmup_epochs=1", "-S", "train.progress=false",
+    "-S", "train.fairat.warmup=0.5", "-S", "train.progress=false",
     "-S", "evaluate.examples_per_class=6", "-S", "evaluate.pgd_steps=5",
     "-S", "evaluate.autoattack=standard", "-S", "evaluate.autoattack_per_class=1",
 ]

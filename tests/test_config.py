@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,42 @@ def test_gate_threat_model_must_equal_the_training_radius_unless_asked():
         with_overrides(Params(), {"evaluate.eps": 0.05})
     params = with_overrides(Params(), {"evaluate.eps": 0.05, "evaluate.require_train_eps": False})
     assert params.evaluate.eps == 0.05
+
+
+FLOAT_TRAIN_KNOBS = sorted(key for key, hint in leaves(Params)
+                           if key.startswith("train.") and hint is float)
+
+
+def test_every_float_train_knob_is_range_checked_with_a_named_error():
+    # a negative gamma used to give a negative learning rate after the first milestone
+    with pytest.raises(ConfigError, match=r"train.gamma: -0.1 must lie in \(0, 1\]"):
+        with_overrides(Params(), {"train.gamma": -0.1})
+    assert {"train.gamma", "train.lr", "train.trades_beta", "train.fairat.class_power",
+            "train.dafa.lam", "train.attack.step_size"} <= set(FLOAT_TRAIN_KNOBS)
+    for key in FLOAT_TRAIN_KNOBS:
+        with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: -0.5 must"):
+            with_overrides(Params(), {key: -0.5})
+        if key != "train.lr":  # unbounded above: a rate too large is the divergence guard's
+            with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: 1000000.0 must"):
+                with_overrides(Params(), {key: 1e6})
+
+
+def test_phases_are_fractions_so_a_short_run_still_runs_the_method():
+    from fairat.engine.methods import method_warnings
+
+    # FairAT's warm-up is a fraction of the run: 5 epochs keep it acting from epoch 2
+    short = with_overrides(Params(), {"train.epochs": 5})
+    assert method_warnings(short.train) == []
+    assert method_warnings(Params().train) == []
+    for method, knob in (("fairat", "fairat.warmup"), ("frl", "frl.start"), ("cfa", "cfa.begin"),
+                         ("dafa", "dafa.warmup")):
+        late = with_overrides(Params(), {"train.method": method, "train.epochs": 4,
+                                         f"train.{knob}": 0.9})
+        assert any(f"train.method '{method}'" in w and "never acts" in w
+                   for w in method_warnings(late.train)), method
+    one = with_overrides(Params(), {"train.epochs": 1})  # no scores before the first epoch
+    assert "trains plain pgd_at" in method_warnings(one.train)[0]
+    # DAFA's weights must start before the first learning-rate decay, as the authors'
+    late_dafa = with_overrides(Params(), {"train.method": "dafa", "train.dafa.warmup": 0.64})
+    assert "first learning-rate decay" in method_warnings(late_dafa.train)[0]
+    assert method_warnings(with_overrides(Params(), {"train.method": "dafa"}).train) == []

@@ -24,7 +24,8 @@ import yaml
 from torch import nn
 
 from fairat.engine.checkpoint import load_checkpoint
-from fairat.config import FairATConfig, load_params
+from fairat.config import load_params
+from fairat.engine.methods.fairat import FairATConfig
 from fairat.engine.distributed import (DistContext, GlobalBatchNorm2d, block_shard, collective_timeout,
                                 global_batchnorm)
 from fairat.engine.hard_examples import HardExampleTracker
@@ -50,7 +51,7 @@ PARAMS = {
               # ~1e-4 (batch composition), which on this data moves no example across the top-k
               # boundary; per-class quotas have ten boundaries, and one swap there changes a
               # validation image, so exact equality would test float luck, not the mechanics.
-              "fairat": {"warmup_epochs": 1, "hard_ratio": 0.2, "per_class": False,
+              "fairat": {"warmup": 0.5, "hard_ratio": 0.2, "per_class": False,
                          "class_power": 0.0},
               "checkpoint": "last", "progress": False, "device": "cpu", "seed": 1},
     "evaluate": {"eps": 0.1, "pgd_steps": 3, "pgd_step_size": 0.03, "examples_per_class": 10,
@@ -170,7 +171,11 @@ def work(tmp_path_factory):
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train(params.model, params.train, load_prepared(root / "data"), _paths(root / "ref"))
+        from fairat.steps.train import write_outputs
+
+        summary = train(params.model, params.train, load_prepared(root / "data"),
+                        _paths(root / "ref"))
+        write_outputs(summary, params.train, _paths(root / "ref"))  # the engine returns them
     finally:
         torch.set_num_threads(old)
     return root

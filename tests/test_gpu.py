@@ -12,10 +12,19 @@ import torch
 from fairat.config import AttackConfig, ModelConfig, TrainConfig
 from fairat.engine.attacks import pgd_attack
 from fairat.engine.checkpoint import load_checkpoint
-from fairat.engine.training import TrainPaths, train
+from fairat.engine.training import TrainPaths
+from fairat.engine.training import train as engine_train
+from fairat.steps.train import write_outputs
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")
+
+
+def train(model_cfg, cfg, data, paths):
+    """The engine trains and returns; the train step's writer puts model.pt where tests read it."""
+    summary = engine_train(model_cfg, cfg, data, paths)
+    write_outputs(summary, cfg, paths)
+    return summary
 
 
 def _paths(tmp_path):

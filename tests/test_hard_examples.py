@@ -1,6 +1,6 @@
 import torch
 
-from fairat.config import FairATConfig
+from fairat.engine.methods.fairat import FairATConfig
 from fairat.engine.hard_examples import HardExampleTracker, example_scores
 
 

@@ -15,7 +15,7 @@ from kfp_fixtures import PARAMS
 
 TINY = {"data.val_per_class": 5, "model.width": 8, "train.epochs": 2, "train.max_batches": 4,
         "train.batch_size": 64, "train.attack.steps": 2, "train.val_attack_steps": 2,
-        "train.fairat.warmup_epochs": 1, "train.progress": False, "train.device": "cpu",
+        "train.fairat.warmup": 0.5, "train.progress": False, "train.device": "cpu",
         "evaluate.examples_per_class": 5, "evaluate.pgd_steps": 3, "evaluate.autoattack": "none",
         "evaluate.device": "cpu", "gate.min_worst_class": 0.0, "track.model_name": "fairat-kfp",
         # a tiny model: judged on clean accuracy, with one threshold (all-zero gates are refused)

@@ -37,7 +37,7 @@ def test_train_launches_torchrun_per_gpu_on_one_node_and_checks_sizes(tmp_path):
 
 RESUME_KNOBS = {"data.val_per_class": 5, "model.width": 8, "train.epochs": 5,
                 "train.max_batches": 3, "train.batch_size": 64, "train.attack.steps": 2,
-                "train.val_attack_steps": 2, "train.fairat.warmup_epochs": 1,
+                "train.val_attack_steps": 2, "train.fairat.warmup": 0.2,
                 "train.progress": False, "train.device": "cpu", "track.enabled": False}
 TRAIN_POD = """
 import sys

@@ -75,3 +75,21 @@ def test_dvc_experiments_register_only_when_asked(monkeypatch, register, env, wa
     params = with_overrides(Params(), {"track.register": register})
     got, reason = registration_wanted(params)
     assert got is wanted and why in reason
+
+
+def test_the_cards_method_line_is_the_registrys_description():
+    from fairat.engine.methods import registry
+    from fairat.evidence.model_card import method_line
+
+    for name, spec in registry().items():
+        params = to_dict(with_overrides(Params(), {"train.method": name}))
+        card = render_card(params, REPORT, decide(REPORT, GateConfig(), SHA), MANIFEST, SUMMARY)
+        line = f"- Training method: `{name}`: {spec.describe(params['train'])}."
+        assert line in card, name
+    # the default (FairAT) says which selection ran and whose it is
+    assert "class_power" not in method_line(to_dict(Params().train))  # in words, not key names
+    assert "power 4" in method_line(to_dict(Params().train))
+    assert method_line({"method": "madry"}) == "not a method this fairat knows"
+    old = to_dict(Params().train)
+    old["fairat"] = {"warmup_epochs": 5}  # params of another fairat version
+    assert method_line(old) == "described by params this fairat version does not read"

@@ -31,7 +31,7 @@ TINY = {
     "data": {"val_per_class": 5},
     "model": {"width": 8},
     "train": {"epochs": 2, "max_batches": 4, "batch_size": 64, "val_attack_steps": 2,
-              "progress": False, "attack": {"steps": 2}, "fairat": {"warmup_epochs": 1}},
+              "progress": False, "attack": {"steps": 2}, "fairat": {"warmup": 0.5}},
     "evaluate": {"examples_per_class": 5, "pgd_steps": 3, "autoattack": "none"},
     # a tiny model: the gate judges clean accuracy (a pass is reachable) and keeps a threshold
     # (an all-zero gate is refused); its classes may sit below chance

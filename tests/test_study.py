@@ -14,7 +14,7 @@ study = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(study)
 
 TINY = {"data.val_per_class": 5, "model.width": 8, "train.epochs": 2, "train.max_batches": 3,
-        "train.attack.steps": 1, "train.val_attack_steps": 1, "train.fairat.warmup_epochs": 1,
+        "train.attack.steps": 1, "train.val_attack_steps": 1, "train.fairat.warmup": 0.5,
         "train.progress": False, "evaluate.examples_per_class": 4, "evaluate.pgd_steps": 2,
         "evaluate.autoattack": "custom", "evaluate.autoattack_attacks": ["apgd-ce"],
         "evaluate.autoattack_per_class": 2}

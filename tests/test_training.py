@@ -3,9 +3,12 @@ import json
 import pytest
 import torch
 
+from fairat.config import AttackConfig, ModelConfig, TrainConfig
 from fairat.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
-from fairat.config import AttackConfig, FairATConfig, ModelConfig, TrainConfig
-from fairat.engine.training import Trainer, TrainPaths, epoch_plan, lr_at, train
+from fairat.engine.methods.fairat import FairATConfig
+from fairat.engine.training import Trainer, TrainPaths, epoch_plan, lr_at
+from fairat.engine.training import train as engine_train
+from fairat.steps.train import write_outputs
 
 MODEL = ModelConfig(name="small_cnn", width=8)
 
@@ -13,7 +16,7 @@ MODEL = ModelConfig(name="small_cnn", width=8)
 def _cfg(method="pgd_at", epochs=2, **kw):
     base = dict(method=method, epochs=epochs, batch_size=64, lr=0.05, crop_padding=1, flip=False,
                 attack=AttackConfig(eps=0.1, step_size=0.03, steps=2), val_attack_steps=2,
-                fairat=FairATConfig(warmup_epochs=1, hard_ratio=0.2), max_batches=4,
+                fairat=FairATConfig(warmup=0.5, hard_ratio=0.2), max_batches=4,
                 progress=False)
     base.update(kw)
     return TrainConfig(**base)
@@ -22,6 +25,25 @@ def _cfg(method="pgd_at", epochs=2, **kw):
 def _paths(root):
     return TrainPaths(root / "model.pt", root / "checkpoints", root / "train.json",
                       root / "history.csv")
+
+
+def train(model_cfg, cfg, data, paths, **kw):
+    """The engine's training, then the train step's writing of its outputs."""
+    summary = engine_train(model_cfg, cfg, data, paths, **kw)
+    write_outputs(summary, cfg, paths)
+    return summary
+
+
+def test_the_engine_returns_the_model_and_writes_only_checkpoints(digits, tmp_path):
+    summary = engine_train(MODEL, _cfg("pgd_at", epochs=1), digits, _paths(tmp_path))
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["best.pt", "last.pt"]
+    assert summary.model["selected"]["epoch"] == summary.chosen_epoch
+    assert summary.model["training"] == summary.training
+    write_outputs(summary, _cfg("pgd_at", epochs=1), _paths(tmp_path))
+    assert load_model(tmp_path / "model.pt", torch.device("cpu"))[1]["epoch"] == 1
+    record = json.loads((tmp_path / "train.json").read_text())
+    assert record["method"] == "pgd_at" and record["chosen_epoch"] == summary.chosen_epoch
+    assert (tmp_path / "history.csv").read_text().startswith("epoch,")
 
 
 @pytest.mark.parametrize("method", ["pgd_at", "trades", "fairat"])
@@ -49,7 +71,7 @@ def test_fairat_adds_hard_copies_after_warmup_and_logs_their_classes(digits, tmp
     assert sum(second["hard_per_class"].values()) == second["hard_count"]
     assert second["examples"] == len(digits.train) + second["hard_count"]
     # the paper's global selection takes the budget exactly
-    paper = FairATConfig(warmup_epochs=1, hard_ratio=0.2, per_class=False)
+    paper = FairATConfig(warmup=0.5, hard_ratio=0.2, per_class=False)
     summary = train(MODEL, _cfg("fairat", epochs=2, max_batches=None, fairat=paper), digits,
                     _paths(tmp_path / "paper"))
     assert summary.history[1]["hard_count"] == budget
@@ -165,16 +187,17 @@ def test_epoch_plan_covers_every_example_once_plus_copies():
 
 def test_rescore_pass_refreshes_every_score(digits, tmp_path):
     cfg = _cfg("fairat", epochs=2, checkpoint="last",
-               fairat=FairATConfig(warmup_epochs=1, rescore_every=1, score="clean_ce"))
+               fairat=FairATConfig(warmup=0.5, rescore_every=1, score="clean_ce"))
     trainer = Trainer(MODEL, cfg, digits, _paths(tmp_path))
     trainer.train_epoch(0)  # max_batches=4: only some examples get a score from training
-    assert not bool(trainer.tracker.seen.all())
-    trainer.rescore(1)
-    assert bool(trainer.tracker.seen.all())
+    tracker = trainer.hook.tracker
+    assert not bool(tracker.seen.all())
+    trainer.hook.rescore(trainer, 1)
+    assert bool(tracker.seen.all())
     with torch.no_grad():
         logits = trainer.model.eval()(digits.train.images[:5].float() / 255)
     expected = torch.nn.functional.cross_entropy(logits, digits.train.labels[:5], reduction="none")
-    assert torch.allclose(trainer.tracker.scores[:5], expected, atol=1e-5)
+    assert torch.allclose(tracker.scores[:5], expected, atol=1e-5)
 
 
 def test_divergence_stops_at_once_and_leaves_the_previous_run_untouched(digits, tmp_path):
@@ -187,3 +210,75 @@ def test_divergence_stops_at_once_and_leaves_the_previous_run_untouched(digits, 
         train(MODEL, _cfg("pgd_at", epochs=1, lr=1e30, momentum=0.0), digits, _paths(tmp_path))
     after = {name: (tmp_path / name).read_bytes() for name in before}
     assert after == before
+
+
+def test_resume_refuses_other_data_with_one_clear_error(digits, tmp_path):
+    from fairat.engine.data import PreparedData
+    from fairat.errors import DataError
+
+    cfg = _cfg("pgd_at", epochs=2, checkpoint="last")
+    assert _train_epochs(cfg, digits, tmp_path, stop_after=1) == 1
+    # another split: one training example fewer (the same images would hash alike)
+    other = PreparedData(digits.train.subset(torch.arange(len(digits.train) - 1)), digits.val,
+                         digits.test)
+    with pytest.raises(DataError, match=r"cannot resume from .*last.pt: it was trained on other "
+                                        r"data \(data sha256 [0-9a-f]{12}"):
+        train(MODEL, cfg, other, _paths(tmp_path), resume=True)
+    assert not (tmp_path / "model.pt").exists()
+    # a checkpoint that does not say which data it saw cannot be checked, so it is refused too
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt", torch.device("cpu"))
+    del state["data_sha256"]
+    save_checkpoint(state, tmp_path / "checkpoints" / "last.pt")
+    with pytest.raises(DataError, match="does not record the data it was trained on"):
+        train(MODEL, cfg, digits, _paths(tmp_path), resume=True)
+    # the same data resumes
+    state["data_sha256"] = Trainer(MODEL, cfg, digits, _paths(tmp_path)).data_sha256
+    save_checkpoint(state, tmp_path / "checkpoints" / "last.pt")
+    assert train(MODEL, cfg, digits, _paths(tmp_path), resume=True).epochs == 2
+
+
+def test_a_refused_or_killed_training_ends_its_mlflow_run_failed(tmp_path, monkeypatch):
+    """A training that raises (here: --resume refused on other data) or gets SIGTERM (a pod
+    evicted) ends its MLflow run FAILED instead of leaving it RUNNING forever."""
+    import os
+    import signal
+
+    from mlflow.tracking import MlflowClient
+
+    from fairat.config import Params, with_overrides
+    from fairat.errors import DataError
+    from fairat.steps import train as train_module
+    from fairat.steps.prepare import prepare_step
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    params = with_overrides(Params(), {
+        "data.val_per_class": 5, "model.width": 8, "train.method": "pgd_at", "train.epochs": 1,
+        "train.max_batches": 2, "train.batch_size": 64, "train.attack.steps": 1,
+        "train.val_attack_steps": 1, "train.checkpoint": "last", "train.progress": False,
+        "train.device": "cpu", "track.experiment": "failed-runs"})
+    prepare_step(params, tmp_path / "data")
+    paths = _paths(tmp_path / "run")
+    train_module.train_step(params, tmp_path / "data", paths)  # finishes
+    finished = json.loads(paths.metrics.read_text())["mlflow_run_id"]
+    state = load_checkpoint(paths.checkpoints / "last.pt", torch.device("cpu"))
+    state["data_sha256"] = "0" * 64  # as if trained on another split
+    save_checkpoint(state, paths.checkpoints / "last.pt")
+    with pytest.raises(DataError, match="trained on other data"):
+        train_module.train_step(params, tmp_path / "data", paths, resume=True)
+
+    def killed(*_args, **_kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the step")
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(train_module, "train", killed)
+    with pytest.raises(SystemExit) as stopped:
+        train_module.train_step(params, tmp_path / "data", _paths(tmp_path / "killed"))
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before  # the step's handler is gone again
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("failed-runs")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    assert [(r.info.run_id == finished, r.info.status) for r in runs] == [
+        (True, "FINISHED"), (False, "FAILED"), (False, "FAILED")]

@@ -6,6 +6,7 @@ the plain config that rebuilds the architecture is safe to load from an untruste
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import re
 from dataclasses import asdict
@@ -45,6 +46,19 @@ def load_checkpoint(path: str | Path, device: torch.device) -> dict[str, Any]:
                          "with `fairat train`.") from None
     except Exception as err:  # torch raises several types for truncated or foreign files
         raise ValueError(f"cannot load checkpoint {path}: {err}") from err
+
+
+def data_fingerprint(data: Any) -> str:
+    """sha256 of what training reads of the prepared data (the train and validation splits:
+    images, labels, class names), recorded in every checkpoint so ``--resume`` refuses to go on
+    with another split. Test data is left out: training never reads it."""
+    digest = hashlib.sha256()
+    for name in ("train", "val"):
+        split = getattr(data, name)
+        digest.update(f"{name}:{list(split.class_names)}:{tuple(split.images.shape)}\n".encode())
+        digest.update(split.images.contiguous().numpy())  # the buffer itself: no copy
+        digest.update(split.labels.to(torch.int64).contiguous().numpy())
+    return digest.hexdigest()
 
 
 def model_file_payload(state_dict: dict[str, torch.Tensor], model_cfg: ModelConfig, spec: ModelSpec,

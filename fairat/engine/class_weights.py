@@ -1,7 +1,8 @@
 """Class-wise fair adversarial training: per-class weights and radii from class statistics.
 
 WAT (Li and Liu, AAAI 2023), FRL (Xu et al., ICML 2021), CFA (Wei et al., CVPR 2023) and DAFA
-(Lee et al., ICLR 2024) as policies of the one training loop (bottom of this module).
+(Lee et al., ICLR 2024) as policies of the one training loop (bottom of this module); each
+method's module in :mod:`fairat.engine.methods` builds its policy.
 
 WAT, worst-class adversarial training:
 
@@ -28,7 +29,8 @@ from typing import Any
 
 import torch
 
-from fairat.engine.methods import ClassTerms
+from fairat.engine.methods import phase_epoch
+from fairat.engine.objectives import ClassTerms
 
 
 def hedge_weights(cumulative: torch.Tensor, eta: float) -> torch.Tensor:
@@ -186,7 +188,7 @@ class FRLPolicy(ClassPolicy):
 
     def __init__(self, cfg: Any, num_classes: int, epochs: int, names: list[str]) -> None:
         self.cfg, self.names = cfg, names
-        self.start = int(round(cfg.start * epochs))
+        self.start = phase_epoch(cfg.start, epochs)
         self.phase = max(epochs - self.start, 1)
         self.lam = torch.zeros(3, num_classes, dtype=torch.float64)  # clean, boundary, margin
 
@@ -246,7 +248,7 @@ class CFAPolicy(ClassPolicy):
     def __init__(self, cfg: Any, num_classes: int, epochs: int, beta: float, trades: bool,
                  names: list[str]) -> None:
         self.cfg, self.beta, self.trades, self.names = cfg, beta, trades, names
-        self.begin = int(round(cfg.begin * epochs))
+        self.begin = phase_epoch(cfg.begin, epochs)
         self.acc: torch.Tensor | None = None  # A_c, once calibration has begun
 
     def class_terms(self):
@@ -273,15 +275,20 @@ def dafa_class_weights(similarity: torch.Tensor, lam: float) -> torch.Tensor:
     """DAFA's class weights from the class-similarity matrix ``S`` (row i: mean adversarial
     softmax over examples of class i, so ``S[i, i]`` is how well class i holds up).
 
-    For every other class j, a class harder than j (``S[i, i] < S[j, j]``) gains
-    ``lam * S[i, j] * S[j, j]`` and an easier one gives as much up: weight moves between classes
-    that are confused with each other, from the easy to the hard one. Clipped at 0 (only reachable
-    for ``lam > 1``), since the weights also scale the attack radius.
+    As the authors compute them (rucy74/DAFA ``utils.calculate_class_weights``, commit 74657cd,
+    Sep 2024; earlier commits had the easier branch transposed): for every pair of a harder class
+    ``h`` (``S[h, h] < S[e, e]``) and an easier class ``e``, ``h`` gains ``lam * S[h, e] * S[e, e]``
+    (how much of ``h`` is mistaken for ``e``, times how sure ``e`` is) and ``e`` gives up exactly
+    that amount, so the weights sum to the number of classes. A tie counts both as easier, as in
+    the authors' loop. Clipped at 0 (the authors do not clip; reachable only when many classes
+    are confused into one easy class at large ``lam``), since the weights also scale the attack
+    radius.
     """
     s = similarity.double()
     diag = s.diagonal()
-    sign = torch.where(diag[:, None] < diag[None, :], 1.0, -1.0).double()
-    contrib = sign * s * diag[None, :]
+    harder = diag[:, None] < diag[None, :]  # [i, j]: class i is harder than class j
+    gain = s * diag[None, :]  # [i, j]: what i gains from j when i is the harder one
+    contrib = torch.where(harder, gain, -gain.T)  # easier i gives up what j gains from it
     contrib.fill_diagonal_(0)
     return (1 + lam * contrib.sum(1)).clamp(min=0)
 
@@ -293,7 +300,7 @@ class DAFAPolicy(ClassPolicy):
 
     def __init__(self, cfg: Any, epochs: int, trades: bool, names: list[str]) -> None:
         self.cfg, self.trades, self.names = cfg, trades, names
-        self.warmup = max(1, int(round(cfg.warmup * epochs)))
+        self.warmup = phase_epoch(cfg.warmup, epochs, minimum=1)
         self.weights: torch.Tensor | None = None
 
     needs_similarity = True
@@ -317,19 +324,3 @@ class DAFAPolicy(ClassPolicy):
 
     def load_state_dict(self, state):
         self.weights = None if state["weights"] is None else state["weights"].double().clone()
-
-
-def make_policy(cfg: Any, num_classes: int, names: list[str]) -> ClassPolicy | None:
-    """The class-wise policy of ``cfg.method`` (a TrainConfig), or None for the others."""
-    from fairat.engine.methods import objective_name
-
-    trades = objective_name(cfg) == "trades"
-    if cfg.method == "wat":
-        return WATPolicy(num_classes, cfg.wat.eta, names)
-    if cfg.method == "frl":
-        return FRLPolicy(cfg.frl, num_classes, cfg.epochs, names)
-    if cfg.method == "cfa":
-        return CFAPolicy(cfg.cfa, num_classes, cfg.epochs, cfg.trades_beta, trades, names)
-    if cfg.method == "dafa":
-        return DAFAPolicy(cfg.dafa, cfg.epochs, trades, names)
-    return None

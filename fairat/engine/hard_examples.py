@@ -1,4 +1,4 @@
-"""FairAT's hard examples: score every training example, select the hardest, plan their copies.
+"""FairAT's hard examples: score every training example, select the hardest, augment their copies.
 
 Why a moving average: the training step already computes each example's adversarial cross-entropy,
 so keeping an exponential moving average of it (``score_ema``) identifies hard examples with no
@@ -9,10 +9,18 @@ same scores and selects the same hard examples.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
-from fairat.config import FairATConfig, ScoreKind
+from fairat.engine.attacks import pgd_attack
+from fairat.engine.augment import augment_hard
+from fairat.engine.distributed import all_gather_cat, block_shard
+from fairat.engine.methods.fairat import FairATConfig, ScoreKind
+from fairat.engine.objectives import BatchHook, StepOutput
+from fairat.engine.seeds import generator
 
 
 def example_scores(kind: ScoreKind, logits_adv: torch.Tensor, logits_clean: torch.Tensor | None,
@@ -125,3 +133,76 @@ class HardExampleTracker:
                              f"examples, the training set has {self.scores.shape[0]}")
         self.scores = state["scores"].to(self.scores.device).float()
         self.seen = state["seen"].to(self.seen.device).bool()
+
+
+class HardExampleHook(BatchHook):
+    """FairAT in the training loop: from epoch ``start`` on, the hard examples of every epoch get
+    ``copies`` augmented copies in the plan; every step's logits update the scores.
+
+    Targets are one-hot for every batch (mixing augmentations make probability targets), so a
+    FairAT run computes the same loss whether or not a batch holds copies.
+    """
+
+    def __init__(self, train: Any, labels: torch.Tensor, num_classes: int, start: int) -> None:
+        self.cfg, self.attack, self.seed = train.fairat, train.attack, train.seed
+        self.num_classes, self.start = num_classes, start
+        self.tracker = HardExampleTracker(labels, num_classes, train.fairat)
+        self.copies = train.fairat.copies
+        self.need_clean = train.fairat.score == "clean_ce"
+
+    def select(self, trainer: Any, epoch: int) -> torch.Tensor:
+        if epoch < self.start:
+            return torch.zeros(0, dtype=torch.long)
+        every = self.cfg.rescore_every
+        if every and (epoch - self.start) % every == 0:
+            self.rescore(trainer, epoch)
+        return self.tracker.select().cpu()
+
+    def augment(self, x: torch.Tensor, labels: torch.Tensor, is_copy: torch.Tensor,
+                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        targets = F.one_hot(labels, self.num_classes).float()
+        rows = is_copy.nonzero().squeeze(1)
+        if rows.numel():
+            xa, ya = augment_hard(x[rows], targets[rows], self.cfg.augment, gen, self.cfg.strength)
+            x, targets = x.index_copy(0, rows, xa), targets.index_copy(0, rows, ya)
+        return x, targets
+
+    def observe(self, trainer: Any, idx: torch.Tensor, out: StepOutput, targets: torch.Tensor,
+                original: torch.Tensor) -> None:
+        scores = example_scores(self.cfg.score, out.logits_adv, out.logits_clean, targets)
+        self.tracker.update(all_gather_cat(idx[original], trainer.ctx),
+                            all_gather_cat(scores[original], trainer.ctx))
+
+    def rescore(self, trainer: Any, epoch: int) -> None:
+        """Optional full pass: replace every score by a fresh one from the current model.
+
+        Costs a forward pass per example (plus the attack for ``adv_ce``); off by default, since the
+        moving average of training losses already tracks hardness for free.
+        """
+        model, ctx, n = trainer.model, trainer.ctx, trainer.images.shape[0]
+        model.eval()
+        blocks = block_shard(n, 512, ctx)
+        rounds = math.ceil(n / (512 * ctx.world_size))  # same collectives on every rank
+        for i in range(rounds):
+            block, idx = blocks[i] if i < len(blocks) else (-1, torch.zeros(0, dtype=torch.long))
+            idx = idx.to(trainer.device)
+            x, y = trainer.images[idx].float().div_(255), trainer.labels[idx]
+            with trainer.autocast():
+                x_adv = x
+                if self.cfg.score != "clean_ce" and idx.numel():
+                    a = self.attack
+                    gen = generator(self.seed, "rescore", epoch, block, device=trainer.device)
+                    x_adv = pgd_attack(model, x, y, a.eps, a.step_size, a.steps,
+                                       generator=gen).x_adv
+                with torch.no_grad():
+                    logits_adv = model(x_adv)
+            scores = example_scores(self.cfg.score, logits_adv, logits_adv, y)
+            gathered = all_gather_cat(idx, ctx)
+            self.tracker.scores[gathered] = all_gather_cat(scores, ctx)
+            self.tracker.seen[gathered] = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.tracker.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tracker.load_state_dict(state)

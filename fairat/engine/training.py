@@ -11,15 +11,18 @@ Design:
   the global batch on every rank, and each rank trains its slice, so N ranks see the same examples
   as one process. BatchNorm statistics cover the global batch (SyncBatchNorm on GPU, our
   GlobalBatchNorm2d on CPU), so N ranks train the model one process would, up to float rounding.
-  Hard-example scores are all-gathered, metrics all-reduced, and only rank 0 writes. Nothing in a
-  checkpoint depends on the world size, so a run saved by N ranks resumes on M.
+  Hard-example scores are all-gathered, metrics all-reduced, and only rank 0 writes checkpoints.
+  Nothing in a checkpoint depends on the world size, so a run saved by N ranks resumes on M.
+- No method names here: the method's registry entry (:mod:`fairat.engine.methods`) gives the
+  base objective, the class policy, the batch hook and the weight average.
+- Returns, never writes outputs: :func:`train` returns the summary with the model payload in it;
+  the train step (``fairat.steps.train``) writes model.pt, the JSON summary and the CSV history.
+  Checkpoints (``last.pt``, ``best.pt``) are the engine's own, for resuming.
 """
 
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import math
 import sys
 import time
@@ -29,34 +32,33 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from fairat.engine.attacks import pgd_attack
-from fairat.engine.augment import augment_hard, random_crop_flip
-from fairat.engine.checkpoint import (load_checkpoint, model_file_payload, resume_mismatches,
-                               save_checkpoint)
 from fairat.config import ModelConfig, TrainConfig, to_dict
+from fairat.engine.attacks import pgd_attack
+from fairat.engine.augment import random_crop_flip
+from fairat.engine.checkpoint import (data_fingerprint, load_checkpoint, model_file_payload,
+                                      resume_mismatches, save_checkpoint)
+from fairat.engine.class_weights import EpochStats
 from fairat.engine.data import PreparedData, channel_stats
 from fairat.engine.device import resolve_device
-from fairat.engine.distributed import (DistContext, all_gather_cat, all_reduce_sum, barrier,
-                                       block_shard, global_batchnorm, rank_slice)
-from fairat.engine.metrics import flatten
-from fairat.engine.hard_examples import HardExampleTracker, example_scores
-from fairat.io import write_json_atomic, write_text_atomic
-from fairat.engine.class_weights import EpochStats, make_policy
-from fairat.engine.weight_average import FairWeightAverage
-from fairat.engine.methods import (Batch, ClassTerms, objective_name, start_noise, step_for,
-                                   validation_cost)
+from fairat.engine.distributed import (DistContext, all_reduce_sum, barrier, block_shard,
+                                       global_batchnorm, rank_slice)
+from fairat.engine.methods import method
 from fairat.engine.models import ModelSpec, build_model
+from fairat.engine.objectives import (OBJECTIVES, Batch, BatchHook, ClassTerms, start_noise,
+                                      validation_cost)
+from fairat.engine.schedule import (epoch_generators, epoch_plan, lr_at,  # noqa: F401 (also
+                                    training_record)  # imported from here by tests, benchmarks)
 from fairat.engine.seeds import generator
-from fairat.errors import TrainingDiverged
+from fairat.errors import DataError, TrainingDiverged
 from fairat.provenance import machine
 
 
 @dataclass(frozen=True)
 class TrainPaths:
-    """Where a run writes: the chosen model, its checkpoints folder, a JSON summary, a CSV history."""
+    """Where a run's files go: the chosen model, the checkpoints folder (the engine's own), a JSON
+    summary and a CSV history (written by the train step from the returned summary)."""
 
     model: Path
     checkpoints: Path
@@ -75,43 +77,7 @@ class TrainSummary:
     examples_per_second: float
     history: list[dict[str, Any]] = field(default_factory=list)
     training: dict[str, Any] = field(default_factory=dict)  # all sessions: training_record()
-
-
-def lr_at(cfg: TrainConfig, progress: float) -> float:
-    """Learning rate at ``progress`` = epochs done (fractional) / total epochs, in [0, 1]."""
-    if cfg.schedule == "cosine":
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    if cfg.schedule == "piecewise":
-        return cfg.lr * cfg.gamma ** sum(progress >= m for m in cfg.milestones)
-    return cfg.lr
-
-
-def epoch_generators(seed: int, epoch: int, device: torch.device) -> tuple[torch.Generator, ...]:
-    """(CPU generator for the plan, device generator for augmentation and attack starts)."""
-    return generator(seed, "epoch", epoch, "plan"), generator(seed, "epoch", epoch, "device",
-                                                              device=device)
-
-
-def epoch_plan(n_train: int, hard: torch.Tensor, copies: int, batch_size: int, world_size: int,
-               gen: torch.Generator, max_batches: int | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Global batches for one epoch: every training index once plus ``copies`` of each hard one.
-
-    Returns a list of (indices, is_copy) per global batch. A final batch smaller than
-    ``batch_size // 16`` is merged into the previous one (a sliver of a batch makes a noisy step),
-    and so is one too small to give every rank an example. The plan therefore does not depend on
-    the world size as long as ``world_size <= batch_size // 16`` (8 ranks at batch 128), which is
-    what lets a checkpoint resume exactly on a different number of ranks.
-    """
-    entries = torch.cat([torch.arange(n_train), hard.repeat(copies)])
-    is_copy = torch.cat([torch.zeros(n_train, dtype=torch.bool),
-                         torch.ones(hard.numel() * copies, dtype=torch.bool)])
-    order = torch.randperm(entries.numel(), generator=gen)
-    entries, is_copy = entries[order], is_copy[order]
-    batches = list(zip(entries.split(batch_size), is_copy.split(batch_size)))
-    if len(batches) > 1 and batches[-1][0].numel() < max(batch_size // 16, world_size):
-        (a, ca), (b, cb) = batches[-2], batches[-1]
-        batches[-2:] = [(torch.cat([a, b]), torch.cat([ca, cb]))]
-    return batches[:max_batches] if max_batches else batches
+    model: dict[str, Any] | None = field(default=None, repr=False)  # model.pt's payload (rank 0)
 
 
 class Trainer:
@@ -155,16 +121,19 @@ class Trainer:
                                          weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
         self.images = train.images.to(self.device)
         self.labels = train.labels.to(self.device)
-        self.tracker = HardExampleTracker(self.labels, train.num_classes, cfg.fairat)
+        self.data_sha256 = data_fingerprint(data)  # a resumed run must continue on the same data
+        spec = method(cfg.method)  # the registry entry: everything method-specific comes from it
+        self.objective = spec.objective_of(cfg)  # "pgd_at" | "trades"
+        self.step_fn = OBJECTIVES[self.objective]
+        # FairAT: hard examples and their augmented copies; the others: nothing per batch
+        self.hook: BatchHook = spec.batch_hook(cfg, self.labels, train.num_classes) or BatchHook()
         # WAT, FRL, CFA, DAFA: per-class radii and loss weights from class statistics
-        self.policy = make_policy(cfg, train.num_classes, train.class_names)
+        self.policy = spec.policy(cfg, train.num_classes, list(train.class_names))
         self.class_terms = self._device_terms()  # (C,) on the device, refreshed per update
         self.similarity = self.policy is not None and self.policy.needs_similarity
-        self.fawa = (FairWeightAverage(cfg.cfa.fawa_decay, cfg.cfa.fawa_threshold)
-                     if cfg.method == "cfa" and cfg.cfa.fawa else None)
+        self.fawa = spec.weight_average(cfg)  # CFA: the shipped model is a weight average
         self.shadow = copy.deepcopy(self.model) if self.fawa is not None else None
         self.epoch_stats: EpochStats | None = None  # per-class statistics of the last epoch
-        self.step_fn = step_for(cfg)
         self.epoch = 0  # epochs completed
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"epoch": 0, "value": -math.inf}
@@ -179,7 +148,8 @@ class Trainer:
 
     def state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "tracker": self.tracker.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "tracker": self.hook.state_dict(),
+                "data_sha256": self.data_sha256,
                 "weighting": None if self.policy is None else self.policy.state_dict(),
                 "fawa": None if self.fawa is None else self.fawa.state_dict(),
                 "history": self.history, "best": self.best, "config": self.config_dict(),
@@ -191,13 +161,21 @@ class Trainer:
         if not path.exists():
             return False
         state = load_checkpoint(path, self.device)
+        saved = state.get("data_sha256")
+        if saved != self.data_sha256:
+            raise DataError(
+                f"cannot resume from {path}: " + (
+                    f"it was trained on other data (data sha256 {str(saved)[:12]}..., the "
+                    f"prepared data now {self.data_sha256[:12]}...)" if saved else
+                    "it does not record the data it was trained on (written before fairat "
+                    "recorded it)") + "; restore that data or start without --resume")
         diff = resume_mismatches(state["config"], self.config_dict())
         if diff:
             raise ValueError(f"cannot resume from {path}: the config differs in {diff}; "
                              "use the original params or start without --resume")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.tracker.load_state_dict(state["tracker"])
+        self.hook.load_state_dict(state["tracker"])
         if self.policy is not None:
             self.policy.load_state_dict(state["weighting"])
             self.class_terms = self._device_terms()
@@ -245,13 +223,9 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         cfg, ctx = self.cfg, self.ctx
-        fair = cfg.method == "fairat" and epoch >= cfg.fairat.warmup_epochs
-        every = cfg.fairat.rescore_every
-        if fair and every and (epoch - cfg.fairat.warmup_epochs) % every == 0:
-            self.rescore(epoch)
-        hard = self.tracker.select().cpu() if fair else torch.zeros(0, dtype=torch.long)
+        hard = self.hook.select(self, epoch)  # examples to copy this epoch (FairAT), else none
         plan_gen, dev_gen = epoch_generators(cfg.seed, epoch, self.device)
-        batches = epoch_plan(len(self.data.train), hard, cfg.fairat.copies, cfg.batch_size,
+        batches = epoch_plan(len(self.data.train), hard, self.hook.copies, cfg.batch_size,
                              ctx.world_size, plan_gen, cfg.max_batches)
         k = self.spec.num_classes
         # loss, n, correct, copies; per class: n, correct; DAFA: adversarial softmax sums (k x k)
@@ -277,11 +251,12 @@ class Trainer:
                       if self.similarity else None)
         self.epoch_stats = EpochStats(robust_c, similarity)
         names = self.data.train.class_names
+        hard_c = torch.bincount(self.labels[hard.to(self.device)], minlength=k).tolist()
         return {"epoch": epoch + 1, "lr": lr_at(cfg, epoch / cfg.epochs),
                 "train_loss": loss / max(n, 1), "train_robust_acc": correct / max(n - copies, 1),
                 "train_robust_per_class": dict(zip(names, robust_c.tolist())),
                 "examples": int(n), "hard_count": int(hard.numel()),
-                "hard_per_class": dict(zip(names, self.tracker.histogram(hard.to(self.device)))),
+                "hard_per_class": dict(zip(names, (int(v) for v in hard_c))),
                 "seconds": seconds, "examples_per_second": n / max(seconds, 1e-9)}
 
     def train_batch(self, idx: torch.Tensor, is_copy: torch.Tensor, gen: torch.Generator,
@@ -292,36 +267,24 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         x = random_crop_flip(self.images[idx].float().div_(255), cfg.crop_padding, cfg.flip, gen)
         labels = self.labels[idx]
-        targets: torch.Tensor = labels
-        if cfg.method == "fairat":
-            targets = F.one_hot(labels, self.spec.num_classes).float()
-            rows = is_copy.nonzero().squeeze(1)
-            if rows.numel():
-                xa, ya = augment_hard(x[rows], targets[rows], cfg.fairat.augment, gen,
-                                      cfg.fairat.strength)
-                x, targets = x.index_copy(0, rows, xa), targets.index_copy(0, rows, ya)
-        noise = start_noise(cfg, x.shape, gen, self.device)
+        x, targets = self.hook.augment(x, labels, is_copy, gen)
+        noise = start_noise(self.objective, x.shape, gen, self.device)
         part = rank_slice(idx.numel(), ctx)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         batch = Batch(x[part], targets[part], labels[part], noise[part],
                       self.class_terms.index(labels[part]))
-        need_clean = cfg.method == "fairat" and cfg.fairat.score == "clean_ce"
         # Attacks run on an eval-mode view with BatchNorm folded where the architecture allows it.
         attack_model = self.model.attack_view()
-        with self._autocast():
-            out = self.step_fn(attack_model, self.train_model, batch, cfg, need_clean)
+        with self.autocast():
+            out = self.step_fn(attack_model, self.train_model, batch, cfg, self.hook.need_clean)
         loss = out.per_sample_loss.sum() * (ctx.world_size / idx.numel())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self._stop_if_diverged(loss, where)
         self.optimizer.step()
         original = ~is_copy[part]
-        if cfg.method == "fairat":
-            scores = example_scores(cfg.fairat.score, out.logits_adv, out.logits_clean,
-                                    batch.targets)
-            self.tracker.update(all_gather_cat(idx[part][original], ctx),
-                                all_gather_cat(scores[original], ctx))
+        self.hook.observe(self, idx[part], out, batch.targets, original)
         k = self.spec.num_classes
         hit = (out.logits_adv.argmax(1) == batch.labels)[original]
         y = batch.labels[original]
@@ -354,35 +317,6 @@ class Trainer:
                 f"{batch}/{batches}, learning rate {lr:.6g}; stopped before writing anything "
                 "(the previous model and metrics are untouched). Lower train.lr or check the data.")
 
-    def rescore(self, epoch: int) -> None:
-        """Optional full pass: replace every score by a fresh one from the current model.
-
-        Costs a forward pass per example (plus the attack for ``adv_ce``); off by default, since the
-        moving average of training losses already tracks hardness for free.
-        """
-        cfg = self.cfg
-        self.model.eval()
-        blocks = block_shard(len(self.data.train), 512, self.ctx)
-        # Every rank runs the same number of collectives, even one with a block fewer.
-        rounds = math.ceil(len(self.data.train) / (512 * self.ctx.world_size))
-        for i in range(rounds):
-            block, idx = blocks[i] if i < len(blocks) else (-1, torch.zeros(0, dtype=torch.long))
-            idx = idx.to(self.device)
-            x, y = self.images[idx].float().div_(255), self.labels[idx]
-            with self._autocast():
-                x_adv = x
-                if cfg.fairat.score != "clean_ce" and idx.numel():
-                    a = cfg.attack
-                    gen = generator(cfg.seed, "rescore", epoch, block, device=self.device)
-                    x_adv = pgd_attack(self.model, x, y, a.eps, a.step_size, a.steps,
-                                       generator=gen).x_adv
-                with torch.no_grad():
-                    logits_adv = self.model(x_adv)
-            scores = example_scores(cfg.fairat.score, logits_adv, logits_adv, y)
-            gathered_idx = all_gather_cat(idx, self.ctx)
-            self.tracker.scores[gathered_idx] = all_gather_cat(scores, self.ctx)
-            self.tracker.seen[gathered_idx] = True
-
     # --- validation and model choice --------------------------------------------------------
     def validate(self, model: nn.Module | None = None) -> dict[str, Any]:
         """Per-class clean and PGD accuracy on the validation split (this rank's shard, reduced),
@@ -402,14 +336,14 @@ class Trainer:
             gen = generator(self.cfg.seed, "validate", block, device=self.device)
             x = val.images[idx].to(self.device).float().div_(255)
             y = val.labels[idx].to(self.device)
-            with self._autocast():
+            with self.autocast():
                 with torch.no_grad():
                     logits = model(x)
                 clean = logits.argmax(1) == y
                 res = pgd_attack(model, x, y, a.eps, a.step_size, self.cfg.val_attack_steps,
                                  generator=gen, track_best=True)
                 with torch.no_grad():
-                    cost = validation_cost(objective_name(self.cfg), logits.float(),
+                    cost = validation_cost(self.objective, logits.float(),
                                            model(res.x_adv).float(), y, self.cfg.trades_beta)
             for row, flags in enumerate((torch.ones_like(clean), clean, res.correct)):
                 counts[row] += torch.bincount(y[flags], minlength=k).double()
@@ -456,7 +390,8 @@ class Trainer:
                                   self.data.train.class_names, self.epoch, self.config_dict())
 
     def finish(self, seconds: float, trained: int) -> TrainSummary:
-        """Write model.pt (best or last epoch, as configured), the JSON summary and CSV history."""
+        """The run's summary and, on rank 0, the payload of model.pt (best or last epoch, as
+        configured); the train step writes them."""
         use_best = self.cfg.checkpoint == "best" and self.best["epoch"] > 0
         chosen = self.best["epoch"] if use_best else self.epoch
         by = f"best {self.cfg.select_metric} on the validation split" if use_best else "last epoch"
@@ -477,14 +412,11 @@ class Trainer:
             payload["selected"] = {"epoch": chosen, "by": by}
             # in the model file, so the cost reaches the hash-checked evaluation report
             payload["training"] = summary.training
-            save_checkpoint(payload, self.paths.model)
-            write_json_atomic(self.paths.metrics, summary_json(summary, self.cfg))
-            write_text_atomic(self.paths.history, history_csv(self.history))
-        barrier(self.ctx)
+            summary.model = payload
         return summary
 
     # --- small helpers ----------------------------------------------------------------------
-    def _autocast(self):
+    def autocast(self):
         if not self.amp:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -502,7 +434,7 @@ class Trainer:
         val = (f" val clean {r['val_clean_avg']:.3f} robust {r['val_robust_avg']:.3f} "
                f"worst {r['val_robust_worst']:.3f} ({r['val_robust_worst_class']})"
                if "val_robust_avg" in r else "")
-        hard = f" hard {r['hard_count']}" if self.cfg.method == "fairat" else ""
+        hard = f" hard {r['hard_count']}" if self.hook.copies else ""
         print(f"epoch {r['epoch']}/{self.cfg.epochs} loss {r['train_loss']:.4f} "
               f"adv acc {r['train_robust_acc']:.3f}{val}{hard} "
               f"({r['examples_per_second']:.1f} ex/s)", flush=True)
@@ -512,52 +444,14 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, data: PreparedData, paths: T
           resume: bool = False, ctx: DistContext | None = None,
           device: torch.device | None = None,
           on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainSummary:
-    """Train ``cfg.method`` on ``data``; write checkpoints, model, summary and history to ``paths``.
+    """Train ``cfg.method`` on ``data``, keeping checkpoints in ``paths.checkpoints``.
 
-    With ``resume``, continue from ``paths.checkpoints / 'last.pt'`` when it exists (the config must
-    match). ``on_epoch(record)`` is called on rank 0 after each epoch's checkpoint is written.
-    Returns the run's summary.
+    With ``resume``, continue from ``paths.checkpoints / 'last.pt'`` when it exists (the data and
+    the config must match). ``on_epoch(record)`` is called on rank 0 after each epoch's checkpoint
+    is written. Returns the run's summary; on rank 0 its ``model`` is the payload of model.pt.
+    Writes nothing else: the train step writes the outputs.
     """
     trainer = Trainer(model_cfg, cfg, data, paths, ctx, device, on_epoch)
     if resume and trainer.resume() and trainer.ctx.is_main:
         print(f"resumed after epoch {trainer.epoch} from {paths.checkpoints / 'last.pt'}", flush=True)
     return trainer.run()
-
-
-def training_record(sessions: list[dict[str, Any]]) -> dict[str, Any]:
-    """The cost of a run over all its sessions: total seconds and examples (None when a session's
-    are unknown), how many sessions, and the machine they ran on (None when they differ or one is
-    unknown, since a sum of times from two machines is no one machine's cost)."""
-    def total(key: str) -> float | None:
-        values = [s[key] for s in sessions]
-        return None if not values or None in values else sum(values)
-
-    machines = list(dict.fromkeys(s["machine"] for s in sessions))
-    seconds = total("seconds")
-    return {"seconds": None if seconds is None else round(seconds, 3),
-            "examples_trained": total("examples_trained"), "sessions": len(sessions),
-            "machine": machines[0] if len(machines) == 1 else None,
-            "machines": machines}
-
-
-def summary_json(summary: TrainSummary, cfg: TrainConfig) -> dict[str, Any]:
-    last = summary.history[-1] if summary.history else {}
-    return {"method": cfg.method, "epochs": summary.epochs, "chosen_epoch": summary.chosen_epoch,
-            "chosen_by": summary.chosen_by, "chosen": summary.chosen_metrics,
-            "seconds": round(summary.seconds, 3), "examples_trained": summary.examples_trained,
-            "examples_per_second": round(summary.examples_per_second, 3),
-            "all_sessions": summary.training,
-            "last": {k: v for k, v in last.items()
-                     if k in ("train_loss", "train_robust_acc", "val_clean_avg", "val_robust_avg",
-                              "val_robust_worst", "hard_count")}}
-
-
-def history_csv(history: list[dict[str, Any]]) -> str:
-    """Flat per-epoch table (nested per-class dicts become ``key.class`` columns) for DVC plots."""
-    rows = [flatten(record) for record in history]
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()

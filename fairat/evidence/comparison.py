@@ -16,12 +16,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fairat.engine.methods import method_fields
 from fairat.errors import DataError
 from fairat.evidence.gate import TAG, evidence_problems, provenance_problems, read_report
 
 BASELINE_METHOD = "pgd_at"
-# TrainConfig fields a method sets for itself; every other training field must match the baseline
-METHOD_FIELDS = ("method", "trades_beta", "fairat", "wat", "frl", "cfa", "dafa", "progress")
+# TrainConfig fields a method sets for itself (the registry's, plus the method's name and the
+# display-only progress switch); every other training field must match the baseline
+METHOD_FIELDS = ("method", *method_fields(), "progress")
 
 
 def verified_report(path: str | Path, role: str) -> tuple[dict[str, Any], str]:

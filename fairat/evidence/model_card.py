@@ -13,6 +13,7 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
+from fairat.engine.methods import registry
 from fairat.evidence.report import present_attacks
 
 CARD_SECTIONS = ("Model details", "Intended use", "Out-of-scope use", "Training data",
@@ -112,14 +113,7 @@ def render_card(params: dict[str, Any], report: dict[str, Any] | None, decision:
               + (f", depth {model['depth']}" if model.get("depth") else "") + ")"
               + (f", {n_parameters:,} parameters" if n_parameters else "")
               + "; takes [0, 1] pixels and owns its normalisation.",
-              f"- Training method: `{train['method']}`"
-              + (f" on a `{train['fairat']['base']}` base: hard examples are the top "
-                 f"{train['fairat']['hard_ratio']:.0%} by {train['fairat']['score']}"
-                 f"{' within each class' if train['fairat']['per_class'] else ''}, trained with "
-                 f"{train['fairat']['copies']} augmented cop{'y' if train['fairat']['copies'] == 1 else 'ies'} "
-                 f"({', '.join(train['fairat']['augment'])}) after {train['fairat']['warmup_epochs']} "
-                 "warm-up epochs" if train["method"] == "fairat" else "")
-              + (f", TRADES beta {train['trades_beta']}" if train["method"] == "trades" else "") + ".",
+              f"- Training method: `{train['method']}`: {method_line(train)}.",
               f"- Training attack: L-inf PGD-{train['attack']['steps']}, eps {train['attack']['eps']:.4g} "
               f"({train['attack']['eps'] * 255:.3g}/255), step {train['attack']['step_size']:.4g}; "
               f"{train['epochs']} epochs, batch {train['batch_size']}, lr {train['lr']} "
@@ -257,6 +251,18 @@ def render_card(params: dict[str, Any], report: dict[str, Any] | None, decision:
                      "version": registration.get("version"), "MLflow run": registration.get("run_id")})
     lines += [f"| {k} | `{_cell(v)}` |" for k, v in rows.items() if v is not None]
     return "\n".join(lines) + "\n"
+
+
+def method_line(train: dict[str, Any]) -> str:
+    """What the run trained, in one line: the registry's description of its method (FairAT's
+    names the selection it used and which part is the paper's, which this project's)."""
+    spec = registry().get(train.get("method", ""))
+    if spec is None:
+        return "not a method this fairat knows"
+    try:
+        return spec.describe(train)
+    except (KeyError, TypeError):  # params of another fairat version: say so, do not guess
+        return "described by params this fairat version does not read"
 
 
 def _chosen(train_summary: dict[str, Any] | None, train: dict[str, Any]) -> str:

@@ -1,18 +1,29 @@
-"""Train: adversarial training of ``params.train.method`` on prepared data, rank-aware."""
+"""Train: adversarial training of ``params.train.method`` on prepared data, rank-aware.
+
+The engine returns the model payload and the summary; this step writes each output once:
+``model.pt``, the JSON summary (``metrics/train.json``, with the MLflow run id when tracked), its
+numbers alone for ``dvc metrics`` and the per-epoch CSV history.
+"""
 
 from __future__ import annotations
 
-import json
+import csv
+import io
+import signal
+import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from fairat.artifacts import TRAIN_METRICS
-from fairat.config import Params
-from fairat.engine.metrics import numeric_metrics
+from fairat.config import Params, TrainConfig
+from fairat.engine.checkpoint import save_checkpoint
 from fairat.engine.data import load_prepared
 from fairat.engine.distributed import DistContext, barrier
+from fairat.engine.methods import method_warnings
+from fairat.engine.metrics import flatten, numeric_metrics
 from fairat.engine.training import TrainPaths, TrainSummary, train
-from fairat.io import write_json_atomic
+from fairat.io import write_json_atomic, write_text_atomic
 from fairat.steps.shared import device_and_context, run_params
 
 
@@ -22,7 +33,8 @@ def train_step(params: Params, data_dir: str | Path, paths: TrainPaths,
     """Train ``params.train.method`` on prepared data; rank-aware under `torchrun`.
 
     ``track`` (default ``params.track.enabled``): rank 0 logs params and per-epoch metrics to an
-    MLflow run and records its id in the metrics JSON as ``mlflow_run_id``.
+    MLflow run and records its id in the metrics JSON as ``mlflow_run_id``; a training that
+    fails, is refused (``--resume`` on other data) or gets SIGTERM ends that run FAILED.
     ``checkpoint_url`` (``s3://bucket/prefix``): rank 0 keeps the checkpoints folder mirrored
     there after every epoch and, with ``resume`` and no local ``last.pt``, fetches it first, so a
     run on a machine whose disk does not survive (a retried pod) continues where it stopped.
@@ -32,30 +44,93 @@ def train_step(params: Params, data_dir: str | Path, paths: TrainPaths,
     device, ctx = device_and_context(params.train.device)
     if track is None:
         track = params.track.enabled
+    if ctx.is_main:
+        for line in method_warnings(params.train):
+            print(f"WARNING: {line}", file=sys.stderr, flush=True)
     sync = _restore_and_sync(mirror, resume, ctx)
-    if not (track and ctx.is_main):  # only rank 0 talks to MLflow
-        summary = train(params.model, params.train, data, paths, resume=resume, ctx=ctx,
-                        device=device, on_epoch=sync)
-    else:
-        from fairat.edge.registry import training_run
-
-        name = f"{params.train.method}-seed{params.train.seed}"
-        with training_run(run_params(params, device), params.track.experiment,
-                          name) as (run_id, on_epoch):
+    with _sigterm_ends_the_step():
+        if not (track and ctx.is_main):  # only rank 0 talks to MLflow
             summary = train(params.model, params.train, data, paths, resume=resume, ctx=ctx,
-                            device=device, on_epoch=_both(on_epoch, sync))
-        record = json.loads(Path(paths.metrics).read_text())
-        record["mlflow_run_id"] = run_id  # evaluate and register attach to this run
-        write_json_atomic(paths.metrics, record)
-    if ctx.is_main:  # the aggregate numbers alone (no run id, no per-class validation detail):
-        record = json.loads(Path(paths.metrics).read_text())  # what `dvc metrics` compares
-        numbers = {k: v for k, v in numeric_metrics(record).items() if "per_class" not in k}
-        write_json_atomic(Path(paths.metrics).with_name(TRAIN_METRICS), numbers)
+                            device=device, on_epoch=sync)
+            write_outputs(summary, params.train, paths, ctx)
+        else:
+            from fairat.edge.registry import training_run
+
+            name = f"{params.train.method}-seed{params.train.seed}"
+            with training_run(run_params(params, device), params.track.experiment,
+                              name) as (run_id, hook):
+                summary = train(params.model, params.train, data, paths, resume=resume, ctx=ctx,
+                                device=device, on_epoch=_both(hook, sync))
+                # evaluate and register attach to this run
+                write_outputs(summary, params.train, paths, ctx, {"mlflow_run_id": run_id})
     if ctx.is_main:
         print(f"trained {params.train.method}: {summary.epochs} epochs, model from epoch "
               f"{summary.chosen_epoch} ({summary.chosen_by}), "
               f"{summary.examples_per_second:.1f} examples/s -> {paths.model}", flush=True)
     return summary
+
+
+def write_outputs(summary: TrainSummary, cfg: TrainConfig, paths: TrainPaths,
+                  ctx: DistContext | None = None, extra: dict[str, Any] | None = None) -> None:
+    """Rank 0 writes model.pt, the JSON summary (plus ``extra``), its numbers for ``dvc metrics``
+    and the CSV history, each once and atomically; every rank waits until they are there."""
+    ctx = ctx or DistContext()
+    if ctx.is_main:
+        if summary.model is None:
+            raise ValueError("the training returned no model payload to write")
+        save_checkpoint(summary.model, paths.model)
+        record = {**summary_json(summary, cfg), **(extra or {})}
+        write_json_atomic(paths.metrics, record)
+        # the aggregate numbers alone (no run id, no per-class validation detail): what
+        # `dvc metrics` compares
+        numbers = {k: v for k, v in numeric_metrics(record).items() if "per_class" not in k}
+        write_json_atomic(Path(paths.metrics).with_name(TRAIN_METRICS), numbers)
+        write_text_atomic(paths.history, history_csv(summary.history))
+    barrier(ctx)
+
+
+def summary_json(summary: TrainSummary, cfg: TrainConfig) -> dict[str, Any]:
+    """The run's record in ``metrics/train.json``."""
+    last = summary.history[-1] if summary.history else {}
+    return {"method": cfg.method, "epochs": summary.epochs, "chosen_epoch": summary.chosen_epoch,
+            "chosen_by": summary.chosen_by, "chosen": summary.chosen_metrics,
+            "seconds": round(summary.seconds, 3), "examples_trained": summary.examples_trained,
+            "examples_per_second": round(summary.examples_per_second, 3),
+            "all_sessions": summary.training,
+            "last": {k: v for k, v in last.items()
+                     if k in ("train_loss", "train_robust_acc", "val_clean_avg", "val_robust_avg",
+                              "val_robust_worst", "hard_count")}}
+
+
+def history_csv(history: list[dict[str, Any]]) -> str:
+    """Flat per-epoch table (nested per-class dicts become ``key.class`` columns) for DVC plots."""
+    rows = [flatten(record) for record in history]
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+@contextmanager
+def _sigterm_ends_the_step() -> Iterator[None]:
+    """SIGTERM (a pod evicted, `kill`, torchrun stopping its workers) raises SystemExit(143)
+    inside the step, so its cleanup runs: the MLflow run ends FAILED instead of staying RUNNING
+    forever. Only the main thread can install a handler; elsewhere nothing changes."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_exit)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:  # None: a handler not set from Python; the default is what stood before
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _raise_exit(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 Hook = Callable[[dict[str, Any]], None]

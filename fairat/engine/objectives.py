@@ -1,9 +1,10 @@
-"""Adversarial-training objectives that plug into the one training loop: PGD-AT and TRADES.
+"""Adversarial-training objectives that plug into the one training loop: PGD-AT and TRADES, and
+the two ways a method changes them: per-class terms and a batch hook.
 
-FairAT is not a separate objective: it trains its base objective (``fairat.base``) on a batch that
-also holds augmented copies of hard examples (see :mod:`fairat.engine.hard_examples`). The
-class-wise fair-AT methods (WAT, FRL, CFA, DAFA) are not separate objectives either: they hand the
-base objective per-example radii and loss weights (:class:`ClassTerms`, from
+A training method (:mod:`fairat.engine.methods`) names its base objective. FairAT is not a
+separate objective: its :class:`BatchHook` adds augmented copies of hard examples to the batch
+(:mod:`fairat.engine.hard_examples`). The class-wise fair-AT methods (WAT, FRL, CFA, DAFA) hand
+the base objective per-example radii and loss weights (:class:`ClassTerms`, from a policy of
 :mod:`fairat.engine.class_weights`).
 
 Each step function crafts the attack with the model in eval mode (attack steps must not move
@@ -14,14 +15,14 @@ DDP wrapper when data-parallel) and returns per-sample losses; the loop reduces 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairat.engine.attacks import pgd_attack, trades_attack
 from fairat.config import TrainConfig
+from fairat.engine.attacks import pgd_attack, trades_attack
 
 
 @dataclass
@@ -133,14 +134,7 @@ def trades_step(attack_model: nn.Module, train_model: nn.Module, batch: Batch, c
     return StepOutput(loss, logits_adv.detach(), logits_clean.detach())
 
 
-METHODS: dict[str, StepFn] = {"pgd_at": pgd_at_step, "trades": trades_step}
-
-
-def objective_name(cfg: TrainConfig) -> str:
-    """The objective a run trains with: its method, or the base objective of a fair-AT method.
-    FRL is TRADES by construction (it weighs TRADES' natural and boundary terms apart)."""
-    return {"fairat": cfg.fairat.base, "wat": cfg.wat.base, "frl": "trades",
-            "cfa": cfg.cfa.base, "dafa": cfg.dafa.base}.get(cfg.method, cfg.method)
+OBJECTIVES: dict[str, StepFn] = {"pgd_at": pgd_at_step, "trades": trades_step}
 
 
 def validation_cost(objective: str, logits_clean: torch.Tensor, logits_adv: torch.Tensor,
@@ -154,13 +148,41 @@ def validation_cost(objective: str, logits_clean: torch.Tensor, logits_adv: torc
     return F.cross_entropy(logits_adv, labels, reduction="none")
 
 
-def step_for(cfg: TrainConfig) -> StepFn:
-    return METHODS[objective_name(cfg)]
-
-
-def start_noise(cfg: TrainConfig, shape: torch.Size, gen: torch.Generator,
+def start_noise(objective: str, shape: torch.Size, gen: torch.Generator,
                 device: torch.device) -> torch.Tensor:
     """The attack's random start for a whole (global) batch: uniform for PGD, normal for TRADES."""
-    if objective_name(cfg) == "trades":
+    if objective == "trades":
         return torch.randn(shape, generator=gen, device=device)
     return torch.rand(shape, generator=gen, device=device)
+
+
+class BatchHook:
+    """What a method may do to every batch beyond per-class terms; the base does nothing.
+
+    FairAT's hook (:class:`fairat.engine.hard_examples.HardExampleHook`) selects hard examples per
+    epoch, augments their copies in the batch and scores every example from the step's logits.
+    Under data parallelism every rank calls the hook alike (it may all-gather).
+    """
+
+    copies = 0  # extra copies of each selected example in the epoch plan
+    need_clean = False  # the step must also return clean logits (for observe)
+
+    def select(self, trainer: Any, epoch: int) -> torch.Tensor:
+        """(M,) int64 CPU indices of the training examples to copy this epoch."""
+        return torch.zeros(0, dtype=torch.long)
+
+    def augment(self, x: torch.Tensor, labels: torch.Tensor, is_copy: torch.Tensor,
+                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) of the global batch; targets may be (N, K) probabilities."""
+        return x, labels
+
+    def observe(self, trainer: Any, idx: torch.Tensor, out: StepOutput, targets: torch.Tensor,
+                original: torch.Tensor) -> None:
+        """After the step: this rank's shard ``idx`` and its output; ``original`` marks the
+        examples that are not copies."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
