@@ -82,6 +82,22 @@ STAGES: tuple[Stage, ...] = (
 BY_NAME = {stage.name: stage for stage in STAGES}
 
 
+def input_paths(st: Stage) -> set[str]:
+    """Local paths of every file the stage reads (the baseline's report and summary included)."""
+    paths = {st.path(k) for k in st.inputs}
+    if st.needs_baseline:
+        paths |= {BASELINE["report"], BASELINE["metrics"]}
+    return paths
+
+
+def upstream(st: Stage) -> tuple[str, ...]:
+    """The stages whose outputs ``st`` reads, in table order: the edges of the pipeline's graph
+    (what `dvc.yaml` implies through deps and outs, and what a Kubeflow task must wait for)."""
+    wanted = input_paths(st)
+    return tuple(other.name for other in STAGES if other is not st
+                 and wanted & {other.path(k) for k in other.outputs})
+
+
 def stage(name: str) -> Stage:
     """The stage called ``name``; a clear error naming the known ones otherwise."""
     try:

@@ -147,6 +147,19 @@ def test_dvc_yaml_is_the_stage_table():
             assert {artifacts.BASELINE["report"], artifacts.BASELINE["metrics"]} <= deps
 
 
+def test_the_stage_graph_is_dvc_yamls():
+    """Each stage waits for exactly the stages dvc.yaml makes it wait for (their outs among its
+    deps), and every stage comes after the stages it waits for in the table's order."""
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    outs = {name: _paths(s.get("outs")) | _paths(s.get("metrics")) for name, s in dvc.items()}
+    order = [s.name for s in stages.STAGES]
+    for st in stages.STAGES:
+        deps = _paths(dvc[st.name].get("deps"))
+        implied = tuple(n for n in order if n != st.name and deps & outs[n])
+        assert stages.upstream(st) == implied, st.name
+        assert all(order.index(u) < order.index(st.name) for u in implied), st.name
+
+
 def test_every_stage_step_exists():
     import importlib
 
