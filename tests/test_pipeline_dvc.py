@@ -193,13 +193,14 @@ def test_dvc_repro_from_scratch_registers_caches_and_gates(repo, capsys):
 
 def _failing_gate_blocks_candidate_and_approval(repo: Path, capsys) -> None:
     """On the same repo (one full `dvc repro` fewer for the suite): a gate the model fails
-    re-runs only gate and register, registers a blocked version that `fairat approve` refuses;
-    lowering the threshold again makes a version that may be approved."""
+    re-runs only gate, register and compare's chart, registers a blocked version that `fairat
+    approve` refuses; lowering the threshold again makes a version that may be approved."""
     capsys.readouterr()
     _set_params(repo, {"gate": {"min_worst_class": 1.0}})
     result = _dvc(repo, "repro")
     assert result.returncode == 0, result.stdout + result.stderr  # recorded, not crashed
-    assert _ran(result) == {"gate", "register"}, result.stdout
+    # compare too: its chart draws the gate's threshold (a second; no training, no attack)
+    assert _ran(result) == {"compare", "gate", "register"}, result.stdout
     gate = json.loads((repo / "metrics/gate.json").read_text())
     assert not gate["passed"] and "below min_worst_class" in gate["reasons"][0]
     blocked = json.loads((repo / "metrics/registered.json").read_text())["version"]
@@ -212,7 +213,8 @@ def _failing_gate_blocks_candidate_and_approval(repo: Path, capsys) -> None:
     # a passing gate again (a setting not run before) re-runs only gate and register
     _set_params(repo, {"gate": {"min_worst_class": 0.0, "max_gap": 1.0}})
     rerun = _dvc(repo, "repro")
-    assert _ran(rerun) == {"gate", "register"}, rerun.stdout
+    # (compare's chart line follows min_worst_class back: re-run, or restored from DVC's run cache)
+    assert {"gate", "register"} <= _ran(rerun) <= {"compare", "gate", "register"}, rerun.stdout
     passed = json.loads((repo / "metrics/registered.json").read_text())["version"]
     assert passed == blocked + 1
     assert main(["approve", "fairat-digits", str(passed), "--by", "alice", "--note", "ok",
