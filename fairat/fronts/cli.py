@@ -193,9 +193,9 @@ def _add_registry_commands(sub: Any) -> None:
     _add_baseline_inputs(p, required=True)
     p.add_argument("--comparison", default=LOCAL["comparison"], type=Path,
                    help="the numbers, a DVC metric (default: %(default)s)")
-    p.add_argument("--chart", default=LOCAL["chart"], type=Path,
-                   help="per-class chart: this model's bars beside the baseline's, with the "
-                        "gate's threshold (default: %(default)s)")
+    p.add_argument("--chart", default=None, type=Path,
+                   help="also draw the per-class chart: this model's bars beside the baseline's, "
+                        f"with the gate's threshold (dvc.yaml and `fairat run`: {LOCAL['chart']})")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
