@@ -5,8 +5,8 @@ cell's last checkpoint), evaluate class by class, and write ``<results>/<tag>.js
 aggregates whatever cells exist into a table and charts. Cells evaluated on the validation split
 (``--split val``) are for choosing FairAT's knobs; only ``--split test`` cells enter the final table.
 
-    python benchmarks/robust_fairness.py cell --params studies/cifar10-cpu.yaml --method fairat --seed 0
-    python benchmarks/robust_fairness.py reevaluate --params studies/cifar10-cpu.yaml --method pgd_at --seed 0
+    python benchmarks/robust_fairness.py cell --params params.yaml --params studies/cifar10-cpu.yaml --method fairat --seed 0
+    python benchmarks/robust_fairness.py reevaluate --params params.yaml --params studies/cifar10-cpu.yaml --method pgd_at --seed 0
     python benchmarks/robust_fairness.py aggregate --results results/cpu --figures docs/figures
 """
 
@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fairat.config import Params, load_params, to_dict, with_overrides
+from fairat.config import Params, to_dict, with_overrides
 from fairat.io import write_json_atomic
+from fairat.overlays import load_params_files
 
 METHODS = ("pgd_at", "trades", "fairat", "wat", "frl", "cfa", "dafa")
 
@@ -43,24 +44,27 @@ def run_cell(params: Params, method: str, seed: int, work: Path, results: Path,
              variant: str = "") -> dict[str, Any]:
     """Train and evaluate one cell; returns (and writes atomically) its result record."""
     from fairat.engine.data import MANIFEST_NAME
-    from fairat.engine.training import TrainPaths
-    from fairat.steps import evaluate, prepare, train
+    from fairat.fronts.cli import run_stages
 
     params, tag = cell_params(params, method, seed, variant)
     data_dir = work / "data"
+    cell = work / tag
+    files = {"data": data_dir, "model": cell / "model.pt", "checkpoints": cell / "checkpoints",
+             "metrics": cell / "train.json", "history": cell / "history.csv",
+             "report": cell / "eval.json", "plot": cell / "eval.png"}
+    def file(stage: Any, key: str) -> Path | None:  # no Markdown, no DVC summary, no MLflow run
+        return None if (stage.command, key) == ("evaluate", "metrics") else files.get(key)
+
     load_start = _one_minute_load()
     t0 = time.perf_counter()
-    if not (data_dir / MANIFEST_NAME).exists():
-        prepare.prepare_step(params, data_dir)
+    if not (data_dir / MANIFEST_NAME).exists():  # prepared once, shared by the seed's cells
+        run_stages(params, ["prepare"], file)
     _check_prepared(params, data_dir)
     t1 = time.perf_counter()
-    cell = work / tag
-    paths = TrainPaths(cell / "model.pt", cell / "checkpoints", cell / "train.json",
-                       cell / "history.csv")
-    summary = train.train_step(params, data_dir, paths, resume=True, track=False)  # JSON is the record
+    # the pipeline's stages (fairat/stages.py) up to the evaluation; the JSON is the record
+    summary, = run_stages(params, ["train"], file, resume=True, track=False)
     t2 = time.perf_counter()
-    report = evaluate.evaluate_step(params, data_dir, paths.model, cell / "eval.json",
-                                    cell / "eval.png")
+    report, = run_stages(params, ["evaluate"], file)
     t3 = time.perf_counter()
     record = {
         "tag": tag, "method": method, "seed": seed, "variant": variant,
@@ -384,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
                        ("reevaluate", "evaluate a finished cell again under changed evaluate "
                         "params (training untouched)")):
         c = sub.add_parser(name, help=text)
-        c.add_argument("--params", type=Path, required=True)
+        c.add_argument("--params", type=Path, action="append", required=True,
+                       help="params file; repeat to merge overlays in order (fairat.overlays)")
         c.add_argument("--method", choices=METHODS, required=True)
         c.add_argument("--seed", type=int, required=True)
         c.add_argument("--variant", default="", help="name for a knob setting tried on validation")
@@ -402,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="folder for the per-class and hard-example charts (e.g. docs/figures)")
     args = parser.parse_args(argv)
     if args.command in ("cell", "reevaluate"):
-        params = load_params(args.params, args.overrides)
+        params = load_params_files(args.params, args.overrides)
         if args.command == "cell":
             record = run_cell(params, args.method, args.seed, args.work, args.results,
                               args.variant)

@@ -24,6 +24,7 @@ GATE_JSON = "gate.json"
 GATE_METRICS = "gate_metrics.json"  # beside gate.json: passed and the judged numbers only
 REGISTERED_JSON = "registered.json"
 COMPARISON_JSON = "comparison.json"  # the lift over the baseline trained beside the model (compare)
+COMPARISON_PNG = "comparison_classwise.png"  # the model's and the baseline's classes, gate line
 
 # The local layout: `fairat ...` defaults and the paths dvc.yaml wires (relative to the repo root).
 LOCAL: dict[str, str] = {
@@ -40,6 +41,7 @@ LOCAL: dict[str, str] = {
     "gate": f"metrics/{GATE_JSON}",
     "registered": f"metrics/{REGISTERED_JSON}",
     "comparison": f"metrics/{COMPARISON_JSON}",
+    "chart": f"plots/{COMPARISON_PNG}",
 }
 
 # The PGD-AT baseline the local run trains beside the model (same data, seed, budget): its own

@@ -19,7 +19,7 @@ cell() {  # method seed variant [knobs...]
   echo "== val/$tag $(date -u +%FT%TZ)"
   local knobs=(-S "data.seed=$seed" -S "evaluate.split=val" -S "gate.split=val")
   for o in "$@"; do knobs+=(-S "$o"); done
-  "$PY" benchmarks/robust_fairness.py cell --params studies/digits.yaml --method "$method" \
+  "$PY" benchmarks/robust_fairness.py cell --params params.yaml --params studies/digits.yaml --method "$method" \
     --seed "$seed" ${variant:+--variant "$variant"} --work "runs/digits-val/seed$seed" \
     --results results/digits "${knobs[@]}"
   commit_result "results/digits/val/$tag.json" "Digits knob search (validation split): $tag cell"

@@ -24,7 +24,7 @@ cell() {  # method seed variant [knobs...]
   echo "== $tag $(date -u +%FT%TZ)"
   local knobs=(-S "data.seed=$seed")
   for o in "$@"; do knobs+=(-S "$o"); done
-  "$PY" benchmarks/robust_fairness.py cell --params studies/digits.yaml --method "$method" \
+  "$PY" benchmarks/robust_fairness.py cell --params params.yaml --params studies/digits.yaml --method "$method" \
     --seed "$seed" ${variant:+--variant "$variant"} --work "runs/${RESULTS#results/}/seed$seed" \
     --results "$RESULTS" "${knobs[@]}"
   commit_result "$RESULTS/$tag.json" "Digits study (test split): $tag cell ($RESULTS)"

@@ -14,7 +14,8 @@ cell() {  # method variant overrides...
   [[ -f results/cpu-knobs/val/$tag.json ]] && { echo "skip $tag"; return; }
   local args=()
   for o in "$@"; do args+=(-S "$o"); done
-  "$PY" benchmarks/robust_fairness.py cell --params studies/cifar10-cpu-knobs.yaml --method "$method" \
+  "$PY" benchmarks/robust_fairness.py cell --params params.yaml --params studies/cifar10-cpu.yaml \
+    --params studies/cifar10-cpu-knobs.yaml --method "$method" \
     --seed "$SEED" ${variant:+--variant "$variant"} --work runs/knobs --results results/cpu-knobs "${args[@]}"
   commit_result "results/cpu-knobs/val/$tag.json" "Knob search (validation split): $tag"
 }

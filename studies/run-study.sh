@@ -20,7 +20,7 @@ cell() {  # method seed [variant knobs...]
   [[ "$ONLY" == "  " || "$ONLY" == *" $tag "* ]] || return 0
   [[ -f results/cpu/$tag.json ]] && { echo "skip $tag"; return; }
   echo "== $tag $(date -u +%FT%TZ)"
-  "$PY" benchmarks/robust_fairness.py cell --params studies/cifar10-cpu.yaml --method "$method" \
+  "$PY" benchmarks/robust_fairness.py cell --params params.yaml --params studies/cifar10-cpu.yaml --method "$method" \
     --seed "$seed" ${variant:+--variant "$variant"} "$@"
   commit_result "results/cpu/$tag.json" "Study (CPU scale, test split): $tag cell"
 }
@@ -32,7 +32,7 @@ standard_aa() {  # method seed variant: standard AutoAttack on a cell's model, a
   [[ -f runs/study-cpu/$tag/model.pt ]] || {  # runs/ is not committed: models stay on their machine
     echo "skip aa:$tag: its model is not on this machine (re-run the cell to rebuild it)"; return 0; }
   echo "== standard AutoAttack $tag $(date -u +%FT%TZ)"
-  "$PY" benchmarks/robust_fairness.py reevaluate --params studies/cifar10-cpu.yaml --method "$method" \
+  "$PY" benchmarks/robust_fairness.py reevaluate --params params.yaml --params studies/cifar10-cpu.yaml --method "$method" \
     --seed "$seed" ${variant:+--variant "$variant"} --into "$out" -S evaluate.autoattack=standard \
     -S evaluate.examples_per_class="$AA_PER_CLASS" -S evaluate.autoattack_per_class="$AA_PER_CLASS"
   commit_result "$out/$tag.json" "Study: standard AutoAttack on $tag"

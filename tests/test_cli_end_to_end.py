@@ -101,6 +101,7 @@ def test_run_with_baseline_trains_pgd_at_beside_the_model_and_cards_the_lift(tmp
     lift = (mine["attacks"]["clean"]["summary"]["worst"]
             - baseline["attacks"]["clean"]["summary"]["worst"])
     assert comparison["worst_lift"] == pytest.approx(lift)
+    assert (tmp_path / "plots/comparison_classwise.png").stat().st_size > 0  # the approver's chart
     card = (tmp_path / "reports/model_card.md").read_text()
     assert "baseline was trained beside this model" in card
     assert f"worst class {100 * lift:+.1f} points" in card

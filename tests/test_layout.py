@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fairat import artifacts
+from fairat import artifacts, stages
 from fairat.config import Params, load_params, to_dict
+from fairat.evidence.comparison import BASELINE_METHOD
 from fairat.fronts import dvc_deps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +98,25 @@ def test_the_method_registry_is_torch_free():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+# docs/architecture.md, "The layers, in order": a layer imports only layers of a lower rank
+LAYERS = {"fairat": 1, "fairat.engine": 2, "fairat.evidence": 3, "fairat.edge": 4,
+          "fairat.steps": 5, "fairat.fronts": 6, "fairat.cluster": 6, "components": 7,
+          "pipelines": 8}
+
+
+def test_layers_import_only_layers_below_them():
+    graph = _graph()
+    assert set(graph) | {d for targets in graph.values() for d in targets} <= set(LAYERS), \
+        "a new layer: give it its rank here and in docs/architecture.md"
+    wrong = sorted(f"{src} -> {dst}" for src, targets in graph.items() for dst in targets
+                   if LAYERS[dst] >= LAYERS[src])
+    assert not wrong, f"imports against the layer order of docs/architecture.md: {wrong}"
+    text = (ROOT / "docs/architecture.md").read_text()
+    for layer, rank in LAYERS.items():  # the doc's table names every layer at its rank
+        path = layer.replace(".", "/") + "/" if layer != "fairat" else "foundation"
+        assert f"| {rank} |" in text and path in text, layer
+
+
 def test_the_package_never_imports_its_orchestration_wiring():
     graph = _graph()
     for layer, targets in graph.items():
@@ -117,6 +137,71 @@ def test_dvc_yaml_uses_the_artifact_table():
         assert f"--{key} {path}" in text or f"--out {path}" in text, (key, path)
     register_outs = {k for out in stages["register"]["outs"] for k in out}
     assert {artifacts.LOCAL["registered"], artifacts.LOCAL["card"]} <= register_outs
+
+
+def _paths(entries: list) -> set[str]:
+    """``deps``/``outs`` entries of a dvc.yaml stage: plain paths or ``{path: options}``."""
+    return {e if isinstance(e, str) else next(iter(e)) for e in entries or []}
+
+
+def test_dvc_yaml_is_the_stage_table():
+    """dvc.yaml has the table's stages in its order; each runs its step's command with exactly
+    the table's files as flags, depends on its inputs and declares its outputs."""
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert list(dvc) == [s.name for s in stages.STAGES]
+    for st in stages.STAGES:
+        words = " ".join(dvc[st.name]["cmd"].split()).split(" ")
+        assert words[:2] == ["fairat", st.command], st.name
+        flags = {w: words[i + 1] for i, w in enumerate(words) if w.startswith("--")}
+        assert flags == st.flags(), st.name
+        assert ("train.method=" + BASELINE_METHOD in words) == (st.baseline and
+                                                                st.command == "train"), st.name
+        deps = _paths(dvc[st.name].get("deps"))
+        outs = _paths(dvc[st.name].get("outs")) | _paths(dvc[st.name].get("metrics"))
+        assert {st.path(k) for k in st.inputs} <= deps, st.name
+        assert {st.path(k) for k in st.outputs} <= outs, st.name
+        if st.needs_baseline:
+            assert {artifacts.BASELINE["report"], artifacts.BASELINE["metrics"]} <= deps
+
+
+def test_the_stage_graph_is_dvc_yamls():
+    """Each stage waits for exactly the stages dvc.yaml makes it wait for (their outs among its
+    deps), and every stage comes after the stages it waits for in the table's order."""
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    outs = {name: _paths(s.get("outs")) | _paths(s.get("metrics")) for name, s in dvc.items()}
+    order = [s.name for s in stages.STAGES]
+    for st in stages.STAGES:
+        deps = _paths(dvc[st.name].get("deps"))
+        implied = tuple(n for n in order if n != st.name and deps & outs[n])
+        assert stages.upstream(st) == implied, st.name
+        assert all(order.index(u) < order.index(st.name) for u in implied), st.name
+
+
+def test_every_stage_step_exists():
+    import importlib
+
+    for st in stages.STAGES:
+        module, _, function = st.step.partition(":")
+        assert callable(getattr(importlib.import_module(module), function)), st.step
+
+
+OTHER_FRONTS = ("fairat/fronts/guard_cli.py", "fairat/fronts/storage_cli.py", "pipelines/cli.py")
+
+
+def test_a_stage_runs_no_other_front():
+    """The S3, guard and Kubeflow fronts load only for their own command: editing them (a help
+    text) cannot make DVC re-run training or AutoAttack. Checked in the generated deps and at
+    run time (a stage's command imports none of them)."""
+    for stage in dvc_deps.STAGES:
+        assert not set(OTHER_FRONTS) & set(dvc_deps.stage_code(stage)), stage
+    code = ("import sys; from fairat.fronts.cli import main\n"
+            "for argv in (['train', '--params', 'missing.yaml'], ['evaluate', '--params', 'x']):\n"
+            "    assert main(argv) == 2\n"
+            "loaded = {m for m in sys.modules if m.startswith(('fairat.fronts.', 'pipelines'))}\n"
+            "assert loaded == {'fairat.fronts.cli'}, loaded")
+    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env,
+                   capture_output=True)
 
 
 @pytest.mark.parametrize("stage", dvc_deps.STAGES)
@@ -140,15 +225,14 @@ def test_the_dependency_finder_follows_lazy_imports(tmp_path):
     assert "fairat/helper.py" in files and "fairat/heavy.py" not in files
 
 
-@pytest.mark.slow
-def test_touching_a_module_makes_dvc_report_exactly_its_stages(tmp_path):
-    """DVC itself, on a copy of the code and of dvc.yaml's code deps (commands replaced by `true`):
-    a module changed after `dvc repro` makes `dvc status` report exactly the stages that run it."""
+def _code_only_repo(tmp_path: Path) -> tuple[Path, dict[str, list[str]], object]:
+    """A copy of the code and of dvc.yaml's code deps (commands replaced by `true`), reproduced
+    once; returns it, each stage's code deps and a function running `dvc ARGS` there."""
     copy = tmp_path / "repo"
     for top in PROJECT:
         shutil.copytree(ROOT / top, copy / top, ignore=shutil.ignore_patterns("__pycache__"))
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    code = {name: dvc_deps.declared_code({"stages": stages}, name) for name in stages}
+    dvc_stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    code = {name: dvc_deps.declared_code({"stages": dvc_stages}, name) for name in dvc_stages}
     (copy / "dvc.yaml").write_text(yaml.safe_dump(
         {"stages": {n: {"cmd": "true", "deps": deps} for n, deps in code.items()}}))
     dvc = [sys.executable, "-m", "dvc"]
@@ -157,6 +241,27 @@ def test_touching_a_module_makes_dvc_report_exactly_its_stages(tmp_path):
     run("init", "--no-scm", "-q")
     run("repro", "-q")
     assert "up to date" in run("status").lower()
+    return copy, code, run
+
+
+@pytest.mark.slow
+def test_a_help_text_edit_in_another_front_reruns_no_stage(tmp_path):
+    """DVC itself: after `dvc repro`, editing the help of `fairat storage`, `fairat guard` and
+    `fairat pipeline` leaves every stage, train and evaluate included, up to date."""
+    copy, _, run = _code_only_repo(tmp_path)
+    for rel in OTHER_FRONTS:
+        path = copy / rel
+        text = path.read_text()
+        assert "help=\"" in text, rel
+        path.write_text(text.replace("help=\"", "help=\"(edited) ", 1))
+    assert yaml.safe_load(run("status", "--json")) in ({}, None)
+
+
+@pytest.mark.slow
+def test_touching_a_module_makes_dvc_report_exactly_its_stages(tmp_path):
+    """DVC itself, on a copy of the code and of dvc.yaml's code deps (commands replaced by `true`):
+    a module changed after `dvc repro` makes `dvc status` report exactly the stages that run it."""
+    copy, code, run = _code_only_repo(tmp_path)
     # one module per distinct set of stages (touching every module costs a DVC call each; the
     # equality test above already ties every module to its stages)
     by_stages: dict[frozenset, str] = {}

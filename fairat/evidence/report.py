@@ -52,6 +52,65 @@ def plot_classwise(report: dict[str, Any], png_path: str | Path) -> None:
     plt.close(fig)
 
 
+def plot_comparison(report: dict[str, Any], baseline: dict[str, Any], attack: str,
+                    threshold: float | None, png_path: str | Path) -> None:
+    """The approver's chart: per class, this model's bar beside the baseline's on the gate's
+    ``attack``, and the gate's ``threshold`` (min worst class) as a line. A run the baseline
+    cannot be compared with still gets its own bars, and the title says the baseline's are
+    missing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = report["class_names"]
+    runs = comparison_series(report, baseline, attack)
+    width = 0.8 / max(1, len(runs))
+    fig, ax = plt.subplots(figsize=(min(40.0, 3 + len(names) * 0.6), 4.5))
+    for i, (label, entry) in enumerate(runs):
+        s = entry["summary"]
+        xs = np.arange(len(names)) + (i - (len(runs) - 1) / 2) * width
+        ax.bar(xs, [100 * v for v in entry["values"]], width,
+               label=f"{label}: worst {100 * s['worst']:.1f}% ({s['worst_class']}), "
+                     f"avg {100 * s['average']:.1f}%")
+    if threshold is not None:
+        ax.axhline(100 * threshold, color="crimson", lw=1.2,
+                   label=f"gate: weakest class must reach {100 * threshold:.1f}%")
+    tilt = len(names) > 10 or max(map(len, names)) * len(names) > 60
+    ax.set_xticks(np.arange(len(names)), names, rotation=35 if tilt else 0,
+                  ha="right" if tilt else "center")
+    ax.set_ylabel(f"{attack} robust accuracy (%)")
+    ax.set_ylim(0, 100)
+    missing = "" if len(runs) == 2 else " (no comparable baseline numbers)"
+    ax.set_title(f"Class-wise {attack} accuracy against the baseline, L-inf eps = "
+                 f"{report['eps'] * 255:.3g}/255{missing}")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def comparison_series(report: dict[str, Any], baseline: dict[str, Any], attack: str,
+                      ) -> list[tuple[str, dict[str, Any]]]:
+    """(legend label, {values per class in the model's class order, summary}) for this model and
+    the baseline, each only when its report has ``attack`` for the same classes."""
+    names = report["class_names"]
+    out = []
+    for label, r in ((_method(report, "this model"), report),
+                     (_method(baseline, "baseline") + " (baseline)", baseline)):
+        entry = r.get("attacks", {}).get(attack)
+        if entry is not None and r.get("class_names") == names:
+            out.append((label, {"values": [entry["per_class"][n] for n in names],
+                                "summary": entry["summary"]}))
+    return out
+
+
+def _method(report: dict[str, Any], default: str) -> str:
+    config = (report.get("provenance") or {}).get("train_config") or {}
+    return str((config.get("train") or {}).get("method") or default)
+
+
 def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|")
 

@@ -1,2 +1,3 @@
-"""Fronts: argv in, one step call, exit code out. The `fairat` CLI (also what dvc.yaml runs) and its
-storage subcommand. `fairat pipeline` lives in pipelines/cli.py (see fronts.cli.plugin_commands)."""
+"""Fronts: argv in, one step call, exit code out. The `fairat` CLI (also what dvc.yaml runs); the
+approve/models, storage and guard subcommands in their own modules, imported only when they run
+(fronts.cli.ON_USE); `fairat pipeline` in pipelines/cli.py (an entry-point plugin)."""

@@ -1,23 +1,22 @@
 """`fairat` command line: a thin front over :mod:`fairat.steps` (argv in, step call, exit code out).
 
-Every command reads the same params file (``params.yaml`` by default); ``-S key=value`` overrides
-one value for this invocation (``-S train.method=pgd_at -S train.epochs=3``). Bad values stop the
+Every command reads the same params (``params.yaml`` by default; ``--params`` repeated merges
+overlays in order, :mod:`fairat.overlays`); ``-S key=value`` overrides one value for this invocation (``-S train.method=pgd_at -S train.epochs=3``). Bad values stop the
 command at once with a message naming the key.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from fairat.artifacts import BASELINE, LOCAL
-from fairat.config import ConfigError, Params, load_params
+from fairat.config import ConfigError, Params
 from fairat.errors import DataError, RegistryError, TrainingDiverged
-from fairat.fronts import storage_cli  # light: boto3 loads on use
-from fairat.fronts import guard_cli
+from fairat.overlays import load_params_files
+from fairat.stages import STAGES, Stage
 
 DESCRIPTION = """\
 fairat: fair adversarial training (FairAT) with PGD-AT and TRADES baselines, evaluated class by
@@ -42,23 +41,60 @@ MLFLOW_TRACKING_URI when set, else sqlite:///mlruns/mlflow.db in the current fol
 
 
 PLUGIN_GROUP = "fairat.commands"
+# Commands whose code lives in their own module, imported only when that command runs (or for the
+# full help): the code a pipeline stage runs, and so its generated dvc.yaml deps
+# (fairat/fronts/dvc_deps.py), is then the step's code and this module's, never the S3, guard or
+# Kubeflow fronts'. Each module has ``add_parser(sub)``; the one-line help shows in `fairat -h`.
+ON_USE = {"approve": ("fairat.fronts.registry_cli",
+                      "promote a registered version to alias `champion`"),
+          "models": ("fairat.fronts.registry_cli", "list registered versions with gate results"),
+          "storage": ("fairat.fronts.storage_cli", "push or pull a folder to or from S3"),
+          "guard": ("fairat.fronts.guard_cli",
+                    "revert hand-set candidate/champion aliases that skip the gate")}
 
 
-def plugin_commands() -> dict[str, Any]:
-    """Subcommand modules declared under the ``fairat.commands`` entry point (pyproject.toml).
+def plugin_commands(only: str | None = None) -> dict[str, Any]:
+    """Subcommand modules declared under the ``fairat.commands`` entry point (pyproject.toml),
+    loaded: all of them, or (``only``) just that command's, if it is one.
 
     Why entry points: ``fairat pipeline`` lives in the top-level ``pipelines`` package, which
     imports ``fairat``; finding it through the installed metadata keeps the package free of an
     import of its own orchestration layer. Each module has ``add_parser(sub)`` and ``main(args)``.
     """
+    return {name: ep.load() for name, ep in _plugin_entry_points().items()
+            if only is None or name == only}
+
+
+def _plugin_entry_points() -> dict[str, Any]:
     from importlib.metadata import entry_points
 
-    return {ep.name: ep.load() for ep in entry_points(group=PLUGIN_GROUP)}
+    return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
+
+
+def _on_use_module(command: str) -> Any:
+    from importlib import import_module
+
+    return import_module(ON_USE[command][0])
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names (its first word that is not an option), or None."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+PARAMS_HELP = ("params YAML; repeat to merge overlays in order, e.g. --params params.yaml --params "
+               "params/cifar10-cpu.yaml (sections merge key by key, later files win; default: "
+               "params.yaml)")
+
+
+def params_files(args: argparse.Namespace) -> list[Path]:
+    """The ``--params`` files in order (``params.yaml`` when none is given)."""
+    return list(args.params or [Path("params.yaml")])
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", default="params.yaml", type=Path,
-                   help="params YAML with sections data/model/train/evaluate (default: %(default)s)")
+    p.add_argument("--params", action="append", default=None, type=Path, metavar="FILE",
+                   help=PARAMS_HELP)
     p.add_argument("-S", "--set", dest="overrides", action="append", default=[],
                    metavar="KEY=VALUE",
                    help="override one param, e.g. -S train.method=pgd_at (repeatable; YAML values)")
@@ -157,28 +193,14 @@ def _add_registry_commands(sub: Any) -> None:
     _add_baseline_inputs(p, required=True)
     p.add_argument("--comparison", default=LOCAL["comparison"], type=Path,
                    help="the numbers, a DVC metric (default: %(default)s)")
-
-    p = sub.add_parser("approve", help="promote a registered version to alias `champion`",
-                       description="Refused, with the reasons, unless the version's tags show a "
-                                   "passed fairness gate on complete evidence.")
-    p.add_argument("model_name", help="registered model name (params `track.model_name`)")
-    p.add_argument("version", type=int, help="model version number")
-    p.add_argument("--by", required=True, help="who approves (recorded as a tag)")
-    p.add_argument("--note", default="", help="why (recorded as a tag)")
-    p.add_argument("--yes", action="store_true",
-                   help="approve without the question (needed when stdin is not a terminal)")
-
-    p = sub.add_parser("models", help="list registered versions with gate results",
-                       description="Versions of a registered model, their aliases, gate verdict "
-                                   "and class-wise robust accuracy, for the approver.")
-    p.add_argument("model_name", nargs="?", default=None,
-                   help="registered model name (default: params `track.model_name`)")
-    p.add_argument("--params", default="params.yaml", type=Path,
-                   help="params file naming the model when none is given (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--chart", default=None, type=Path,
+                   help="also draw the per-class chart: this model's bars beside the baseline's, "
+                        f"with the gate's threshold (dvc.yaml and `fairat run`: {LOCAL['chart']})")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``command``, the other fronts' commands are named with their one
+    line of help but their modules are not imported (see :data:`ON_USE`)."""
     parser = argparse.ArgumentParser(prog="fairat", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -223,157 +245,168 @@ def build_parser() -> argparse.ArgumentParser:
                         "under models/baseline and metrics/baseline, as `dvc repro` does) and "
                         "show the lift on the card")
     _add_registry_commands(sub)
-    for command in plugin_commands().values():  # `fairat pipeline` (light: kfp loads on use)
-        command.add_parser(sub)
-    storage_cli.add_parser(sub)
-    guard_cli.add_parser(sub)
+    for name in _plugin_entry_points():  # `fairat pipeline` (kfp loads on use)
+        if command is None or command == name:
+            plugin_commands(name)[name].add_parser(sub)
+        else:
+            sub.add_parser(name, help=f"see `fairat {name} -h`")
+    wanted = {module for name, (module, _) in ON_USE.items() if command in (None, name)}
+    for name, (module, text) in ON_USE.items():
+        if module in wanted:  # the module adds every command it serves, once
+            if name == next(n for n, (m, _) in ON_USE.items() if m == module):
+                _on_use_module(name).add_parser(sub)
+        else:
+            sub.add_parser(name, help=text)
     return parser
 
 
 def load_cli_params(args: argparse.Namespace) -> Params:
-    """``--params`` merged with every ``-S``, validated once (see :func:`fairat.config.load_params`)."""
-    return load_params(args.params, args.overrides)
+    """Every ``--params`` file merged in order, then every ``-S``, validated once
+    (:func:`fairat.overlays.load_params_files`)."""
+    return load_params_files(params_files(args), args.overrides)
 
 
-def _print_models(rows: list[dict[str, Any]], name: str) -> None:
-    if not rows:
-        print(f"no versions of {name!r} are registered")
-        return
-    print(f"{name}")
-    print(f"{'version':>7}  {'created (UTC)':<16} {'method':<7} {'data':<11} {'aliases':<18} "
-          f"{'gate':<6} {'worst':>6} {'class':<10} {'average':>7} {'vs PGD-AT':>9}  approved by")
-    for r in rows:
-        gate = {"true": "passed", "false": "FAILED"}.get(r.get("gate_passed", ""), "?")
-        if r.get("gate_informational") == "true":
-            gate = "info"
-        worst, avg = r.get("worst_class_robust") or "-", r.get("average_robust") or "-"
-        lift = r.get("worst_lift_over_baseline")  # the baseline trained beside it, worst class
-        lift = f"{100 * float(lift):+.1f}" if lift else "-"
-        print(f"{r['version']:>7}  {r.get('created', '-')[:16]:<16} {r.get('method') or '-':<7} "
-              f"{(r.get('data_source') or '-')[:11]:<11} {','.join(r['aliases']) or '-':<18} "
-              f"{gate:<6} {worst[:6]:>6} {r.get('worst_class', '-')[:10]:<10} {avg[:7]:>7} "
-              f"{lift:>9}  "
-              f"{r.get('approved_by', '-')}")
-        if r.get("gate_passed") != "true" and r.get("gate_reasons"):
-            for reason in json.loads(r["gate_reasons"]):
-                print(f"{'':9}blocked: {reason}")
-        if r.get("guard_reverted"):
-            print(f"{'':9}guard reverted: {r['guard_reverted']}")
+FileOf = Callable[[Stage, str], "Path | None"]
 
 
-def run_registry_command(args: argparse.Namespace) -> int:
-    from fairat.edge import registry
+def run_stages(params: Params, names: Sequence[str], file: FileOf, **options: Any) -> list[Any]:
+    """Run the named stages of :data:`fairat.stages.STAGES`, in the table's order, each by one
+    call of its step; what `fairat <step>`, `fairat run` and the study harness share.
 
-    if args.command == "approve":
-        def confirm(description: str) -> bool:
-            """Show what is approved (the card summary); ask unless --yes."""
-            print(f"{args.model_name} version {args.version}:\n"
-                  f"{description or '(no model card summary)'}")
-            if args.yes:
-                return True
-            if not sys.stdin.isatty():
-                raise RegistryError("approve: stdin is not a terminal; read the card above, "
-                                    "then pass --yes")
-            return input(f"Make version {args.version} the champion? Type 'yes': ").strip() == "yes"
+    ``file(stage, key)`` gives the path of one of the stage's files (None: not wanted). Options:
+    ``resume``, ``checkpoint_url`` and ``track`` for training. A baseline stage trains and
+    evaluates the PGD-AT baseline on the same params. Returns each step's result.
+    """
+    from importlib import import_module
 
-        result = registry.approve(args.model_name, args.version, args.by, args.note, confirm)
-        if result is None:
-            print("not approved")
-            return 1
-        print(f"approved {result['model_name']} version {result['version']} as "
-              f"{result['alias']} (by {result['approved_by']} at {result['approved_at']})")
-        return 0
-    name = args.model_name or load_params(args.params).track.model_name
-    rows = registry.list_versions(name)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        _print_models(rows, name)
-    return 0
+    from fairat.config import with_overrides
+
+    results = []
+    for st in (s for s in STAGES if s.name in names):
+        f = lambda key, st=st: file(st, key)  # noqa: E731
+        _check_inputs(st, f)  # before any work, and before anything is written
+        step = getattr(import_module(st.module), st.step.partition(":")[2])
+        p = params
+        if st.baseline:
+            from fairat.evidence.comparison import BASELINE_METHOD
+
+            p = with_overrides(params, {"train.method": BASELINE_METHOD})
+        if st.command == "prepare":
+            results.append(step(p, f("data")))
+        elif st.command == "train":
+            from fairat.engine.training import TrainPaths
+
+            extra = {k: options[k] for k in ("track", "checkpoint_url") if k in options
+                     and not (st.baseline and k == "checkpoint_url")}  # the model's mirror only
+            results.append(step(p, f("data"), TrainPaths(f("model"), f("checkpoints"),
+                                                         f("metrics"), f("history")),
+                                resume=options.get("resume", False), **extra))
+        elif st.command == "evaluate":
+            results.append(step(p, f("data"), f("model"), f("report"), f("plot"), f("markdown"),
+                                f("summary"), f("metrics")))
+        elif st.command == "gate":
+            results.append(step(p, f("report"), f("model"), f("gate")))
+        elif st.command == "compare":
+            results.append(step(p, f("report"), f("baseline_report"), f("comparison"),
+                                f("metrics"), f("baseline_metrics"), chart_path=f("chart")))
+        elif st.command == "register":
+            results.append(step(p, f("model"), f("report"), f("gate"), f("metrics"), f("data"),
+                                f("registered"), f("plot"), f("card"), f("baseline_report"),
+                                f("baseline_metrics")))
+        else:  # a stage added to the table without its call here
+            raise ValueError(f"stage {st.name!r}: no call for step {st.step}")
+    return results
+
+
+def _check_inputs(st: Stage, file: Callable[[str], "Path | None"]) -> None:
+    """Refuse a stage whose input files are missing, naming them, before it reads or writes
+    anything. Why: in a fresh clone the DVC-cached files (the prepared data, the models) are
+    absent while the committed metrics are there; `fairat gate` would otherwise record a
+    blocked decision over the committed one, and `fairat evaluate` would fail late."""
+    keys = [k for k in st.inputs if k not in st.optional_inputs]
+    if st.needs_baseline and file("baseline_report") is not None:
+        keys.append("baseline_report")
+    missing = [str(p) for p in (file(k) for k in keys) if p is not None and not Path(p).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"missing input {', '.join(missing)}; nothing was written. In a fresh clone `dvc "
+            f"pull` fetches the pipeline's files from the DVC remote (docs/storage.md), or `dvc "
+            f"repro` rebuilds them; otherwise run the stage that writes it first")
+
+
+def _cli_files(args: argparse.Namespace) -> FileOf:
+    """Paths from the command line; the baseline's own files for baseline stages."""
+    def file(st: Stage, key: str) -> Path | None:
+        if st.baseline and key in BASELINE:
+            return Path(BASELINE[key])
+        if st.command == "prepare" and args.command == "prepare":
+            return args.out
+        value = getattr(args, key, None)
+        if value is None and key in LOCAL and args.command == "run":
+            value = LOCAL[key]  # `fairat run` has no flag for it (the comparison)
+        return None if value is None else Path(value)
+    return file
+
+
+def _in_run(st: Stage, baseline: bool, tracking: bool) -> bool:
+    """Whether `fairat run` runs a stage: the table's, less the baseline's unless
+    ``--with-baseline`` and less register unless tracking is on."""
+    return {"always": True, "baseline": baseline, "tracking": tracking}[st.runs_when]
 
 
 def run_command(args: argparse.Namespace) -> int:
     """Run the pipeline command(s) ``args`` names; returns the exit status."""
-    if args.command in ("approve", "models"):
-        return run_registry_command(args)
     params = load_cli_params(args)  # bad params stop here, before torch is even imported
-    stages = {"run": ("prepare", "train", "evaluate", "gate", "register")}.get(
-        args.command, (args.command,))
-    if args.command == "run" and not params.track.enabled:
-        stages = stages[:-1]
     baseline = getattr(args, "with_baseline", False)
+    names = [args.command] if args.command != "run" else [s.name for s in STAGES if _in_run(
+        s, baseline, params.track.enabled)]
     if baseline:
         args.baseline_report, args.baseline_metrics = (Path(BASELINE["report"]),
                                                        Path(BASELINE["metrics"]))
-    if "prepare" in stages:
-        from fairat.steps.prepare import prepare_step
-
-        prepare_step(params, args.out if args.command == "prepare" else args.data)
-    if baseline:
-        _run_baseline(params, args)
-    if "train" in stages:
-        from fairat.engine.training import TrainPaths
-        from fairat.steps.train import train_step
-
-        train_step(params, args.data, TrainPaths(args.model, args.checkpoints, args.metrics,
-                                                 args.history), resume=args.resume,
-                   checkpoint_url=args.checkpoint_url)
-    if "evaluate" in stages:
-        from fairat.steps.evaluate import evaluate_step
-
-        evaluate_step(params, args.data, args.model, args.report, args.plot, args.markdown,
-                      args.summary, args.metrics)
-    if "gate" in stages:
-        from fairat.steps.gate import gate_step
-
-        decision = gate_step(params, args.report, args.model, args.gate)
-        if getattr(args, "strict", False) and not decision["passed"]:
-            return 1
-    if "compare" in stages or (baseline and "evaluate" in stages):
-        from fairat.steps.compare import compare_step
-
-        compare_step(params, args.report, args.baseline_report,
-                     getattr(args, "comparison", None) or LOCAL["comparison"], args.metrics,
-                     args.baseline_metrics)
-    if "register" in stages:
-        from fairat.steps.register import register_step
-
-        register_step(params, args.model, args.report, args.gate, args.metrics, args.data,
-                      args.registered, args.plot, args.card,
-                      getattr(args, "baseline_report", None),
-                      getattr(args, "baseline_metrics", None))
+    results = run_stages(params, names, _cli_files(args), resume=getattr(args, "resume", False),
+                         **({"checkpoint_url": args.checkpoint_url}
+                            if getattr(args, "checkpoint_url", None) else {}))
+    if "register" in names:
+        hint = dvc_remote_hint(Path.cwd())
+        if hint:
+            print(hint, flush=True)
+    if args.command == "gate" and getattr(args, "strict", False) and not results[-1]["passed"]:
+        return 1
     return 0
 
 
-def _run_baseline(params: Params, args: argparse.Namespace) -> None:
-    """`fairat run --with-baseline`: PGD-AT on the same params, into the baseline's own files."""
-    from fairat.config import with_overrides
-    from fairat.engine.training import TrainPaths
-    from fairat.evidence.comparison import BASELINE_METHOD
-    from fairat.steps.evaluate import evaluate_step
-    from fairat.steps.train import train_step
+def dvc_remote_hint(start: Path) -> str | None:
+    """A line for the end of a run inside a DVC repository that has no remote: DVC then suggests
+    `dvc push`, which has nowhere to go. None outside DVC or when a remote is configured."""
+    import re
 
-    base = with_overrides(params, {"train.method": BASELINE_METHOD})
-    files = {key: Path(path) for key, path in BASELINE.items()}
-    train_step(base, args.data, TrainPaths(files["model"], files["checkpoints"], files["metrics"],
-                                           files["history"]), resume=args.resume)
-    evaluate_step(base, args.data, files["model"], files["report"], files["plot"],
-                  files["markdown"], files["summary"], files["metrics"])
+    for folder in (start, *start.parents):
+        if (folder / ".dvc").is_dir():
+            break
+    else:
+        return None
+    remote = re.compile(r"""^\s*\[\s*['"]?remote\s""", re.MULTILINE)
+    for name in ("config", "config.local"):
+        path = folder / ".dvc" / name
+        if path.is_file() and remote.search(path.read_text(errors="replace")):
+            return None
+    return ("note: this DVC repository has no remote, so `dvc push` has nowhere to send the data "
+            "and models; add one first: `fairat storage dvc-remote s3://BUCKET/PREFIX` (endpoint "
+            "and credentials from the environment, docs/storage.md) or `dvc remote add -d NAME URL`")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    plugins = plugin_commands()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(command_of(argv)).parse_args(argv)
+    plugins = plugin_commands(args.command)
     if args.command in plugins:  # Kubeflow compile/submit: needs neither torch nor MLflow
         return plugins[args.command].main(args)
-    if args.command == "storage":  # S3 push / pull / DVC remote: needs neither torch nor MLflow
-        return storage_cli.run(args)
-    if args.command == "guard":  # alias guard beside `mlflow server`
-        return guard_cli.run(args)
+    # approve / models; S3 push / pull / DVC remote; the alias guard beside MLflow
+    runner = _on_use_module(args.command).run if args.command in ON_USE else run_command
     from fairat.edge.storage import StorageError  # light: boto3 loads on use
 
     try:
-        return run_command(args)
+        return runner(args)
     except (ConfigError, DataError, RegistryError, StorageError, TrainingDiverged, ValueError,
             OSError) as err:  # OSError: a missing input, an unwritable or full output
         from fairat.redact import redact

@@ -2,9 +2,11 @@
 
 Why computed: a stage that forgets one module it imports is reported "up to date" after that
 module changes, and ``dvc repro`` silently keeps a stale model or report. A stage runs
-``fairat <step>`` (:data:`STEP_OF`): the fronts (CLI modules) and what they import at module level, plus the step module
-``fairat.steps.<stage>`` and everything it imports, at any depth and also inside functions (a
-lazy import still runs), plus the ``__init__`` of every package on the way. Third-party imports
+``fairat <step>`` (:data:`STEP_OF`, from the stage table :data:`fairat.stages.STAGES`): the CLI
+module and what it imports at module level (the other fronts, S3, the guard, Kubeflow, load only
+when their own command runs), plus the stage's step module and everything it imports, at any
+depth and also inside functions (a lazy import still runs), plus the ``__init__`` of every package
+on the way. Third-party imports
 are not listed (the pinned environment covers them).
 
 ``python -m fairat.fronts.dvc_deps`` prints each stage's list; ``--write`` puts them into
@@ -18,15 +20,15 @@ import ast
 import sys
 from pathlib import Path
 
+from fairat.stages import STAGES as TABLE
+
 PACKAGE = "fairat"
 PROJECT = (PACKAGE, "pipelines", "components")  # importable folders of this repo
 # dvc.yaml stage -> the step module it runs (the baseline stages run train and evaluate again)
-STEP_OF = {"prepare": "prepare", "train": "train", "evaluate": "evaluate",
-           "baseline_train": "train", "baseline_evaluate": "evaluate", "compare": "compare",
-           "gate": "gate", "register": "register"}
+STEP_OF = {s.name: s.module for s in TABLE}
 STAGES = tuple(STEP_OF)
 ROOT = Path(__file__).resolve().parents[2]
-PLUGINS = ("pipelines.cli",)  # subcommands the CLI loads by entry point (pyproject.toml)
+PLUGINS = ("pipelines.cli",)  # subcommands the CLI loads by entry point, on use (pyproject.toml)
 
 
 def _module_file(name: str, root: Path) -> Path | None:
@@ -83,8 +85,7 @@ def closure(start: list[str], root: Path = ROOT) -> set[Path]:
 
 def stage_code(stage: str, root: Path = ROOT) -> list[str]:
     """Repo-relative paths of the project code ``fairat <stage>`` runs, sorted."""
-    files = closure(["fairat.fronts.cli", *PLUGINS, f"fairat.steps.{STEP_OF.get(stage, stage)}"],
-                    root)
+    files = closure(["fairat.fronts.cli", STEP_OF.get(stage, f"fairat.steps.{stage}")], root)
     return sorted(p.relative_to(root).as_posix() for p in files)
 
 

@@ -51,12 +51,21 @@ def comparison_from_files(params: Params, report_path: str | Path,
 
 def compare_step(params: Params, report_path: str | Path, baseline_report_path: str | Path,
                  out_path: str | Path, train_metrics_path: str | Path | None = None,
-                 baseline_metrics_path: str | Path | None = None) -> dict[str, Any]:
+                 baseline_metrics_path: str | Path | None = None,
+                 chart_path: str | Path | None = None) -> dict[str, Any]:
     """Write the comparison's numbers to ``out_path`` (a DVC metric, so `dvc exp show` lists the
-    lift beside the params) and log them to the training's MLflow run when tracking is on."""
+    lift beside the params) and log them to the training's MLflow run when tracking is on.
+    ``chart_path``: the per-class chart an approver reads (this model's bars beside the
+    baseline's on the gate's attack, the gate's threshold as a line)."""
     comparison = comparison_from_files(params, report_path, baseline_report_path,
                                        train_metrics_path, baseline_metrics_path)
     write_json_atomic(out_path, comparison_metrics(comparison))
+    if chart_path:  # presentation only: drawn from the reports comparison_from_files verified
+        from fairat.evidence.report import plot_comparison
+
+        plot_comparison(json.loads(Path(report_path).read_text()),
+                        json.loads(Path(baseline_report_path).read_text()), params.gate.attack,
+                        params.gate.min_worst_class, chart_path)
     for line in comparison_lines(comparison):
         print(line, flush=True)
     run_id = run_id_of(train_metrics_path)

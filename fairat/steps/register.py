@@ -136,7 +136,7 @@ def _tell_the_user(record: dict[str, Any], decision: dict[str, Any],
                      f"(alias: {record['alias'] or 'none'}; {record['reason']})")
         if record["passed"]:
             lines.append(f"next: read the card, then  fairat approve {record['model_name']} "
-                         f"{record['version']} --by \"$USER\" --note \"why\"")
+                         f"{record['version']} --by YOUR_NAME --note \"why\"")
         else:
             lines.append("next: fix the reasons above and re-run; a blocked version cannot be "
                          "approved")
