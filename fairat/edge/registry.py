@@ -155,19 +155,36 @@ def log_comparison(run_id: str, comparison: dict[str, Any]) -> None:
                             f"{tracking_uri()}: {err}") from err
 
 
-def logged_report_sha256(run_id: str | None) -> str | None:
-    """The report hash evaluate logged on ``run_id``; None when there is no such run here.
+def require_run(run_id: str | None, what: str) -> None:
+    """Raise RegistryError unless ``run_id`` names a run in this store.
 
-    A run that exists but carries no hash returns "" (evaluate did not log to it), which the
-    gate's re-check treats as a mismatch, so a report never logged is never registered as logged.
+    Why early and strict: evaluate and register attach their evidence to the training's run; a
+    missing id (a ``train.json`` edited, or written with tracking off) or a run of another store
+    (a fresh clone holding the committer's ``train.json``) would otherwise skip the check of the
+    logged report hash, or fail only after minutes of attacks.
     """
-    if run_id is None:
-        return None
+    if not run_id:
+        raise RegistryError(f"{what}: the training summary names no MLflow run (mlflow_run_id "
+                            "is missing); re-run `fairat train` with tracking on")
     try:
-        run = _client().get_run(run_id)
-    except Exception:  # the run lives in another store (train ran elsewhere): nothing to compare
-        return None
-    return run.data.tags.get(REPORT_SHA_TAG, "")
+        _client().get_run(run_id)
+    except Exception as err:
+        raise RegistryError(f"{what}: MLflow run {run_id} named in the training summary is not in "
+                            f"the store at {tracking_uri()} (trained elsewhere, or a committed "
+                            f"train.json from another machine): re-run `fairat train` here, or "
+                            f"point MLFLOW_TRACKING_URI at the store that holds it ({err})"[:800]
+                            ) from err
+
+
+def logged_report_sha256(run_id: str | None) -> str:
+    """The report hash evaluate logged on ``run_id`` ("" when evaluate logged none there).
+
+    Raises RegistryError when the run id is missing or not in this store: the check of the
+    logged hash is never skipped. "" is a mismatch for the gate's re-check, so a report never
+    logged is never registered as logged.
+    """
+    require_run(run_id, "register")
+    return _client().get_run(run_id).data.tags.get(REPORT_SHA_TAG, "")
 
 
 # ----------------------------------------------------------------------------- registration
@@ -204,30 +221,21 @@ def register_model(model: Any, example: Any, model_name: str, run_id: str | None
                    files: list[Path], passed: bool) -> dict[str, Any]:
     """Log ``model`` (mlflow.pytorch, with signature and input example) and register a version.
 
-    ``run_id``: the training run to attach to; None (tracking was off, or the run is not in this
-    store) opens a new run that records the params. The alias ``candidate`` moves to the new
-    version only when ``passed``. Returns {model_name, version, run_id, alias, passed, model_uri}.
+    ``run_id``: the training run to attach to; it must be in this store (RegistryError else).
+    The alias ``candidate`` moves to the new version only when ``passed``. The evidence tags go
+    on the *version* only: the run keeps the tags of the steps that wrote them (evaluate's
+    ``fairat.report_sha256`` above all), so no step overwrites another step's evidence.
+    Returns {model_name, version, run_id, alias, passed, model_uri}.
     """
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
     mlflow = _mlflow()
     client = _client()
-    if run_id is not None:
-        try:
-            client.get_run(run_id)
-        except Exception:  # the run lives in another store (e.g. train ran elsewhere)
-            run_id = None
+    require_run(run_id, "register")
     try:
-        if run_id is None:
-            mlflow.set_experiment(experiment)
-            run_cm = mlflow.start_run(run_name="register")
-        else:
-            run_cm = mlflow.start_run(run_id=run_id)
-        with run_cm as run:
-            if run_id is None:
-                _log_params(mlflow, params_dict)
-            mlflow.set_tags(tags)
+        with mlflow.start_run(run_id=run_id) as run:
+            mlflow.set_tag(f"{TAG}registered_as", model_name)
             for path in files:
                 if path.is_file():
                     mlflow.log_artifact(str(path), artifact_path="evidence")

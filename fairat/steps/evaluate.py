@@ -33,6 +33,7 @@ def evaluate_step(params: Params, data_dir: str | Path, model_path: str | Path,
     gathered (PGD/CW counts equal a one-process run's exactly) and only rank 0 writes outputs.
     """
     cfg = params.evaluate
+    training_run(params, train_metrics_path)  # a run this store lacks fails now, not after attacks
     data = load_prepared(data_dir)
     split = getattr(data, cfg.split)
     if len(split) == 0:
@@ -75,6 +76,23 @@ def evaluate_step(params: Params, data_dir: str | Path, model_path: str | Path,
     track_evaluation_step(params, train_metrics_path, report_path,
                           [p for p in (plot_path, markdown_path) if p])
     return report
+
+
+def training_run(params: Params, train_metrics_path: str | Path | None) -> str | None:
+    """The training's MLflow run id that the evaluation will be logged to, checked to exist in
+    this store; None when tracking is off or no training summary is named. Raises (before any
+    work) when the summary is missing, names no run, or names a run of another store."""
+    if not params.track.enabled or train_metrics_path is None or \
+            int(os.environ.get("RANK", "0")) != 0:
+        return None
+    if not Path(train_metrics_path).is_file():
+        raise FileNotFoundError(f"evaluate: training summary {train_metrics_path} is missing; "
+                                "run `fairat train` first (or set track.enabled: false)")
+    from fairat.edge.registry import require_run
+
+    run_id = run_id_of(train_metrics_path)
+    require_run(run_id, "evaluate")
+    return run_id
 
 
 def track_evaluation_step(params: Params, train_metrics_path: str | Path | None,

@@ -71,7 +71,7 @@ def register_step(params: Params, model_path: str | Path, report_path: str | Pat
                                            train_metrics_path, baseline_metrics_path)
     run_id = run_id_of(train_metrics_path)
     logged = None
-    if wanted:
+    if wanted:  # a missing or foreign run id stops registration: the logged hash is always checked
         from fairat.edge.registry import logged_report_sha256
 
         logged = logged_report_sha256(run_id)
