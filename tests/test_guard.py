@@ -199,13 +199,18 @@ def test_an_approved_champion_is_left_alone():
     assert reg.calls == []
 
 
-def test_candidate_on_a_failed_version_is_deleted_without_restore():
+def test_candidate_on_a_failed_version_goes_back_to_the_newest_passed_version():
+    """Reverting a hand-set candidate keeps the legitimate one: the newest passed version, where
+    register put it; with no passed version, candidate stays unset."""
     reg = registry_of_four(aliases={"candidate": "1", "champion": "2"})
     guard, _ = make_guard(reg)
     decision = guard.handle(alias_event("candidate", "1"))
-    assert decision["outcome"] == "reverted" and decision["restored_to"] is None
-    assert reg.aliases == {"champion": "2"}
-    assert json.loads(reg.versions["1"][REVERTED_TAG])["restored_to"] is None
+    assert decision["outcome"] == "reverted" and decision["restored_to"] == "4"
+    assert reg.aliases == {"champion": "2", "candidate": "4"}
+    assert json.loads(reg.versions["1"][REVERTED_TAG])["restored_to"] == "4"
+    alone = FakeRegistry({"1": evidence(False, "sha-1")}, aliases={"candidate": "1"})
+    assert make_guard(alone)[0].handle(alias_event("candidate", "1"))["restored_to"] is None
+    assert alone.aliases == {}
     # a passed version may be candidate without approval
     reg.aliases["candidate"] = "3"
     assert guard.handle(alias_event("candidate", "3"))["outcome"] == "allowed"
@@ -501,9 +506,9 @@ def test_the_guard_reverts_hand_set_aliases_on_a_real_server(webhook_mlflow, mon
         assert "fairness gate did not pass" in record["reasons"][0]
         assert tags("1")[ATTEMPTED_BY_TAG] == ATTEMPTED_BY
         windows = [_window_ms(reverted("1")[0])]
-        # ... and candidate too (no restore for candidate)
+        # ... and candidate too: back on the newest passed version (where register puts it)
         client.set_registered_model_alias(MODEL, "candidate", "1")
-        _wait("candidate removed from v1", lambda: "candidate" not in aliases()
+        _wait("candidate moved from v1 to v4", lambda: aliases().get("candidate") == "4"
               and json.loads(tags("1")[REVERTED_TAG])["alias"] == "candidate", guard, log)
 
         # (b) `fairat approve` (signed with the key the guard holds): champion stays
@@ -540,7 +545,7 @@ def test_the_guard_reverts_hand_set_aliases_on_a_real_server(webhook_mlflow, mon
             d["outcome"] == "allowed" and d["version"] == "2" for d in guard.decisions) >= 3,
             guard, log)
         time.sleep(1)
-        assert dict(aliases()) == {"champion": "2"}
+        assert dict(aliases()) == {"champion": "2", "candidate": "4"}
         assert not [d for d in guard.decisions if d["outcome"] == "error"]
         assert "Failed to send webhook" not in log.read_text()
         def spans(start: str, end: str) -> str:

@@ -35,7 +35,9 @@ TINY = {
     "evaluate": {"examples_per_class": 5, "pgd_steps": 3, "autoattack": "none"},
     # a tiny model: the gate judges clean accuracy (a pass is reachable) and keeps a threshold
     # (an all-zero gate is refused); its classes may sit below chance
-    "gate": {"min_worst_class": 0.0, "attack": "clean", "min_average": 0.01, "min_clean_class": 0.0},
+    "gate": {"min_worst_class": 0.0, "attack": "clean", "min_average": 0.01, "min_clean_class": 0.0,
+             "protocol": {"min_pgd_steps": 1, "min_cw_steps": None, "autoattack": "none",
+                          "min_examples_per_class": 1}},
 }
 
 

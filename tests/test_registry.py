@@ -21,6 +21,9 @@ TINY = ["-S", "data.val_per_class=5", "-S", "model.width=8", "-S", "train.epochs
         # a tiny model: the gate judges clean accuracy (a pass is reachable) and still has a
         # threshold (an all-zero gate is refused); its classes may sit below chance
         "-S", "gate.attack=clean", "-S", "gate.min_average=0.01", "-S", "gate.min_clean_class=0",
+        # ... and accepts the tiny evaluation (the default protocol needs PGD-20, CW-20, AutoAttack)
+        "-S", "gate.protocol.min_pgd_steps=1", "-S", "gate.protocol.min_cw_steps=null",
+        "-S", "gate.protocol.autoattack=none", "-S", "gate.protocol.min_examples_per_class=1",
         "-S", "track.model_name=unit"]
 
 

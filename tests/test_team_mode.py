@@ -98,7 +98,9 @@ def test_pipeline_end_to_end_in_team_mode(mlflow_server, tmp_path):
     records = {}
     for threshold in ("1.0", "0.0"):  # a worst class at 100% robust accuracy: blocks; 0: passes
         gate = [*tiny, "-S", f"gate.min_worst_class={threshold}", "-S", "gate.attack=clean",
-                "-S", "gate.min_average=0.01", "-S", "gate.min_clean_class=0"]
+                "-S", "gate.min_average=0.01", "-S", "gate.min_clean_class=0",
+                "-S", "gate.protocol.min_pgd_steps=1", "-S", "gate.protocol.min_cw_steps=null",
+                "-S", "gate.protocol.autoattack=none", "-S", "gate.protocol.min_examples_per_class=1"]
         _fairat(tmp_path, env, "gate", *gate)
         _fairat(tmp_path, env, "register", *gate)
         decision = json.loads((tmp_path / "metrics" / "gate.json").read_text())

@@ -52,6 +52,8 @@ DEFAULT_NAME = "fairat-guard"
 WEBHOOK_PATH = "/webhook"
 MAX_BODY = 1 << 20  # MLflow's alias payloads are a few hundred bytes
 TAG_VALUE_MAX = 5000  # MLflow's limit on a model-version tag value
+RECONCILE_EVERY_S = 60.0  # how often the guard re-checks every alias (webhooks miss deletions)
+RECONCILE = "reconcile"  # the worker-queue item that asks for one
 
 LOGGED = ("delivery_id", "note", "reasons", "restored_to")  # decision fields in the log line
 H_ID, H_TS, H_SIG = "X-MLflow-Delivery-Id", "X-MLflow-Timestamp", "X-MLflow-Signature"
@@ -122,17 +124,21 @@ class Guard:
         models: registered-model names to guard; empty or None guards every model.
         log: where the one line per decision goes (default: stderr).
         seen_max: how many delivery ids are remembered for de-duplication.
+        verify_key: the Ed25519 public key (attested mode): a version's verdict comes from its
+            signed decision checked against its logged files, never from tags; None = local
+            mode (tags; guards against accidents, not adversaries).
     """
 
     def __init__(self, client: Any = None, approval_key: str | None = None,
                  models: Iterable[str] | None = None, log: Callable[[str], None] = _stderr,
-                 seen_max: int = 4096, retry_pause_s: float = 0.5):
+                 seen_max: int = 4096, retry_pause_s: float = 0.5, verify_key: Any = None):
         if client is None:
             from fairat.edge.registry import _client
 
             client = _client()
         self.client = client
         self.approval_key = approval_key or None
+        self.verify_key = verify_key  # attested mode: verify each version's signed decision
         self.models = frozenset(models or ())
         self.log = log
         self.retry_pause_s = retry_pause_s
@@ -217,15 +223,19 @@ class Guard:
         if str(mv.version) != version:
             return self._decide("skipped", data,
                                 note=f"alias has moved to version {mv.version}", **extra)
-        tags = dict(mv.tags)
-        problems = alias_problems(alias, name, version, tags, self.approval_key)
+        problems = self.problems(alias, name, mv)
         if not problems:
             return self._decide("allowed", data, **extra)
+        return self._revert(name, alias, version, data, extra, problems)
+
+    def _revert(self, name: str, alias: str, version: str, data: dict[str, Any],
+                extra: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+        """Delete ``alias`` from ``version``, put it back where the rules allow, tag why."""
         self.client.delete_registered_model_alias(name, alias)  # already gone: MLflow says 200
         extra = {**extra, "deleted_at": _now_iso()}
         notes = []
         restored = None
-        if alias == CHAMPION:
+        if alias in GUARDED:  # champion: the last approved; candidate: the newest passed version
             try:
                 restored = self._restore(name, alias, version)
             except Exception as err:  # the alias stays deleted: fail closed
@@ -240,19 +250,69 @@ class Guard:
             extra = {**extra, "note": "; ".join(notes)}
         return self._decide("reverted", data, reasons=problems, restored_to=restored, **extra)
 
-    def _restore(self, name: str, alias: str, version: str) -> str | None:
-        """Put ``alias`` back on the most recently approved other version the rules allow."""
+    def problems(self, alias: str, name: str, mv: Any) -> list[str]:
+        """Why ``alias`` must not sit on version ``mv`` ([] = it may), in this guard's mode."""
+        evidence = None
+        if self.verify_key is not None and alias in GUARDED:
+            from fairat.edge.registry import version_evidence
+
+            evidence = version_evidence(mv, self.verify_key, self.client)
+        return alias_problems(alias, name, str(mv.version), dict(mv.tags), self.approval_key,
+                              evidence)
+
+    def _restore(self, name: str, alias: str, version: str | None) -> str | None:
+        """Put ``alias`` back on another version the rules allow: ``champion`` on the most
+        recently approved one, ``candidate`` on the newest passed one (where register put it),
+        so reverting a hand-set alias keeps the legitimate holder. None: none qualifies."""
         allowed = []
         for mv in self.client.search_model_versions(f"name = '{name}'"):
             tags = dict(mv.tags)
-            if str(mv.version) != version and \
-                    not alias_problems(alias, name, str(mv.version), tags, self.approval_key):
-                allowed.append((tags.get(f"{TAG}approved_at", ""), int(mv.version)))
+            if str(mv.version) != version and not self.problems(alias, name, mv):
+                when = tags.get(f"{TAG}approved_at", "") if alias == CHAMPION else ""
+                allowed.append((when, int(mv.version)))
         if not allowed:
             return None
         target = str(max(allowed)[1])
         self.client.set_registered_model_alias(name, alias, target)
         return target
+
+    def reconcile(self) -> list[dict[str, Any]]:
+        """Re-check every alias of the guarded models now; returns the decisions taken.
+
+        Why: webhooks only report what happens while the guard is up, and MLflow sends none for a
+        deleted alias or an edited tag or file. At start and on a timer the guard therefore
+        re-applies the rules to the registry as it is: an alias that breaks them (set while the
+        guard was down, or whose evidence changed since) is reverted as an event would be, and a
+        missing ``champion`` is put back on the last approved version the rules allow.
+        """
+        decisions = []
+        for name in sorted(self.models or self._all_models()):
+            aliases = {a: str(v) for a, v in self.client.get_registered_model(name).aliases.items()}
+            for alias in GUARDED:
+                data = {"name": name, "alias": alias, "version": aliases.get(alias)}
+                extra = {"received_at": _now_iso(), "event_timestamp": None, "note": "reconcile"}
+                if alias in aliases:
+                    mv = self.client.get_model_version_by_alias(name, alias)
+                    problems = self.problems(alias, name, mv)
+                    if problems:
+                        decisions.append(self._revert(name, alias, str(mv.version), data,
+                                                      extra, problems))
+                elif alias == CHAMPION:
+                    restored = self._restore(name, alias, None)
+                    if restored is not None:
+                        decisions.append(self._decide("restored", data, restored_to=restored,
+                                                      **{**extra, "note": "reconcile: champion "
+                                                         "was missing"}))
+        return decisions
+
+    def _all_models(self) -> list[str]:
+        names, token = [], None
+        while True:
+            page = self.client.search_registered_models(max_results=200, page_token=token)
+            names += [m.name for m in page]
+            token = getattr(page, "token", None)
+            if not token:
+                return names
 
     def _set_tag(self, name: str, version: str, key: str, value: str) -> None:
         try:
@@ -346,10 +406,13 @@ class GuardServer:
     """
 
     def __init__(self, guard: Guard, secret: str, host: str = "127.0.0.1", port: int = 8765,
-                 max_age_s: float = MAX_AGE_S, queue_max: int = 10000):
+                 max_age_s: float = MAX_AGE_S, queue_max: int = 10000,
+                 reconcile_every_s: float = RECONCILE_EVERY_S):
         if not secret:
             raise ValueError("the guard needs a webhook secret")
         self.guard, self.secret, self.max_age_s = guard, secret, max_age_s
+        self.reconcile_every_s = reconcile_every_s  # 0: only at start
+        self._stopping = threading.Event()
         self.log = guard.log
         self.queue: queue.Queue = queue.Queue(maxsize=queue_max)
         self.httpd = _HTTPServer((host, port), _Handler)
@@ -368,10 +431,17 @@ class GuardServer:
         if problem:  # the server may come up later: say so, and carry on
             self.log(f"fairat guard: {_now_iso()} warning: cannot read the registry yet: "
                      f"{problem}")
+        self._reconcile()  # what happened while the guard was down
+        if self.reconcile_every_s > 0:
+            threading.Thread(target=self._tick, name="fairat-guard-timer", daemon=True).start()
         while True:
             item = self.queue.get()
             if item is None:
                 return
+            if item == RECONCILE:
+                self._reconcile()
+                self.queue.task_done()
+                continue
             event, delivery_id, received = item
             try:
                 self.guard.handle(event, delivery_id, received)
@@ -379,6 +449,22 @@ class GuardServer:
                 self.log(f"fairat guard: {_now_iso()} error {type(err).__name__}: {err}")
             finally:
                 self.queue.task_done()
+
+    def _reconcile(self) -> None:
+        try:
+            self.guard.reconcile()
+        except Exception as err:  # the registry may be down: the next tick tries again
+            self.log(f"fairat guard: {_now_iso()} reconcile error {type(err).__name__}: "
+                     f"{err}"[:500])
+
+    def _tick(self) -> None:
+        """Queue a reconcile every ``reconcile_every_s`` (through the one worker, so it never
+        races an event)."""
+        while not self._stopping.wait(self.reconcile_every_s):
+            try:
+                self.queue.put_nowait(RECONCILE)
+            except queue.Full:
+                pass
 
     def start(self) -> "GuardServer":
         self._worker.start()
@@ -395,6 +481,7 @@ class GuardServer:
             self.stop()
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._http_thread is not None:
             self.httpd.shutdown()
             self._http_thread.join(5)

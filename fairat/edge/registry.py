@@ -218,7 +218,7 @@ def version_tags(decision: dict[str, Any], report: dict[str, Any] | None,
 
 def register_model(model: Any, example: Any, model_name: str, run_id: str | None,
                    params_dict: dict[str, Any], experiment: str, tags: dict[str, str],
-                   files: list[Path], passed: bool) -> dict[str, Any]:
+                   files: dict[str, Path], passed: bool) -> dict[str, Any]:
     """Log ``model`` (mlflow.pytorch, with signature and input example) and register a version.
 
     ``run_id``: the training run to attach to; it must be in this store (RegistryError else).
@@ -232,13 +232,22 @@ def register_model(model: Any, example: Any, model_name: str, run_id: str | None
 
     mlflow = _mlflow()
     client = _client()
+    import shutil
+    import tempfile
+    import uuid
+
     require_run(run_id, "register")
+    # one folder per registration: a later register never overwrites an earlier version's files
+    evidence_path = (f"evidence/{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-"
+                     f"{uuid.uuid4().hex[:8]}")
+    tags = {**tags, f"{TAG}evidence_path": evidence_path}
     try:
-        with mlflow.start_run(run_id=run_id) as run:
+        with mlflow.start_run(run_id=run_id) as run, tempfile.TemporaryDirectory() as staging:
             mlflow.set_tag(f"{TAG}registered_as", model_name)
-            for path in files:
-                if path.is_file():
-                    mlflow.log_artifact(str(path), artifact_path="evidence")
+            for name, path in files.items():
+                if Path(path).is_file():
+                    shutil.copyfile(path, Path(staging) / name)
+            mlflow.log_artifacts(staging, artifact_path=evidence_path)
             import torch
 
             with torch.no_grad():
@@ -259,7 +268,78 @@ def register_model(model: Any, example: Any, model_name: str, run_id: str | None
         raise RegistryError(f"registering {model_name!r} at {tracking_uri()} failed: {err}") from err
     return {"model_name": model_name, "version": int(version.version), "run_id": run_id,
             "alias": CANDIDATE if passed else None, "passed": passed,
-            "model_uri": info.model_uri}
+            "model_uri": info.model_uri, "evidence_path": evidence_path}
+
+
+# ----------------------------------------------------------------------------- attested evidence
+
+def version_evidence(mv: Any, public: Any, client: Any = None
+                     ) -> tuple[list[str], dict[str, Any] | None]:
+    """Attested mode: why version ``mv`` may not be promoted ([] = its evidence holds), and the
+    gate's verified decision statement (None when there is none).
+
+    The files register logged with the version (``fairat.evidence_path`` in the version's own
+    run) are downloaded and hashed; the gate's decision and evaluate's report statement must
+    verify with ``public`` and name exactly those model and report bytes, and the decision must
+    be a pass. Tags are never read for the verdict: a tag copied from a passed version names
+    files that are not this version's.
+    """
+    import tempfile
+
+    from fairat.evidence.attestation import (DECISION_STATEMENT, REPORT_STATEMENT,
+                                             envelope_from_sidecar, passed_statement_problems,
+                                             statement_problems, verify)
+    from fairat.evidence.gate import EVIDENCE_FILES
+    from fairat.io import sha256_file
+
+    client = client or _client()
+    path, run_id = dict(mv.tags).get(f"{TAG}evidence_path"), getattr(mv, "run_id", None)
+    if not path or not run_id:
+        return ["the version has no evidence logged by `fairat register` (no run, or no "
+                f"{TAG}evidence_path)"], None
+    source = str(getattr(mv, "source", "") or "")
+    if source.startswith("models:/m-"):  # the served model must come from the evidence's run
+        try:
+            origin = client.get_logged_model(source[len("models:/"):].split("/")[0]).source_run_id
+        except Exception as err:
+            return [f"the version's model {source} cannot be read: {err}"[:300]], None
+        if origin != run_id:
+            return [f"the version serves model {source} of run {origin}, but its evidence is in "
+                    f"run {run_id}"], None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = Path(client.download_artifacts(run_id, path, tmp))
+        except Exception as err:
+            return [f"the version's evidence {path} cannot be read from run {run_id}: "
+                    f"{type(err).__name__}: {err}"[:500]], None
+        files = {key: local / name for key, name in EVIDENCE_FILES.items()}
+        missing = [name for key, name in EVIDENCE_FILES.items() if not files[key].is_file()]
+        if missing:
+            return [f"the version's evidence {path} lacks {', '.join(missing)}"], None
+        model_sha, report_sha = sha256_file(files["model"]), sha256_file(files["report"])
+        try:
+            envelope = json.loads(files["gate"].read_text()).get("attestation")
+            sidecar = files["sidecar"].read_text()
+        except (ValueError, AttributeError, UnicodeDecodeError) as err:
+            return [f"the version's gate decision or sidecar is unreadable: {err}"], None
+    statement, problems = verify(envelope, public, DECISION_STATEMENT)
+    if statement is None:
+        return [f"gate decision: {p}" for p in problems], None
+    problems = statement_problems(statement, model_sha, report_sha)
+    report, report_problems = verify(envelope_from_sidecar(sidecar), public, REPORT_STATEMENT)
+    problems += [f"evaluation report: {p}" for p in report_problems] if report is None else \
+        statement_problems(report, model_sha, report_sha)
+    return problems or passed_statement_problems(statement), statement
+
+
+def _trust_mode() -> Any:
+    """The public key (attested mode) or None (local mode); a bad key is a RegistryError."""
+    from fairat.evidence.attestation import SigningKeyError, verify_key
+
+    try:
+        return verify_key()
+    except SigningKeyError as err:
+        raise RegistryError(str(err)) from None
 
 
 # ----------------------------------------------------------------------------- approval
@@ -279,15 +359,20 @@ def approve(model_name: str, version: int, by: str, note: str = "",
     except Exception as err:
         raise RegistryError(f"model {model_name!r} version {version} not found at "
                             f"{tracking_uri()}: {err}") from err
-    problems = approval_problems(dict(mv.tags))
+    public = _trust_mode()
+    if public is None:  # local mode: the tags register wrote (accidents, not adversaries)
+        problems, model_sha = approval_problems(dict(mv.tags)), mv.tags.get(f"{TAG}model_sha256")
+    else:  # attested mode: the signed decision, checked against the version's logged files
+        problems, statement = version_evidence(mv, public, client)
+        model_sha = (statement or {}).get("model_sha256")
     if problems:
         raise RegistryError(f"refusing to approve {model_name} version {version}:\n  - "
                             + "\n  - ".join(problems))
-    if confirm is not None and not confirm(mv.description or ""):
+    if confirm is not None and not confirm(approval_summary(mv, public)):
         return None
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")
     record = {"approved_by": by.strip(), "approved_at": when, "approval_note": note,
-              "approved_model_sha256": mv.tags.get(f"{TAG}model_sha256", "")}
+              "approved_model_sha256": model_sha or ""}
     key = os.environ.get(APPROVAL_KEY_ENV, "")
     if key:  # the guard accepts a champion only with this signature when it holds the key
         signed = {**dict(mv.tags), **{f"{TAG}{k}": v for k, v in record.items()}}
@@ -299,8 +384,33 @@ def approve(model_name: str, version: int, by: str, note: str = "",
             "approved_by": by.strip(), "approved_at": when}
 
 
+def approval_summary(mv: Any, public: Any) -> str:
+    """What an approver reads before saying yes: the card's verdict, where the card is (its
+    artifact path in the version's run, not a ``runs:/`` URI), the lift over the baseline in
+    percentage points, and which mode vouches for it."""
+    from fairat.evidence.attestation import LOCAL_MODE, key_id
+
+    tags = dict(mv.tags)
+    lines = [line for line in (mv.description or "").splitlines()
+             if not line.startswith("Model card: runs:/")] or ["(no model card summary)"]
+    path = tags.get(f"{TAG}evidence_path")
+    if path:
+        lines.append(f"model card: {path}/model_card.md in MLflow run {mv.run_id} "
+                     "(Artifacts tab of the run)")
+    lift = tags.get(f"{TAG}worst_lift_over_baseline")
+    if lift:
+        lines.append(f"weakest class vs the PGD-AT baseline: {100 * float(lift):+.1f} points")
+    lines.append(f"evidence verified with key {key_id(public)}" if public is not None
+                 else f"note: {LOCAL_MODE}")
+    return "\n".join(lines)
+
+
 def list_versions(model_name: str) -> list[dict[str, Any]]:
-    """Every version of ``model_name`` with its aliases, gate verdict and class-wise summary."""
+    """Every version of ``model_name`` with its aliases, gate verdict and class-wise summary.
+
+    In attested mode the verdict and the numbers come from each version's verified statement
+    (``gate_passed`` is "true" only when it verifies against the logged files), never from tags;
+    ``attested`` says how the verdict was reached."""
     client = _client()
     try:
         versions = client.search_model_versions(f"name = '{model_name}'")
@@ -310,15 +420,33 @@ def list_versions(model_name: str) -> list[dict[str, Any]]:
     by_version: dict[str, list[str]] = {}
     for alias, v in aliases.items():
         by_version.setdefault(str(v), []).append(alias)
+    public = _trust_mode()
     rows = []
     for mv in sorted(versions, key=lambda m: int(m.version)):
         tags = dict(mv.tags)
         created = datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc)
-        rows.append({"version": int(mv.version), "aliases": sorted(by_version.get(str(mv.version), [])),
-                     "created": created.isoformat(timespec="minutes"),
-                     "description": mv.description or "",
-                     **{k[len(TAG):]: v for k, v in tags.items() if k.startswith(TAG)}})
+        row = {"version": int(mv.version), "aliases": sorted(by_version.get(str(mv.version), [])),
+               "created": created.isoformat(timespec="minutes"),
+               "description": mv.description or "",
+               **{k[len(TAG):]: v for k, v in tags.items() if k.startswith(TAG)},
+               "attested": "local"}
+        if public is not None:
+            row.update(_verified_fields(*version_evidence(mv, public, client)))
+        rows.append(row)
     return rows
+
+
+def _verified_fields(problems: list[str], statement: dict[str, Any] | None) -> dict[str, str]:
+    """The verdict and numbers of a version in attested mode, from its verified statement."""
+    decision = (statement or {}).get("decision") or {}
+    measured = decision.get("measured") or {}
+    fmt = lambda v: "" if v is None else f"{float(v):.6f}"  # noqa: E731
+    return {"attested": "verified" if statement is not None else "unverified",
+            "gate_passed": str(not problems).lower(), "gate_reasons": json.dumps(problems),
+            "gate_informational": str(decision.get("informational") is True).lower(),
+            "worst_class_robust": fmt(measured.get("worst")),
+            "worst_class": str(measured.get("worst_class", "")),
+            "average_robust": fmt(measured.get("average"))}
 
 
 def find_baseline(model_name: str, exclude_version: int | None,
@@ -340,27 +468,18 @@ def find_baseline(model_name: str, exclude_version: int | None,
 
 
 def attach_card(model_name: str, version: int, run_id: str, card_path: Path,
-                description: str) -> str:
-    """Log the model card to the version's run and put its summary in the version description,
-    so the MLflow version page shows the verdict first. Returns the card's artifact URI."""
+                description: str, evidence_path: str = "evidence") -> str:
+    """Log the model card beside the version's evidence and put its summary in the version
+    description, so the MLflow version page shows the verdict first. Returns the card's URI."""
     mlflow = _mlflow()
     client = _client()
     try:
         with mlflow.start_run(run_id=run_id):
-            mlflow.log_artifact(str(card_path), artifact_path="evidence")
-        uri = f"runs:/{run_id}/evidence/{card_path.name}"
+            mlflow.log_artifact(str(card_path), artifact_path=evidence_path)
+        uri = f"runs:/{run_id}/{evidence_path}/{card_path.name}"
         client.update_model_version(model_name, str(version),
                                     description=f"{description}\nModel card: {uri}")
     except Exception as err:
         raise RegistryError(f"cannot attach the model card to {model_name} version {version} at "
                             f"{tracking_uri()}: {err}") from err
     return uri
-
-
-def version_description(model_name: str, version: int) -> str:
-    """The description of a version (the card summary register wrote), or ""."""
-    try:
-        return _client().get_model_version(model_name, str(version)).description or ""
-    except Exception as err:
-        raise RegistryError(f"model {model_name!r} version {version} not found at "
-                            f"{tracking_uri()}: {err}") from err

@@ -23,12 +23,18 @@ from typing import Any
 
 from fairat.config import GateConfig, to_dict
 from fairat.engine.metrics import summarize
+from fairat.evidence.attestation import verify_key
+from fairat.evidence.protocol import protocol_problems
 from fairat.io import sha256_bytes, sha256_file
 
 TAG = "fairat."  # prefix of every model-version tag this project sets
 # Tags a version must carry before approval may consider it (registration writes them all).
 EVIDENCE_TAGS = ("gate_passed", "gate_attack", "worst_class_robust", "average_robust",
                  "model_sha256", "data_content_hash", "report_sha256")
+# The names register gives the evidence it logs with a version (one folder per registration),
+# so approve, the guard and `fairat models` find the files the signed decision is about.
+EVIDENCE_FILES = {"model": "model.pt", "report": "eval.json", "sidecar": "eval.json.sha256",
+                  "gate": "gate.json"}
 SUMMARY_KEYS = ("average", "worst", "worst_class", "best", "best_class", "gap")
 TOLERANCE = 1e-9  # accuracies recomputed from integer counts agree far closer than this
 
@@ -205,6 +211,7 @@ def decide(report: Any, cfg: GateConfig, model_sha256: str | None) -> dict[str, 
             if not evidence:
                 reasons += sanity_problems(report, cfg)
             reasons += _provenance_problems(report, cfg, model_sha256)
+            reasons += protocol_problems(report, cfg.protocol)
             consistency = report.get("consistency")
             if not isinstance(consistency, list):
                 reasons.append("evaluation report has no consistency check list")
@@ -267,13 +274,42 @@ def sidecar_path(report_path: str | Path) -> Path:
     return Path(f"{report_path}.sha256")
 
 
-def write_sidecar(report_path: str | Path) -> str:
-    """Record the sha256 of the report just written (``sha256sum`` format); returns the hash."""
+def write_sidecar(report_path: str | Path, model_sha256: str | None = None,
+                  split: str | None = None) -> str:
+    """Record the sha256 of the report just written (``sha256sum`` format); returns the hash.
+
+    With a signing key in the environment a second line carries evaluate's signed statement
+    (report hash, model hash, split), which the gate checks in attested mode."""
+    from fairat.evidence.attestation import report_statement, sidecar_line, sign, signing_key
     from fairat.io import write_text_atomic
 
     digest = sha256_file(report_path)
-    write_text_atomic(sidecar_path(report_path), f"{digest}  {Path(report_path).name}\n")
+    text = f"{digest}  {Path(report_path).name}\n"
+    private = signing_key()
+    if private is not None:
+        text += sidecar_line(sign(report_statement(digest, model_sha256, split), private)) + "\n"
+    write_text_atomic(sidecar_path(report_path), text)
     return digest
+
+
+def report_attestation_problems(report_path: str | Path, report_sha256: str | None,
+                                model_sha256: str | None, public: Any) -> list[str]:
+    """Attested mode: the sidecar must carry evaluate's statement, signed by the key whose public
+    half is ``public``, about these very report and model bytes ([] = it does)."""
+    from fairat.evidence.attestation import (REPORT_STATEMENT, envelope_from_sidecar,
+                                             statement_problems, verify)
+
+    if report_sha256 is None:
+        return []  # a missing report has its own reason
+    try:
+        text = sidecar_path(report_path).read_text()
+    except (OSError, UnicodeDecodeError):
+        return []  # provenance_problems names the missing sidecar
+    statement, problems = verify(envelope_from_sidecar(text), public, REPORT_STATEMENT)
+    if statement is not None:
+        problems = statement_problems(statement, model_sha256, report_sha256)
+    return [f"evaluation report {report_path}: {p} (attested mode: only evaluate, holding the "
+            "signing key, makes a report the gate accepts)" for p in problems]
 
 
 def provenance_problems(report_path: str | Path, logged_sha256: str | None = None,
@@ -312,6 +348,10 @@ def decide_files(cfg: GateConfig, report_path: str | Path, model_path: str | Pat
     if problems:  # report is None: a precise "missing" / "not JSON" for decide's generic reason
         decision["reasons"] = problems
     decision["reasons"][:0] = provenance_problems(report_path, actual=report_sha)
+    public = verify_key()
+    if public is not None:
+        decision["reasons"][:0] = report_attestation_problems(report_path, report_sha, model_sha,
+                                                              public)
     if model_sha is None:
         decision["reasons"].insert(0, f"model file {model_path} is missing")
     decision["passed"] = not decision["reasons"]
@@ -368,6 +408,22 @@ def recheck_decision(gate_path: str | Path, model_path: str | Path, report_path:
     return decision, model_sha, report_sha
 
 
+def decision_attestation_problems(envelope: Any, public: Any, model_sha256: str | None,
+                                  report_sha256: str | None, passed: bool) -> list[str]:
+    """Attested mode: the decision file must carry the gate's statement, signed, about these
+    files, and saying what the file says (``passed``) ([] = it does)."""
+    from fairat.evidence.attestation import DECISION_STATEMENT, statement_problems, verify
+
+    statement, problems = verify(envelope, public, DECISION_STATEMENT)
+    if statement is None:
+        return [f"gate decision: {p} (attested mode: run the gate where the signing key is "
+                "configured)" for p in problems]
+    problems = statement_problems(statement, model_sha256, report_sha256)
+    if (statement.get("decision") or {}).get("passed") is not passed:
+        problems.append("the gate decision file disagrees with its signed statement")
+    return problems
+
+
 def gate_metrics(decision: dict[str, Any]) -> dict[str, float]:
     """Flat numbers for DVC metrics / Kubeflow Metrics: passed (0/1) and the measured fractions."""
     out = {"passed": float(bool(decision["passed"]))}
@@ -411,22 +467,28 @@ def approval_signature(key: str, model_name: str, version: str | int, tags: dict
 
 
 def alias_problems(alias: str, model_name: str, version: str | int, tags: dict[str, str],
-                   approval_key: str | None) -> list[str]:
+                   approval_key: str | None,
+                   evidence: tuple[list[str], dict[str, Any] | None] | None = None) -> list[str]:
     """Why ``alias`` must not sit on this version ([] = it may); what `fairat guard` enforces.
 
     ``candidate`` needs the evidence of a passed, non-informational gate. ``champion`` needs that
     and an approval record from `fairat approve` for this very model file, signed with the
-    approval key when one is configured.
+    approval key when one is configured. ``evidence``: in attested mode, the verification of the
+    version's signed decision against its logged files (problems, statement), which replaces
+    the evidence tags; None is local mode (the tags register wrote).
     """
     if alias not in ("candidate", "champion"):
         return []
-    problems = approval_problems(tags)  # a failed or informational gate: gate_passed is not true
+    if evidence is None:  # a failed or informational gate: gate_passed is not true
+        problems, model_sha = approval_problems(tags), tags.get(f"{TAG}model_sha256")
+    else:
+        problems, model_sha = list(evidence[0]), (evidence[1] or {}).get("model_sha256")
     if alias == "champion":
         missing = [k for k in APPROVAL_TAGS if not tags.get(f"{TAG}{k}")]
         if missing:
             problems.append("no approval record from `fairat approve` (missing "
                             + ", ".join(f"{TAG}{k}" for k in missing) + ")")
-        elif tags.get(f"{TAG}approved_model_sha256") != tags.get(f"{TAG}model_sha256"):
+        elif tags.get(f"{TAG}approved_model_sha256") != model_sha:
             problems.append("the approval record is for another model file")
         if approval_key and not missing:
             import hmac

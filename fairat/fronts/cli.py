@@ -246,7 +246,8 @@ def _print_models(rows: list[dict[str, Any]], name: str) -> None:
         gate = {"true": "passed", "false": "FAILED"}.get(r.get("gate_passed", ""), "?")
         if r.get("gate_informational") == "true":
             gate = "info"
-        worst, avg = r.get("worst_class_robust") or "-", r.get("average_robust") or "-"
+        worst, avg = (f"{100 * float(r[k]):.1f}%" if r.get(k) else "-"
+                      for k in ("worst_class_robust", "average_robust"))
         lift = r.get("worst_lift_over_baseline")  # the baseline trained beside it, worst class
         lift = f"{100 * float(lift):+.1f}" if lift else "-"
         print(f"{r['version']:>7}  {r.get('created', '-')[:16]:<16} {r.get('method') or '-':<7} "
@@ -259,6 +260,11 @@ def _print_models(rows: list[dict[str, Any]], name: str) -> None:
                 print(f"{'':9}blocked: {reason}")
         if r.get("guard_reverted"):
             print(f"{'':9}guard reverted: {r['guard_reverted']}")
+    attested = {r.get("attested") for r in rows}
+    from fairat.evidence.attestation import LOCAL_MODE
+
+    print("verdicts: each version's signed gate decision, verified against its logged files"
+          if attested <= {"verified", "unverified"} else f"verdicts from tags; {LOCAL_MODE}")
 
 
 def run_registry_command(args: argparse.Namespace) -> int:

@@ -59,7 +59,8 @@ def evaluate_step(params: Params, data_dir: str | Path, model_path: str | Path,
     if not ctx.is_main:
         return report
     write_report(report, report_path)
-    write_sidecar(report_path)  # the gate and register refuse a report edited after this
+    # the gate and register refuse a report edited after this (signed when a key is configured)
+    write_sidecar(report_path, provenance["model_sha256"], cfg.split)
     if plot_path:
         plot_classwise(report, plot_path)
         write_text_atomic(Path(plot_path).with_name(CLASSWISE_CSV), classwise_csv(report))
