@@ -115,7 +115,7 @@ def _broken(mutate):
      _report({"cat": 0, "dog": 5, "car": 7}) | {"attacks": {
          **_report({"cat": 0, "dog": 5, "car": 7})["attacks"],
          "clean": attack_entry({"cat": 3, "dog": 9, "car": 9})}}, False, "above chance"),
-    (GateConfig(min_clean_class=0.95), GOOD, False, "at least min_clean_class 0.950"),
+    (GateConfig(min_clean_class=0.95), GOOD, False, "at least min_clean_class 95.0%"),
     # thresholds that judge nothing, and the informational gate
     (GateConfig(min_worst_class=0.0), GOOD, False, "thresholds are all zero"),
     (GateConfig(min_worst_class=0.0, max_gap=1.0), GOOD, False, "thresholds are all zero"),

@@ -564,3 +564,86 @@ def test_the_guard_reverts_hand_set_aliases_on_a_real_server(webhook_mlflow, mon
               f"{time.monotonic() - started:.1f} s")
     finally:
         receiver.stop()
+
+
+# ----------------------------------------------------------------------------- reconcile
+
+def test_reconcile_catches_what_happened_while_the_guard_was_down():
+    """No events: a champion set on the failed version, a candidate hand-set on it too."""
+    reg = registry_of_four(aliases={"champion": "1", "candidate": "1"})
+    guard, lines = make_guard(reg, models=[MODEL])
+    decisions = guard.reconcile()
+    assert {(d["alias"], d["outcome"], d["restored_to"]) for d in decisions} == {
+        ("champion", "reverted", "4"), ("candidate", "reverted", "4")}
+    assert reg.aliases == {"champion": "4", "candidate": "4"}
+    assert all("reconcile" in line for line in lines)
+    assert guard.reconcile() == []  # a registry that keeps the rules is left alone
+
+
+def test_reconcile_restores_a_deleted_champion_and_drops_one_whose_approval_went():
+    reg = registry_of_four(aliases={"champion": "4"})
+    guard, _ = make_guard(reg, models=[MODEL])
+    del reg.aliases["champion"]  # MLflow sends no webhook for a deletion
+    (decision,) = guard.reconcile()
+    assert decision["outcome"] == "restored" and reg.aliases == {"champion": "4"}
+    reg.versions["4"].pop("fairat.approval_signature")  # approval tags edited since
+    (decision,) = guard.reconcile()
+    assert decision["outcome"] == "reverted" and decision["restored_to"] == "2"
+    assert reg.aliases == {"champion": "2"}
+
+
+def test_the_server_reconciles_at_start_and_on_its_timer():
+    reg = registry_of_four(aliases={"champion": "1"})
+    guard, lines = make_guard(reg, models=[MODEL])
+    server = GuardServer(guard, SECRET, "127.0.0.1", 0, reconcile_every_s=0.2).start()
+    try:
+        deadline = time.monotonic() + 10
+        while reg.aliases.get("champion") != "4" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert reg.aliases == {"champion": "4"}  # at start
+        del reg.aliases["champion"]
+        while reg.aliases.get("champion") != "4" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert reg.aliases == {"champion": "4"}  # on the timer
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_the_guard_reconciles_a_real_server_after_downtime(webhook_mlflow, monkeypatch):
+    """Against `mlflow server` with no webhook at all (the guard was down): every case of
+    issue 29 item 4 is found by the reconcile the guard runs at start."""
+    from mlflow import MlflowClient
+
+    from fairat.edge.registry import approve
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", webhook_mlflow.url)
+    monkeypatch.setenv(APPROVAL_KEY_ENV, KEY)
+    client = MlflowClient(webhook_mlflow.url)
+    client.create_registered_model(MODEL)
+    for passed, sha in ((False, "sha-1"), (True, "sha-2"), (True, "sha-3")):
+        client.create_model_version(MODEL, source="s3://fairat-test/model",
+                                    tags=evidence(passed, sha))
+    aliases = lambda: {k: str(v) for k, v in  # noqa: E731
+                       client.get_registered_model(MODEL).aliases.items()}
+    approve(MODEL, 2, by="alice")
+    client.set_registered_model_alias(MODEL, "candidate", "3")  # where register put it
+    guard = Guard(client=MlflowClient(webhook_mlflow.url), approval_key=KEY, models=[MODEL],
+                  log=lambda line: print(line, file=sys.stderr, flush=True))
+    assert guard.reconcile() == [] and aliases() == {"champion": "2", "candidate": "3"}
+    # while the guard was down: champion and candidate set by hand on the failed version
+    client.set_registered_model_alias(MODEL, "champion", "1")
+    client.set_registered_model_alias(MODEL, "candidate", "1")
+    guard.reconcile()
+    assert aliases() == {"champion": "2", "candidate": "3"}  # the legitimate candidate is kept
+    assert json.loads(client.get_model_version(MODEL, "1").tags[REVERTED_TAG])["alias"] in (
+        "champion", "candidate")
+    # champion deleted (no webhook exists for deletions): restored
+    client.delete_registered_model_alias(MODEL, "champion")
+    (decision,) = guard.reconcile()
+    assert decision["outcome"] == "restored" and aliases()["champion"] == "2"
+    # the champion's approval tags removed: it loses the alias, nothing else qualifies
+    client.delete_model_version_tag(MODEL, "2", "fairat.approval_signature")
+    (decision,) = guard.reconcile()
+    assert decision["outcome"] == "reverted" and decision["restored_to"] is None
+    assert aliases() == {"candidate": "3"}

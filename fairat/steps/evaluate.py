@@ -49,6 +49,7 @@ def evaluate_step(params: Params, data_dir: str | Path, model_path: str | Path,
                   "model_epoch": meta.get("selected", {}).get("epoch", meta.get("epoch")),
                   "model_selected_by": meta.get("selected", {}).get("by"),
                   "train_config": meta.get("config"), "data_content_hash": manifest["content_hash"],
+                  "n_parameters": sum(p.numel() for p in model.parameters()),  # for the card
                   "data_source": manifest["source"], "split": cfg.split,
                   "train_seconds": training.get("seconds"),
                   # where that time was measured (None: sessions on several or unknown machines)

@@ -28,7 +28,7 @@ def gate_step(params: Params, report_path: str | Path, model_path: str | Path,
     write_json_atomic(Path(out_path).with_name(GATE_METRICS), gate_metrics(decision))
     verdict = "PASSED" if decision["passed"] else "BLOCKED"
     print(f"fairness gate {verdict} ({params.gate.attack}, min worst class "
-          f"{params.gate.min_worst_class:.3f})", flush=True)
+          f"{params.gate.min_worst_class:.1%})", flush=True)
     for reason in decision["reasons"]:
         print(f"  - {reason}", flush=True)
     print("decision signed with key " + decision["attestation"]["key_id"] if private else

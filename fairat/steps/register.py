@@ -93,9 +93,12 @@ def register_step(params: Params, model_path: str | Path, report_path: str | Pat
         raise DataError(f"register: evaluation report {report_path} changed while registering; "
                         "nothing was registered, re-run the gate and register")
     manifest = json.loads((Path(data_dir) / MANIFEST_NAME).read_text())
-    model, _ = load_model(model_path, torch.device("cpu"))
-    model.eval()
-    n_parameters = sum(p.numel() for p in model.parameters())
+    n_parameters = ((report or {}).get("provenance") or {}).get("n_parameters")
+    model = None
+    if wanted or not isinstance(n_parameters, int):  # the registry logs the model itself
+        model, _ = load_model(model_path, torch.device("cpu"))
+        model.eval()
+        n_parameters = sum(p.numel() for p in model.parameters())
     card_args = dict(params=to_dict(params), report=report, decision=decision, manifest=manifest,
                      train_summary=_read_json(train_metrics_path), n_parameters=n_parameters,
                      comparison=comparison)
