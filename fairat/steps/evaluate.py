@@ -33,7 +33,6 @@ def evaluate_step(params: Params, data_dir: str | Path, model_path: str | Path,
     gathered (PGD/CW counts equal a one-process run's exactly) and only rank 0 writes outputs.
     """
     cfg = params.evaluate
-    training_run(params, train_metrics_path)  # a run this store lacks fails now, not after attacks
     data = load_prepared(data_dir)
     split = getattr(data, cfg.split)
     if len(split) == 0:
@@ -55,6 +54,7 @@ def evaluate_step(params: Params, data_dir: str | Path, model_path: str | Path,
                   # where that time was measured (None: sessions on several or unknown machines)
                   "train_machine": training.get("machine"),
                   "train_sessions": training.get("sessions")}
+    training_run(params, train_metrics_path)  # a run this store lacks fails now, not after attacks
     report = evaluate(model, split.images, split.labels, split.class_names, cfg, device, provenance,
                       ctx=ctx)
     if not ctx.is_main:
@@ -84,8 +84,7 @@ def training_run(params: Params, train_metrics_path: str | Path | None) -> str |
     """The training's MLflow run id that the evaluation will be logged to, checked to exist in
     this store; None when tracking is off or no training summary is named. Raises (before any
     work) when the summary is missing, names no run, or names a run of another store."""
-    if not params.track.enabled or train_metrics_path is None or \
-            int(os.environ.get("RANK", "0")) != 0:
+    if not params.track.enabled or train_metrics_path is None:  # every rank checks: none hangs
         return None
     if not Path(train_metrics_path).is_file():
         raise FileNotFoundError(f"evaluate: training summary {train_metrics_path} is missing; "
