@@ -135,3 +135,21 @@ def test_a_rewritten_sidecar_without_the_key_is_blocked_by_the_gate(attested, tm
     decision = decide_files(params.gate, report, attested / "models/model.pt")
     assert not decision["passed"]
     assert any("no signed fairat.report/v1 statement" in r for r in decision["reasons"])
+
+
+def test_a_decision_file_edited_to_passed_disagrees_with_its_signature(no_keys):
+    from fairat.evidence.gate import decision_attestation_problems
+
+    private = Ed25519PrivateKey.generate()
+    blocked = {"passed": False, "informational": False, "attack": "pgd", "split": "test",
+               "measured": None, "reasons": ["below min_worst_class"],
+               "model_sha256": "m" * 64, "report_sha256": "r" * 64}
+    envelope = att.sign(att.decision_statement(blocked, {"min_worst_class": 0.3}), private)
+    public = private.public_key()
+    assert decision_attestation_problems(envelope, public, "m" * 64, "r" * 64, False) == []
+    edited = decision_attestation_problems(envelope, public, "m" * 64, "r" * 64, True)
+    assert edited == ["the gate decision file says passed, its signed statement does not"]
+    other_model = decision_attestation_problems(envelope, public, "x" * 64, "r" * 64, False)
+    assert "not this model" in other_model[0]
+    unsigned = decision_attestation_problems(None, public, "m" * 64, "r" * 64, True)
+    assert "no signed fairat.decision/v1 statement" in unsigned[0]

@@ -203,8 +203,9 @@ def decision_attestation_problems(envelope: Any, public: Any, model_sha256: str 
         return [f"gate decision: {p} (attested mode: run the gate where the signing key is "
                 "configured)" for p in problems]
     problems = statement_problems(statement, model_sha256, report_sha256)
-    if (statement.get("decision") or {}).get("passed") is not passed:
-        problems.append("the gate decision file disagrees with its signed statement")
+    signed = statement.get("decision") or {}
+    if passed and (signed.get("passed") is not True or signed.get("informational") is not False):
+        problems.append("the gate decision file says passed, its signed statement does not")
     return problems
 
 
