@@ -145,7 +145,8 @@ def test_dvc_repro_from_scratch_registers_caches_and_gates(repo, capsys):
     assert manifest["content_hash"] in card and registered["run_id"] in card
     assert "baseline was trained beside this model" in card and baseline_id in card
     description = client.get_model_version("fairat-digits", "1").description
-    assert description.startswith("Fairness gate PASSED") and "evidence/model_card.md" in description
+    assert description.startswith("Fairness gate PASSED")
+    assert f"{registered['evidence_path']}/model_card.md" in description  # its own evidence folder
 
     # commit the run, as a team does, so experiments are compared with it
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
