@@ -191,6 +191,27 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ProtocolConfig:
+    """The evaluation the gate accepts (checked in fairat.evidence.protocol against the report's
+    own recorded settings): anything weaker is blocked, whatever its numbers."""
+
+    eps: float | None = None  # L-inf radius the report must use; None = the model's training radius
+    min_pgd_steps: int = 20  # PGD-CE must have run with at least this many steps
+    min_cw_steps: int | None = 20  # CW (PGD on the CW loss) at least this many steps; None = optional
+    autoattack: Literal["standard", "any", "none"] = "standard"  # the weakest AutoAttack accepted
+    min_examples_per_class: int | None = None  # None = every example of the split
+
+    def __post_init__(self) -> None:
+        _check(self.eps is None or 0 < self.eps <= 1, "eps", self.eps,
+               "must lie in (0, 1] or be null")
+        _check(self.min_pgd_steps >= 1, "min_pgd_steps", self.min_pgd_steps,
+               "must be at least 1")
+        _check_positive_or_none("min_cw_steps", self.min_cw_steps)
+        _check_positive_or_none("min_examples_per_class",
+                                self.min_examples_per_class)
+
+
+@dataclass(frozen=True)
 class GateConfig:
     """Fairness gate: thresholds on one attack's class-wise robust accuracy, fractions in [0, 1].
 
@@ -205,6 +226,7 @@ class GateConfig:
     split: Literal["test", "val"] = "test"  # the split the report must have been computed on
     min_clean_class: float | None = None  # clean accuracy floor per class; None = above chance
     informational: bool = False  # True: record the numbers, never pass (all-zero thresholds)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)  # the evaluation accepted
 
     def __post_init__(self) -> None:
         _check(self.min_clean_class is None or 0 <= self.min_clean_class <= 1, "min_clean_class",

@@ -91,7 +91,9 @@ def test_run_with_baseline_trains_pgd_at_beside_the_model_and_cards_the_lift(tmp
     tiny = [*TINY, "-S", "evaluate.autoattack=none", "-S", "gate.attack=clean",
             "-S", "evaluate.cw=false",
             "-S", "gate.min_worst_class=0.0", "-S", "gate.min_average=0.01",
-            "-S", "gate.min_clean_class=0.0"]
+            "-S", "gate.min_clean_class=0.0",
+            "-S", "gate.protocol.min_pgd_steps=1", "-S", "gate.protocol.min_cw_steps=null",
+            "-S", "gate.protocol.autoattack=none", "-S", "gate.protocol.min_examples_per_class=1"]
     assert main(["run", "--with-baseline", *tiny]) == 0
     baseline = json.loads((tmp_path / "metrics/baseline/eval.json").read_text())
     assert baseline["provenance"]["train_config"]["train"]["method"] == "pgd_at"

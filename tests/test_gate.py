@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fairat.config import ConfigError, GateConfig, Params
+from fairat.config import ConfigError, GateConfig, Params, ProtocolConfig, from_dict
 from fairat.engine.metrics import summarize
 from fairat.evidence.gate import decide, gate_metrics, write_sidecar
 from fairat.io import sha256_file
@@ -21,14 +21,29 @@ SHA = "a" * 64
 N = 10  # examples per class in the hand-made reports
 
 
+EPS = 0.1
+PGD20 = {"eps": EPS, "steps": 20, "step_size": 0.025, "loss": "ce", "restarts": 1}
+STANDARD_AA = {"version": "standard", "attacks": ["apgd-ce", "apgd-t", "fab-t", "square"],
+               "norm": "Linf", "eps": EPS, "examples_per_class": None}
+
+
 def _report(worst: dict[str, int], attack: str = "worst_case") -> dict:
-    """A consistent report: clean 9/10 per class, PGD one more robust example than the worst case."""
+    """A consistent report made with the default protocol (PGD-20, CW-20, standard AutoAttack on
+    every example at the training radius): clean 9/10 per class, PGD and CW one more robust
+    example than the worst case, AutoAttack equal to it."""
     attacks = {"clean": attack_entry({c: 9 for c in worst}),
                "pgd": attack_entry({c: k + 1 for c, k in worst.items()}),
-               attack: attack_entry(worst)}
-    return {"attacks": attacks, "class_names": list(worst),
+               "cw": attack_entry({c: k + 1 for c, k in worst.items()}),
+               "autoattack": attack_entry(worst), attack: attack_entry(worst)}
+    attacks["pgd"]["settings"] = dict(PGD20)
+    attacks["cw"]["settings"] = dict(PGD20, loss="cw")
+    attacks["autoattack"]["settings"] = dict(STANDARD_AA)
+    return {"attacks": attacks, "class_names": list(worst), "eps": EPS,
             "examples_per_class": {c: N for c in worst},
-            "provenance": {"model_sha256": SHA, "split": "test"}, "consistency": []}
+            "provenance": {"model_sha256": SHA, "split": "test",
+                           "eval_config": {"examples_per_class": None},
+                           "train_config": {"train": {"attack": {"eps": EPS}}}},
+            "consistency": []}
 
 
 GOOD = _report({"cat": 4, "dog": 5, "car": 7})
@@ -56,7 +71,8 @@ def _broken(mutate):
     (GateConfig(min_worst_class=0.1, min_average=0.5), GOOD, True, None),
     (GateConfig(min_worst_class=0.1, max_gap=0.2), GOOD, False, "above max_gap"),
     (GateConfig(min_worst_class=0.1, max_gap=0.3), GOOD, True, None),
-    (GateConfig(attack="autoattack"), GOOD, False, "has no 'autoattack' results"),
+    (GateConfig(attack="autoattack", protocol=ProtocolConfig(autoattack="none")),
+     _broken(lambda r: r["attacks"].pop("autoattack")), False, "has no 'autoattack' results"),
     (GateConfig(split="val"), GOOD, False, "computed on the 'test' split"),
     (GateConfig(), None, False, "missing"),
     (GateConfig(), [1, 2], False, "not a JSON object"),
@@ -99,7 +115,7 @@ def _broken(mutate):
      _report({"cat": 0, "dog": 5, "car": 7}) | {"attacks": {
          **_report({"cat": 0, "dog": 5, "car": 7})["attacks"],
          "clean": attack_entry({"cat": 3, "dog": 9, "car": 9})}}, False, "above chance"),
-    (GateConfig(min_clean_class=0.95), GOOD, False, "at least min_clean_class 0.950"),
+    (GateConfig(min_clean_class=0.95), GOOD, False, "at least min_clean_class 95.0%"),
     # thresholds that judge nothing, and the informational gate
     (GateConfig(min_worst_class=0.0), GOOD, False, "thresholds are all zero"),
     (GateConfig(min_worst_class=0.0, max_gap=1.0), GOOD, False, "thresholds are all zero"),
@@ -179,7 +195,8 @@ def test_gate_step_fails_closed(tmp_path, report_text, reason_part):
 def _raised(report: dict) -> dict:
     """The same report with cat's worst case raised consistently (numbers, summary, counts)."""
     edited = copy.deepcopy(report)
-    _raise(edited, "worst_case", "cat", 5, counts_too=True)
+    for attack in ("autoattack", "worst_case"):
+        _raise(edited, attack, "cat", 5, counts_too=True)
     sha = edited["provenance"]["model_sha256"]
     assert decide(edited, GateConfig(min_worst_class=0.3), sha)["passed"]  # consistent on its own
     return edited
@@ -248,3 +265,86 @@ def test_gate_judges_the_bytes_whose_hash_it_records(tmp_path, monkeypatch):
     assert not decision["passed"]
     assert any("not the file the evaluate step wrote" in r for r in decision["reasons"]), \
         decision["reasons"]
+
+
+# ----------------------------------------------------------------------------- the protocol
+
+def _weakened(**changes) -> dict:
+    report = copy.deepcopy(GOOD)
+    for key, value in changes.items():
+        key(report, value)
+    return report
+
+
+def test_the_weak_evaluation_from_issue_29_is_blocked(digits, trained_model):
+    """`evaluate -S evaluate.eps=0.001 -S evaluate.require_train_eps=false -S evaluate.pgd_steps=1
+    -S evaluate.cw=false -S evaluate.autoattack=none`, run for real: a genuine report whose
+    numbers would pass, blocked by the default policy for every way it is weaker."""
+    from fairat.config import EvalConfig
+    from fairat.engine.evaluation import evaluate
+
+    weak = EvalConfig(eps=0.001, require_train_eps=False, pgd_steps=1, cw=False,
+                      autoattack="none", examples_per_class=20, progress=False, device="cpu")
+    report = evaluate(trained_model, digits.test.images, digits.test.labels,
+                      digits.test.class_names, weak, "cpu",
+                      {"model_sha256": SHA, "split": "test",
+                       "train_config": {"train": {"attack": {"eps": 0.1}}}})
+    report = json.loads(json.dumps(report))  # as the gate reads it from the file
+    lenient = GateConfig(attack="clean", min_worst_class=0.0, min_average=0.01,
+                         min_clean_class=0.0)
+    decision = decide(report, lenient, SHA)
+    reasons = "\n".join(decision["reasons"])
+    assert not decision["passed"]
+    for part in ("evaluated at L-inf eps 0.001; the gate accepts only eps 0.1",
+                 "PGD ran 1 steps; the gate needs at least 20", "no CW result",
+                 "no AutoAttack result", "evaluated 20 examples per class; the gate needs every"):
+        assert part in reasons, reasons
+    # the same report passes only a policy that names exactly this evaluation
+    accepting = ProtocolConfig(eps=0.001, min_pgd_steps=1, min_cw_steps=None, autoattack="none",
+                               min_examples_per_class=20)
+    allowed = decide(report, GateConfig(attack="clean", min_worst_class=0.0, min_average=0.01,
+                                        min_clean_class=0.0, protocol=accepting), SHA)
+    assert allowed["passed"], allowed["reasons"]
+
+
+def _set_settings(attack: str, **values):
+    return lambda r: r["attacks"][attack]["settings"].update(values)
+
+
+@pytest.mark.parametrize("mutate, reason_part", [
+    (_set_settings("pgd", steps=10), "PGD ran 10 steps"),
+    (_set_settings("cw", steps=5), "CW ran 5 steps"),
+    (_set_settings("cw", loss="ce"), "cw used loss 'ce'"),
+    (_set_settings("pgd", eps=0.2), "pgd ran at eps 0.2"),
+    (_set_settings("autoattack", version="custom", attacks=["apgd-ce"]), "standard suite"),
+    (_set_settings("autoattack", norm="L2"), "norm 'L2'"),
+    (_set_settings("autoattack", autoattack_impl="homemade"), "'homemade' is not one of"),
+    (_set_settings("autoattack", examples_per_class=5), "AutoAttack ran on 5 examples"),
+    (lambda r: r.update(eps=0.05), "eps 0.05; the gate accepts only eps 0.1"),
+    (lambda r: r["provenance"].pop("train_config"), "cannot tell which radius"),
+    (lambda r: r["provenance"].pop("eval_config"), "records no evaluation settings"),
+])
+def test_a_weaker_protocol_is_blocked_with_its_reason(mutate, reason_part):
+    decision = decide(_broken(mutate), GateConfig(min_worst_class=0.3), SHA)
+    assert not decision["passed"]
+    assert any(reason_part in r for r in decision["reasons"]), decision["reasons"]
+
+
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_either_autoattack_implementation_is_accepted(impl):
+    report = _broken(_set_settings("autoattack", autoattack_impl=impl))
+    assert decide(report, GateConfig(min_worst_class=0.3), SHA)["passed"]
+
+
+def test_a_stated_minimum_per_class_and_an_explicit_radius():
+    subset = _broken(lambda r: r["provenance"]["eval_config"].update(examples_per_class=10))
+    assert not decide(subset, GateConfig(min_worst_class=0.3), SHA)["passed"]
+    ten = GateConfig(min_worst_class=0.3, protocol=ProtocolConfig(min_examples_per_class=10))
+    assert decide(subset, ten, SHA)["passed"]
+    eleven = GateConfig(min_worst_class=0.3, protocol=ProtocolConfig(min_examples_per_class=11))
+    assert "too few examples evaluated per class" in " ".join(decide(subset, eleven,
+                                                                     SHA)["reasons"])
+    other = GateConfig(min_worst_class=0.3, protocol=ProtocolConfig(eps=8 / 255))
+    assert "the gate accepts only eps 0.0313725" in " ".join(decide(GOOD, other, SHA)["reasons"])
+    with pytest.raises(ConfigError, match="gate.protocol.min_pgd_steps"):
+        from_dict(Params, {"gate": {"protocol": {"min_pgd_steps": 0}}})

@@ -199,13 +199,18 @@ def test_an_approved_champion_is_left_alone():
     assert reg.calls == []
 
 
-def test_candidate_on_a_failed_version_is_deleted_without_restore():
+def test_candidate_on_a_failed_version_goes_back_to_the_newest_passed_version():
+    """Reverting a hand-set candidate keeps the legitimate one: the newest passed version, where
+    register put it; with no passed version, candidate stays unset."""
     reg = registry_of_four(aliases={"candidate": "1", "champion": "2"})
     guard, _ = make_guard(reg)
     decision = guard.handle(alias_event("candidate", "1"))
-    assert decision["outcome"] == "reverted" and decision["restored_to"] is None
-    assert reg.aliases == {"champion": "2"}
-    assert json.loads(reg.versions["1"][REVERTED_TAG])["restored_to"] is None
+    assert decision["outcome"] == "reverted" and decision["restored_to"] == "4"
+    assert reg.aliases == {"champion": "2", "candidate": "4"}
+    assert json.loads(reg.versions["1"][REVERTED_TAG])["restored_to"] == "4"
+    alone = FakeRegistry({"1": evidence(False, "sha-1")}, aliases={"candidate": "1"})
+    assert make_guard(alone)[0].handle(alias_event("candidate", "1"))["restored_to"] is None
+    assert alone.aliases == {}
     # a passed version may be candidate without approval
     reg.aliases["candidate"] = "3"
     assert guard.handle(alias_event("candidate", "3"))["outcome"] == "allowed"
@@ -501,9 +506,9 @@ def test_the_guard_reverts_hand_set_aliases_on_a_real_server(webhook_mlflow, mon
         assert "fairness gate did not pass" in record["reasons"][0]
         assert tags("1")[ATTEMPTED_BY_TAG] == ATTEMPTED_BY
         windows = [_window_ms(reverted("1")[0])]
-        # ... and candidate too (no restore for candidate)
+        # ... and candidate too: back on the newest passed version (where register puts it)
         client.set_registered_model_alias(MODEL, "candidate", "1")
-        _wait("candidate removed from v1", lambda: "candidate" not in aliases()
+        _wait("candidate moved from v1 to v4", lambda: aliases().get("candidate") == "4"
               and json.loads(tags("1")[REVERTED_TAG])["alias"] == "candidate", guard, log)
 
         # (b) `fairat approve` (signed with the key the guard holds): champion stays
@@ -540,7 +545,7 @@ def test_the_guard_reverts_hand_set_aliases_on_a_real_server(webhook_mlflow, mon
             d["outcome"] == "allowed" and d["version"] == "2" for d in guard.decisions) >= 3,
             guard, log)
         time.sleep(1)
-        assert dict(aliases()) == {"champion": "2"}
+        assert dict(aliases()) == {"champion": "2", "candidate": "4"}
         assert not [d for d in guard.decisions if d["outcome"] == "error"]
         assert "Failed to send webhook" not in log.read_text()
         def spans(start: str, end: str) -> str:
@@ -559,3 +564,86 @@ def test_the_guard_reverts_hand_set_aliases_on_a_real_server(webhook_mlflow, mon
               f"{time.monotonic() - started:.1f} s")
     finally:
         receiver.stop()
+
+
+# ----------------------------------------------------------------------------- reconcile
+
+def test_reconcile_catches_what_happened_while_the_guard_was_down():
+    """No events: a champion set on the failed version, a candidate hand-set on it too."""
+    reg = registry_of_four(aliases={"champion": "1", "candidate": "1"})
+    guard, lines = make_guard(reg, models=[MODEL])
+    decisions = guard.reconcile()
+    assert {(d["alias"], d["outcome"], d["restored_to"]) for d in decisions} == {
+        ("champion", "reverted", "4"), ("candidate", "reverted", "4")}
+    assert reg.aliases == {"champion": "4", "candidate": "4"}
+    assert all("reconcile" in line for line in lines)
+    assert guard.reconcile() == []  # a registry that keeps the rules is left alone
+
+
+def test_reconcile_restores_a_deleted_champion_and_drops_one_whose_approval_went():
+    reg = registry_of_four(aliases={"champion": "4"})
+    guard, _ = make_guard(reg, models=[MODEL])
+    del reg.aliases["champion"]  # MLflow sends no webhook for a deletion
+    (decision,) = guard.reconcile()
+    assert decision["outcome"] == "restored" and reg.aliases == {"champion": "4"}
+    reg.versions["4"].pop("fairat.approval_signature")  # approval tags edited since
+    (decision,) = guard.reconcile()
+    assert decision["outcome"] == "reverted" and decision["restored_to"] == "2"
+    assert reg.aliases == {"champion": "2"}
+
+
+def test_the_server_reconciles_at_start_and_on_its_timer():
+    reg = registry_of_four(aliases={"champion": "1"})
+    guard, lines = make_guard(reg, models=[MODEL])
+    server = GuardServer(guard, SECRET, "127.0.0.1", 0, reconcile_every_s=0.2).start()
+    try:
+        deadline = time.monotonic() + 10
+        while reg.aliases.get("champion") != "4" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert reg.aliases == {"champion": "4"}  # at start
+        del reg.aliases["champion"]
+        while reg.aliases.get("champion") != "4" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert reg.aliases == {"champion": "4"}  # on the timer
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_the_guard_reconciles_a_real_server_after_downtime(webhook_mlflow, monkeypatch):
+    """Against `mlflow server` with no webhook at all (the guard was down): every case of
+    issue 29 item 4 is found by the reconcile the guard runs at start."""
+    from mlflow import MlflowClient
+
+    from fairat.edge.registry import approve
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", webhook_mlflow.url)
+    monkeypatch.setenv(APPROVAL_KEY_ENV, KEY)
+    client = MlflowClient(webhook_mlflow.url)
+    client.create_registered_model(MODEL)
+    for passed, sha in ((False, "sha-1"), (True, "sha-2"), (True, "sha-3")):
+        client.create_model_version(MODEL, source="s3://fairat-test/model",
+                                    tags=evidence(passed, sha))
+    aliases = lambda: {k: str(v) for k, v in  # noqa: E731
+                       client.get_registered_model(MODEL).aliases.items()}
+    approve(MODEL, 2, by="alice")
+    client.set_registered_model_alias(MODEL, "candidate", "3")  # where register put it
+    guard = Guard(client=MlflowClient(webhook_mlflow.url), approval_key=KEY, models=[MODEL],
+                  log=lambda line: print(line, file=sys.stderr, flush=True))
+    assert guard.reconcile() == [] and aliases() == {"champion": "2", "candidate": "3"}
+    # while the guard was down: champion and candidate set by hand on the failed version
+    client.set_registered_model_alias(MODEL, "champion", "1")
+    client.set_registered_model_alias(MODEL, "candidate", "1")
+    guard.reconcile()
+    assert aliases() == {"champion": "2", "candidate": "3"}  # the legitimate candidate is kept
+    assert json.loads(client.get_model_version(MODEL, "1").tags[REVERTED_TAG])["alias"] in (
+        "champion", "candidate")
+    # champion deleted (no webhook exists for deletions): restored
+    client.delete_registered_model_alias(MODEL, "champion")
+    (decision,) = guard.reconcile()
+    assert decision["outcome"] == "restored" and aliases()["champion"] == "2"
+    # the champion's approval tags removed: it loses the alias, nothing else qualifies
+    client.delete_model_version_tag(MODEL, "2", "fairat.approval_signature")
+    (decision,) = guard.reconcile()
+    assert decision["outcome"] == "reverted" and decision["restored_to"] is None
+    assert aliases() == {"candidate": "3"}

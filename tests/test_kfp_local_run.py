@@ -19,7 +19,9 @@ TINY = {"data.val_per_class": 5, "model.width": 8, "train.epochs": 2, "train.max
         "evaluate.examples_per_class": 5, "evaluate.pgd_steps": 3, "evaluate.autoattack": "none",
         "evaluate.device": "cpu", "gate.min_worst_class": 0.0, "track.model_name": "fairat-kfp",
         # a tiny model: judged on clean accuracy, with one threshold (all-zero gates are refused)
-        "gate.attack": "clean", "gate.min_average": 0.01, "gate.min_clean_class": 0.0}
+        "gate.attack": "clean", "gate.min_average": 0.01, "gate.min_clean_class": 0.0,
+        "gate.protocol.min_pgd_steps": 1, "gate.protocol.min_cw_steps": None,
+        "gate.protocol.autoattack": "none", "gate.protocol.min_examples_per_class": 1}
 
 
 @pytest.mark.slow

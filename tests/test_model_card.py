@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from fairat.config import GateConfig, Params, to_dict, with_overrides
+from fairat.config import GateConfig, Params, ProtocolConfig, to_dict, with_overrides
 from fairat.evidence.gate import decide
 from fairat.evidence.model_card import CARD_SECTIONS, render_card, summary_text
 from fairat.steps.register import registration_wanted
@@ -17,8 +19,11 @@ REPORT = {"class_names": ["cat", "dog"], "examples_per_class": {"cat": 10, "dog"
           "attacks": {"clean": attack_entry({"cat": 9, "dog": 10}), "pgd": attack_entry({"cat": 5, "dog": 8}),
                       "worst_case": attack_entry({"cat": 4, "dog": 7})},
           "provenance": {"model_sha256": SHA, "split": "test", "git_commit": "abc123",
-                         "data_content_hash": "d" * 64},
+                         "data_content_hash": "d" * 64, "eval_config": {"examples_per_class": None}},
           "consistency": []}
+REPORT["attacks"]["pgd"]["settings"] = {"eps": 0.1, "steps": 20, "step_size": 0.025, "loss": "ce"}
+# the gate's protocol for this hand-made report: PGD-20 at eps 0.1 on every example, no CW or AA
+PROTOCOL = ProtocolConfig(eps=0.1, min_cw_steps=None, autoattack="none")
 MANIFEST = {"source": "digits", "class_names": ["cat", "dog"], "content_hash": "d" * 64,
             "splits": {"train": {"n": 100, "counts": {"cat": 50, "dog": 50}},
                        "val": {"n": 20, "counts": {"cat": 10, "dog": 10}}}}
@@ -26,6 +31,7 @@ SUMMARY = {"chosen_epoch": 7, "epochs": 10, "chosen_by": "val_robust_avg"}
 
 
 def _card(cfg: GateConfig, **kw) -> tuple[str, dict]:
+    cfg = dataclasses.replace(cfg, protocol=PROTOCOL)
     decision = decide(REPORT, cfg, SHA)
     params = to_dict(Params(gate=cfg))
     return render_card(params, REPORT, decision, MANIFEST, SUMMARY, n_parameters=1234, **kw), decision

@@ -36,7 +36,9 @@ TINY = {
     "evaluate": {"examples_per_class": 5, "pgd_steps": 3, "autoattack": "none"},
     # a tiny model: the gate judges clean accuracy (a pass is reachable) and keeps a threshold
     # (an all-zero gate is refused); its classes may sit below chance
-    "gate": {"min_worst_class": 0.0, "attack": "clean", "min_average": 0.01, "min_clean_class": 0.0},
+    "gate": {"min_worst_class": 0.0, "attack": "clean", "min_average": 0.01, "min_clean_class": 0.0,
+             "protocol": {"min_pgd_steps": 1, "min_cw_steps": None, "autoattack": "none",
+                          "min_examples_per_class": 1}},
 }
 
 
@@ -148,7 +150,8 @@ def test_dvc_repro_from_scratch_registers_caches_and_gates(repo, capsys):
     assert manifest["content_hash"] in card and registered["run_id"] in card
     assert "baseline was trained beside this model" in card and baseline_id in card
     description = client.get_model_version("fairat-digits", "1").description
-    assert description.startswith("Fairness gate PASSED") and "evidence/model_card.md" in description
+    assert description.startswith("Fairness gate PASSED")
+    assert f"{registered['evidence_path']}/model_card.md" in description  # its own evidence folder
 
     # commit the run, as a team does, so experiments are compared with it
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True)

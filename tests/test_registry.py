@@ -21,6 +21,9 @@ TINY = ["-S", "data.val_per_class=5", "-S", "model.width=8", "-S", "train.epochs
         # a tiny model: the gate judges clean accuracy (a pass is reachable) and still has a
         # threshold (an all-zero gate is refused); its classes may sit below chance
         "-S", "gate.attack=clean", "-S", "gate.min_average=0.01", "-S", "gate.min_clean_class=0",
+        # ... and accepts the tiny evaluation (the default protocol needs PGD-20, CW-20, AutoAttack)
+        "-S", "gate.protocol.min_pgd_steps=1", "-S", "gate.protocol.min_cw_steps=null",
+        "-S", "gate.protocol.autoattack=none", "-S", "gate.protocol.min_examples_per_class=1",
         "-S", "track.model_name=unit"]
 
 
@@ -123,3 +126,56 @@ def test_flatten_and_numeric_metrics():
                                       "flag": True}
     record = {"epoch": 2, "val": {"cat": 0.5, "dog": float("nan")}, "ok": True, "name": "x"}
     assert numeric_metrics(record) == {"epoch": 2.0, "val.cat": 0.5}
+
+
+def _fresh_evidence(inside) -> None:
+    """Evaluate and gate again, so the test starts from evaluate's untouched, logged report."""
+    assert main(["evaluate", *TINY]) == 0 and main(["gate", *TINY]) == 0
+
+
+@pytest.mark.slow
+def test_a_forged_report_registered_twice_never_becomes_candidate(inside, capsys):
+    """A consistent edit with its sidecar rewritten passes the local gate; register blocks it on
+    the hash evaluate logged, and must not store the forged hash where it would pass next time."""
+    from mlflow.tracking import MlflowClient
+
+    from fairat.evidence.gate import write_sidecar
+
+    _fresh_evidence(inside)
+    run_id = json.loads((inside / "metrics/train.json").read_text())["mlflow_run_id"]
+    client = MlflowClient(registry.tracking_uri())
+    honest = client.get_run(run_id).data.tags["fairat.report_sha256"]
+    candidate = client.get_registered_model("unit").aliases.get("candidate")
+    path = inside / "metrics/eval.json"
+    forged = json.loads(path.read_text())
+    forged["seconds"] = {k: 0.0 for k in forged["seconds"]}  # consistent: no check reads it
+    path.write_text(json.dumps(forged))
+    write_sidecar(path)
+    assert main(["gate", *TINY]) == 0
+    assert json.loads((inside / "metrics/gate.json").read_text())["passed"] is True
+    for attempt in (1, 2):
+        assert main(["register", *TINY]) == 0
+        record = json.loads((inside / "metrics/registered.json").read_text())
+        assert record["passed"] is False and record["alias"] is None, attempt
+        assert client.get_registered_model("unit").aliases.get("candidate") == candidate
+        assert client.get_run(run_id).data.tags["fairat.report_sha256"] == honest
+    assert "not the one evaluate logged" in capsys.readouterr().out
+    _fresh_evidence(inside)
+
+
+@pytest.mark.slow
+def test_a_training_summary_without_a_run_id_refuses_to_register(inside, capsys):
+    path = inside / "metrics/train.json"
+    original = path.read_text()
+    summary = json.loads(original)
+    del summary["mlflow_run_id"]
+    path.write_text(json.dumps(summary))
+    versions = len(registry.list_versions("unit"))
+    try:
+        assert main(["register", *TINY]) != 0
+        assert "mlflow_run_id is missing" in capsys.readouterr().err
+        assert len(registry.list_versions("unit")) == versions
+        assert main(["evaluate", *TINY]) != 0  # evaluate checks the run before its attacks
+        assert "mlflow_run_id is missing" in capsys.readouterr().err
+    finally:
+        path.write_text(original)

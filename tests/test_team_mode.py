@@ -98,7 +98,9 @@ def test_pipeline_end_to_end_in_team_mode(mlflow_server, tmp_path):
     records = {}
     for threshold in ("1.0", "0.0"):  # a worst class at 100% robust accuracy: blocks; 0: passes
         gate = [*tiny, "-S", f"gate.min_worst_class={threshold}", "-S", "gate.attack=clean",
-                "-S", "gate.min_average=0.01", "-S", "gate.min_clean_class=0"]
+                "-S", "gate.min_average=0.01", "-S", "gate.min_clean_class=0",
+                "-S", "gate.protocol.min_pgd_steps=1", "-S", "gate.protocol.min_cw_steps=null",
+                "-S", "gate.protocol.autoattack=none", "-S", "gate.protocol.min_examples_per_class=1"]
         _fairat(tmp_path, env, "gate", *gate)
         _fairat(tmp_path, env, "register", *gate)
         decision = json.loads((tmp_path / "metrics" / "gate.json").read_text())
@@ -121,7 +123,9 @@ def test_pipeline_end_to_end_in_team_mode(mlflow_server, tmp_path):
     for record in records.values():
         model_id = record["model_uri"].rsplit("/", 1)[-1]
         assert any(model_id in k and k.endswith("/MLmodel") for k in keys), (model_id, keys)
-        assert any(f"{record['run_id']}/artifacts/evidence/eval.json" in k for k in keys)
+        assert record["evidence_path"].startswith("evidence/")  # one folder per registration
+        assert any(f"{record['run_id']}/artifacts/{record['evidence_path']}/eval.json" in k
+                   for k in keys)
     run = client.get_run(records["0.0"]["run_id"])
     logged = json.dumps([run.data.params, run.data.tags])
     assert "fairat-test-secret" not in logged and "fairat-test-key" not in logged

@@ -50,6 +50,8 @@ NULL_MEANS = {
     "evaluate.autoattack_per_class": "every evaluated example",
     "gate.min_average": "no threshold", "gate.max_gap": "no threshold",
     "gate.min_clean_class": "above chance, 1/classes",
+    "gate.protocol.eps": "the model's training radius", "gate.protocol.min_cw_steps":
+    "CW not required", "gate.protocol.min_examples_per_class": "every example of the split",
     "track.register": "register, except inside `dvc exp run`"}
 
 

@@ -4,8 +4,11 @@ Why: `fairat register` and `fairat approve` only move ``candidate`` / ``champion
 evidence allows it, but anyone with edit rights in MLflow's UI (or any client) can set an alias
 directly. MLflow calls this receiver after every ``model_version_alias.created`` (also when an
 alias moves); the guard checks the version against :func:`fairat.evidence.gate.alias_problems`
-and, when the rules say no, deletes the alias, puts ``champion`` back on the most recently
-approved version that the rules allow, and tags the offending version with what it did.
+and, when the rules say no, deletes the alias, puts it back where the rules allow (``champion``
+on the most recently approved version, ``candidate`` on the newest passed one), and tags the
+offending version with what it did. Webhooks only tell of aliases set while the guard is up, and
+none of deletions or edited evidence, so the guard also *reconciles*: at start and on a timer it
+re-checks every alias of the guarded models and restores a missing ``champion``.
 
 Design, in short (see docs/guard.md):
 - The HTTP handler only verifies the HMAC signature, parses the body, answers 200 and queues the
@@ -24,9 +27,6 @@ from the environment) and are never logged.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import queue
 import sys
@@ -35,27 +35,27 @@ import time
 from collections import OrderedDict, deque
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit
 
 from fairat.edge.registry import CANDIDATE, CHAMPION
-from fairat.errors import RegistryError
+from fairat.edge.webhook import (DEFAULT_NAME, EVENT, H_ID, MAX_AGE_S,  # noqa: F401
+                                 register_webhook, signature_problem, verify_signature)
+from fairat.errors import RegistryError  # noqa: F401 (callers catch it from here)
 from fairat.evidence.gate import TAG, alias_problems
 from fairat.redact import redact
 
 GUARDED = (CANDIDATE, CHAMPION)  # the aliases alias_problems has rules for
-EVENT = "model_version_alias.created"
-MAX_AGE_S = 15 * 60  # oldest signature timestamp accepted; MLflow's retries reuse the timestamp
 REVERTED_TAG = f"{TAG}guard_reverted"
 ATTEMPTED_BY_TAG = f"{TAG}guard_attempted_by"
 ATTEMPTED_BY = "unknown: MLflow webhooks do not name the user; see the server access log"
-DEFAULT_NAME = "fairat-guard"
 WEBHOOK_PATH = "/webhook"
 MAX_BODY = 1 << 20  # MLflow's alias payloads are a few hundred bytes
 TAG_VALUE_MAX = 5000  # MLflow's limit on a model-version tag value
+RECONCILE_EVERY_S = 60.0  # how often the guard re-checks every alias (webhooks miss deletions)
+RECONCILE = "reconcile"  # the worker-queue item that asks for one
 
 LOGGED = ("delivery_id", "note", "reasons", "restored_to")  # decision fields in the log line
-H_ID, H_TS, H_SIG = "X-MLflow-Delivery-Id", "X-MLflow-Timestamp", "X-MLflow-Signature"
 
 
 def _stderr(line: str) -> None:
@@ -64,53 +64,6 @@ def _stderr(line: str) -> None:
 
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-# ----------------------------------------------------------------------------- signature
-
-def _header(headers: Mapping[str, str] | Any, name: str) -> str | None:
-    """Case-insensitive header lookup for a dict or an ``http.server`` message."""
-    value = headers.get(name)
-    if value is None and isinstance(headers, Mapping):
-        lower = name.lower()
-        value = next((v for k, v in headers.items() if k.lower() == lower), None)
-    return value
-
-
-def signature_problem(secret: str, headers: Mapping[str, str] | Any, raw_body: bytes,
-                      max_age_s: float = MAX_AGE_S, now: float | None = None) -> str | None:
-    """Why this delivery is not a genuine, fresh MLflow webhook (None when it is).
-
-    MLflow signs ``f"{delivery_id}.{timestamp}."`` + the raw body with HMAC-SHA256, keyed by the
-    webhook secret's UTF-8 bytes, and sends ``v1,<standard base64>``. The timestamp must be
-    within ``max_age_s`` of ``now`` either way (a replay older than that is refused).
-    """
-    if not secret:
-        return "no webhook secret configured"
-    delivery_id, stamp, signature = (_header(headers, h) for h in (H_ID, H_TS, H_SIG))
-    missing = [h for h, v in ((H_ID, delivery_id), (H_TS, stamp), (H_SIG, signature)) if not v]
-    if missing:
-        return f"missing header {', '.join(missing)}"
-    try:
-        sent = int(stamp)
-    except ValueError:
-        return f"{H_TS} is not unix seconds"
-    age = (time.time() if now is None else now) - sent
-    if abs(age) > max_age_s:
-        return f"timestamp is {age:.0f} s off (more than {max_age_s:.0f} s): stale or replayed"
-    message = f"{delivery_id}.{stamp}.".encode() + raw_body
-    want = "v1," + base64.b64encode(hmac.new(secret.encode(), message, hashlib.sha256)
-                                    .digest()).decode()
-    if not hmac.compare_digest(signature.encode(), want.encode()):
-        return "signature does not match (wrong secret or altered body)"
-    return None
-
-
-def verify_signature(secret: str, headers: Mapping[str, str] | Any, raw_body: bytes,
-                     max_age_s: float = MAX_AGE_S, now: float | None = None) -> bool:
-    """True when ``raw_body`` with ``headers`` is a fresh delivery signed with ``secret``."""
-    return signature_problem(secret, headers, raw_body, max_age_s, now) is None
-
 
 # ----------------------------------------------------------------------------- the rules
 
@@ -123,17 +76,21 @@ class Guard:
         models: registered-model names to guard; empty or None guards every model.
         log: where the one line per decision goes (default: stderr).
         seen_max: how many delivery ids are remembered for de-duplication.
+        verify_key: the Ed25519 public key (attested mode): a version's verdict comes from its
+            signed decision checked against its logged files, never from tags; None = local
+            mode (tags; guards against accidents, not adversaries).
     """
 
     def __init__(self, client: Any = None, approval_key: str | None = None,
                  models: Iterable[str] | None = None, log: Callable[[str], None] = _stderr,
-                 seen_max: int = 4096, retry_pause_s: float = 0.5):
+                 seen_max: int = 4096, retry_pause_s: float = 0.5, verify_key: Any = None):
         if client is None:
             from fairat.edge.registry import _client
 
             client = _client()
         self.client = client
         self.approval_key = approval_key or None
+        self.verify_key = verify_key  # attested mode: verify each version's signed decision
         self.models = frozenset(models or ())
         self.log = log
         self.retry_pause_s = retry_pause_s
@@ -218,15 +175,19 @@ class Guard:
         if str(mv.version) != version:
             return self._decide("skipped", data,
                                 note=f"alias has moved to version {mv.version}", **extra)
-        tags = dict(mv.tags)
-        problems = alias_problems(alias, name, version, tags, self.approval_key)
+        problems = self.problems(alias, name, mv)
         if not problems:
             return self._decide("allowed", data, **extra)
+        return self._revert(name, alias, version, data, extra, problems)
+
+    def _revert(self, name: str, alias: str, version: str, data: dict[str, Any],
+                extra: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+        """Delete ``alias`` from ``version``, put it back where the rules allow, tag why."""
         self.client.delete_registered_model_alias(name, alias)  # already gone: MLflow says 200
         extra = {**extra, "deleted_at": _now_iso()}
         notes = []
         restored = None
-        if alias == CHAMPION:
+        if alias in GUARDED:  # champion: the last approved; candidate: the newest passed version
             try:
                 restored = self._restore(name, alias, version)
             except Exception as err:  # the alias stays deleted: fail closed
@@ -241,19 +202,69 @@ class Guard:
             extra = {**extra, "note": "; ".join(notes)}
         return self._decide("reverted", data, reasons=problems, restored_to=restored, **extra)
 
-    def _restore(self, name: str, alias: str, version: str) -> str | None:
-        """Put ``alias`` back on the most recently approved other version the rules allow."""
+    def problems(self, alias: str, name: str, mv: Any) -> list[str]:
+        """Why ``alias`` must not sit on version ``mv`` ([] = it may), in this guard's mode."""
+        evidence = None
+        if self.verify_key is not None and alias in GUARDED:
+            from fairat.edge.registry import version_evidence
+
+            evidence = version_evidence(mv, self.verify_key, self.client)
+        return alias_problems(alias, name, str(mv.version), dict(mv.tags), self.approval_key,
+                              evidence)
+
+    def _restore(self, name: str, alias: str, version: str | None) -> str | None:
+        """Put ``alias`` back on another version the rules allow: ``champion`` on the most
+        recently approved one, ``candidate`` on the newest passed one (where register put it),
+        so reverting a hand-set alias keeps the legitimate holder. None: none qualifies."""
         allowed = []
         for mv in self.client.search_model_versions(f"name = '{name}'"):
             tags = dict(mv.tags)
-            if str(mv.version) != version and \
-                    not alias_problems(alias, name, str(mv.version), tags, self.approval_key):
-                allowed.append((tags.get(f"{TAG}approved_at", ""), int(mv.version)))
+            if str(mv.version) != version and not self.problems(alias, name, mv):
+                when = tags.get(f"{TAG}approved_at", "") if alias == CHAMPION else ""
+                allowed.append((when, int(mv.version)))
         if not allowed:
             return None
         target = str(max(allowed)[1])
         self.client.set_registered_model_alias(name, alias, target)
         return target
+
+    def reconcile(self) -> list[dict[str, Any]]:
+        """Re-check every alias of the guarded models now; returns the decisions taken.
+
+        Why: webhooks only report what happens while the guard is up, and MLflow sends none for a
+        deleted alias or an edited tag or file. At start and on a timer the guard therefore
+        re-applies the rules to the registry as it is: an alias that breaks them (set while the
+        guard was down, or whose evidence changed since) is reverted as an event would be, and a
+        missing ``champion`` is put back on the last approved version the rules allow.
+        """
+        decisions = []
+        for name in sorted(self.models or self._all_models()):
+            aliases = {a: str(v) for a, v in self.client.get_registered_model(name).aliases.items()}
+            for alias in GUARDED:
+                data = {"name": name, "alias": alias, "version": aliases.get(alias)}
+                extra = {"received_at": _now_iso(), "event_timestamp": None, "note": "reconcile"}
+                if alias in aliases:
+                    mv = self.client.get_model_version_by_alias(name, alias)
+                    problems = self.problems(alias, name, mv)
+                    if problems:
+                        decisions.append(self._revert(name, alias, str(mv.version), data,
+                                                      extra, problems))
+                elif alias == CHAMPION:
+                    restored = self._restore(name, alias, None)
+                    if restored is not None:
+                        decisions.append(self._decide("restored", data, restored_to=restored,
+                                                      **{**extra, "note": "reconcile: champion "
+                                                         "was missing"}))
+        return decisions
+
+    def _all_models(self) -> list[str]:
+        names, token = [], None
+        while True:
+            page = self.client.search_registered_models(max_results=200, page_token=token)
+            names += [m.name for m in page]
+            token = getattr(page, "token", None)
+            if not token:
+                return names
 
     def _set_tag(self, name: str, version: str, key: str, value: str) -> None:
         try:
@@ -347,10 +358,13 @@ class GuardServer:
     """
 
     def __init__(self, guard: Guard, secret: str, host: str = "127.0.0.1", port: int = 8765,
-                 max_age_s: float = MAX_AGE_S, queue_max: int = 10000):
+                 max_age_s: float = MAX_AGE_S, queue_max: int = 10000,
+                 reconcile_every_s: float = RECONCILE_EVERY_S):
         if not secret:
             raise ValueError("the guard needs a webhook secret")
         self.guard, self.secret, self.max_age_s = guard, secret, max_age_s
+        self.reconcile_every_s = reconcile_every_s  # 0: only at start
+        self._stopping = threading.Event()
         self.log = guard.log
         self.queue: queue.Queue = queue.Queue(maxsize=queue_max)
         self.httpd = _HTTPServer((host, port), _Handler)
@@ -369,10 +383,17 @@ class GuardServer:
         if problem:  # the server may come up later: say so, and carry on
             self.log(f"fairat guard: {_now_iso()} warning: cannot read the registry yet: "
                      f"{problem}")
+        self._reconcile()  # what happened while the guard was down
+        if self.reconcile_every_s > 0:
+            threading.Thread(target=self._tick, name="fairat-guard-timer", daemon=True).start()
         while True:
             item = self.queue.get()
             if item is None:
                 return
+            if item == RECONCILE:
+                self._reconcile()
+                self.queue.task_done()
+                continue
             event, delivery_id, received = item
             try:
                 self.guard.handle(event, delivery_id, received)
@@ -380,6 +401,22 @@ class GuardServer:
                 self.log(f"fairat guard: {_now_iso()} error {type(err).__name__}: {err}")
             finally:
                 self.queue.task_done()
+
+    def _reconcile(self) -> None:
+        try:
+            self.guard.reconcile()
+        except Exception as err:  # the registry may be down: the next tick tries again
+            self.log(f"fairat guard: {_now_iso()} reconcile error {type(err).__name__}: "
+                     f"{err}"[:500])
+
+    def _tick(self) -> None:
+        """Queue a reconcile every ``reconcile_every_s`` (through the one worker, so it never
+        races an event)."""
+        while not self._stopping.wait(self.reconcile_every_s):
+            try:
+                self.queue.put_nowait(RECONCILE)
+            except queue.Full:
+                pass
 
     def start(self) -> "GuardServer":
         self._worker.start()
@@ -396,6 +433,7 @@ class GuardServer:
             self.stop()
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._http_thread is not None:
             self.httpd.shutdown()
             self._http_thread.join(5)
@@ -403,45 +441,3 @@ class GuardServer:
         if self._worker.is_alive():
             self.queue.put(None)
             self._worker.join(10)
-
-
-# ----------------------------------------------------------------------------- registration
-
-def register_webhook(url: str, secret: str, name: str = DEFAULT_NAME,
-                     client: Any = None) -> dict[str, Any]:
-    """Create the MLflow webhook ``name`` for ``model_version_alias.created`` (or update the
-    existing one with that name: url, event, secret, ACTIVE). Returns {webhook_id, name, url,
-    action}. The tracking URI must be an ``mlflow server`` (http or https): only the server
-    delivers webhooks."""
-    from fairat.edge.registry import tracking_uri
-
-    uri = tracking_uri()
-    if not uri.startswith(("http://", "https://")):
-        raise RegistryError(f"webhooks need an `mlflow server`: MLFLOW_TRACKING_URI is {uri!r}, "
-                            "set it to the server's http(s) URL")
-    if not secret:
-        raise RegistryError("the webhook needs a secret")
-    if client is None:
-        from fairat.edge.registry import _client
-
-        client = _client()
-    description = "fairat guard: reverts candidate/champion aliases that skip the gate"
-    try:
-        existing, token = None, None
-        while existing is None:
-            page = client.list_webhooks(max_results=100, page_token=token)
-            existing = next((w for w in page if w.name == name), None)
-            token = page.token
-            if not token:
-                break
-        if existing is not None:
-            hook = client.update_webhook(existing.webhook_id, url=url, events=[EVENT],
-                                         description=description, secret=secret, status="ACTIVE")
-            action = "updated"
-        else:
-            hook = client.create_webhook(name=name, url=url, events=[EVENT],
-                                         description=description, secret=secret, status="ACTIVE")
-            action = "created"
-    except Exception as err:  # MlflowException (bad URL scheme, private IP, ...), connection
-        raise RegistryError(f"cannot register webhook {name!r} at {uri}: {err}") from err
-    return {"webhook_id": hook.webhook_id, "name": name, "url": url, "action": action}

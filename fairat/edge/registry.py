@@ -160,19 +160,36 @@ def log_comparison(run_id: str, comparison: dict[str, Any]) -> None:
                             f"{tracking_uri()}: {err}") from err
 
 
-def logged_report_sha256(run_id: str | None) -> str | None:
-    """The report hash evaluate logged on ``run_id``; None when there is no such run here.
+def require_run(run_id: str | None, what: str) -> None:
+    """Raise RegistryError unless ``run_id`` names a run in this store.
 
-    A run that exists but carries no hash returns "" (evaluate did not log to it), which the
-    gate's re-check treats as a mismatch, so a report never logged is never registered as logged.
+    Why early and strict: evaluate and register attach their evidence to the training's run; a
+    missing id (a ``train.json`` edited, or written with tracking off) or a run of another store
+    (a fresh clone holding the committer's ``train.json``) would otherwise skip the check of the
+    logged report hash, or fail only after minutes of attacks.
     """
-    if run_id is None:
-        return None
+    if not run_id:
+        raise RegistryError(f"{what}: the training summary names no MLflow run (mlflow_run_id "
+                            "is missing); re-run `fairat train` with tracking on")
     try:
-        run = _client().get_run(run_id)
-    except Exception:  # the run lives in another store (train ran elsewhere): nothing to compare
-        return None
-    return run.data.tags.get(REPORT_SHA_TAG, "")
+        _client().get_run(run_id)
+    except Exception as err:
+        raise RegistryError(f"{what}: MLflow run {run_id} named in the training summary is not in "
+                            f"the store at {tracking_uri()} (trained elsewhere, or a committed "
+                            f"train.json from another machine): re-run `fairat train` here, or "
+                            f"point MLFLOW_TRACKING_URI at the store that holds it ({err})"[:800]
+                            ) from err
+
+
+def logged_report_sha256(run_id: str | None) -> str:
+    """The report hash evaluate logged on ``run_id`` ("" when evaluate logged none there).
+
+    Raises RegistryError when the run id is missing or not in this store: the check of the
+    logged hash is never skipped. "" is a mismatch for the gate's re-check, so a report never
+    logged is never registered as logged.
+    """
+    require_run(run_id, "register")
+    return _client().get_run(run_id).data.tags.get(REPORT_SHA_TAG, "")
 
 
 # ----------------------------------------------------------------------------- registration
@@ -206,36 +223,36 @@ def version_tags(decision: dict[str, Any], report: dict[str, Any] | None,
 
 def register_model(model: Any, example: Any, model_name: str, run_id: str | None,
                    params_dict: dict[str, Any], experiment: str, tags: dict[str, str],
-                   files: list[Path], passed: bool) -> dict[str, Any]:
+                   files: dict[str, Path], passed: bool) -> dict[str, Any]:
     """Log ``model`` (mlflow.pytorch, with signature and input example) and register a version.
 
-    ``run_id``: the training run to attach to; None (tracking was off, or the run is not in this
-    store) opens a new run that records the params. The alias ``candidate`` moves to the new
-    version only when ``passed``. Returns {model_name, version, run_id, alias, passed, model_uri}.
+    ``run_id``: the training run to attach to; it must be in this store (RegistryError else).
+    The alias ``candidate`` moves to the new version only when ``passed``. The evidence tags go
+    on the *version* only: the run keeps the tags of the steps that wrote them (evaluate's
+    ``fairat.report_sha256`` above all), so no step overwrites another step's evidence.
+    Returns {model_name, version, run_id, alias, passed, model_uri}.
     """
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
     mlflow = _mlflow()
     client = _client()
-    if run_id is not None:
-        try:
-            client.get_run(run_id)
-        except Exception:  # the run lives in another store (e.g. train ran elsewhere)
-            run_id = None
+    import shutil
+    import tempfile
+    import uuid
+
+    require_run(run_id, "register")
+    # one folder per registration: a later register never overwrites an earlier version's files
+    evidence_path = (f"evidence/{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-"
+                     f"{uuid.uuid4().hex[:8]}")
+    tags = {**tags, f"{TAG}evidence_path": evidence_path}
     try:
-        if run_id is None:
-            mlflow.set_experiment(experiment)
-            run_cm = mlflow.start_run(run_name="register")
-        else:
-            run_cm = mlflow.start_run(run_id=run_id)
-        with run_cm as run:
-            if run_id is None:
-                _log_params(mlflow, params_dict)
-            mlflow.set_tags(tags)
-            for path in files:
-                if path.is_file():
-                    mlflow.log_artifact(str(path), artifact_path="evidence")
+        with mlflow.start_run(run_id=run_id) as run, tempfile.TemporaryDirectory() as staging:
+            mlflow.set_tag(f"{TAG}registered_as", model_name)
+            for name, path in files.items():
+                if Path(path).is_file():
+                    shutil.copyfile(path, Path(staging) / name)
+            mlflow.log_artifacts(staging, artifact_path=evidence_path)
             import torch
 
             with torch.no_grad():
@@ -256,7 +273,26 @@ def register_model(model: Any, example: Any, model_name: str, run_id: str | None
         raise RegistryError(f"registering {model_name!r} at {tracking_uri()} failed: {err}") from err
     return {"model_name": model_name, "version": int(version.version), "run_id": run_id,
             "alias": CANDIDATE if passed else None, "passed": passed,
-            "model_uri": info.model_uri}
+            "model_uri": info.model_uri, "evidence_path": evidence_path}
+
+# ----------------------------------------------------------------------------- attested evidence
+
+def version_evidence(mv: Any, public: Any, client: Any = None
+                     ) -> tuple[list[str], dict[str, Any] | None]:
+    """:func:`fairat.edge.attested.version_evidence` on this store's client by default."""
+    from fairat.edge.attested import version_evidence as verify_version
+
+    return verify_version(mv, public, client or _client())
+
+
+def _trust_mode() -> Any:
+    """The public key (attested mode) or None (local mode); a bad key is a RegistryError."""
+    from fairat.evidence.attestation import SigningKeyError, verify_key
+
+    try:
+        return verify_key()
+    except SigningKeyError as err:
+        raise RegistryError(str(err)) from None
 
 
 # ----------------------------------------------------------------------------- approval
@@ -276,15 +312,20 @@ def approve(model_name: str, version: int, by: str, note: str = "",
     except Exception as err:
         raise RegistryError(f"model {model_name!r} version {version} not found at "
                             f"{tracking_uri()}: {err}") from err
-    problems = approval_problems(dict(mv.tags))
+    public = _trust_mode()
+    if public is None:  # local mode: the tags register wrote (accidents, not adversaries)
+        problems, model_sha = approval_problems(dict(mv.tags)), mv.tags.get(f"{TAG}model_sha256")
+    else:  # attested mode: the signed decision, checked against the version's logged files
+        problems, statement = version_evidence(mv, public, client)
+        model_sha = (statement or {}).get("model_sha256")
     if problems:
         raise RegistryError(f"refusing to approve {model_name} version {version}:\n  - "
                             + "\n  - ".join(problems))
-    if confirm is not None and not confirm(mv.description or ""):
+    if confirm is not None and not confirm(approval_summary(mv, public)):
         return None
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")
     record = {"approved_by": by.strip(), "approved_at": when, "approval_note": note,
-              "approved_model_sha256": mv.tags.get(f"{TAG}model_sha256", "")}
+              "approved_model_sha256": model_sha or ""}
     key = os.environ.get(APPROVAL_KEY_ENV, "")
     if key:  # the guard accepts a champion only with this signature when it holds the key
         signed = {**dict(mv.tags), **{f"{TAG}{k}": v for k, v in record.items()}}
@@ -296,8 +337,33 @@ def approve(model_name: str, version: int, by: str, note: str = "",
             "approved_by": by.strip(), "approved_at": when}
 
 
+def approval_summary(mv: Any, public: Any) -> str:
+    """What an approver reads before saying yes: the card's verdict, where the card is (its
+    artifact path in the version's run, not a ``runs:/`` URI), the lift over the baseline in
+    percentage points, and which mode vouches for it."""
+    from fairat.evidence.attestation import LOCAL_MODE, key_id
+
+    tags = dict(mv.tags)
+    lines = [line for line in (mv.description or "").splitlines()
+             if not line.startswith("Model card: runs:/")] or ["(no model card summary)"]
+    path = tags.get(f"{TAG}evidence_path")
+    if path:
+        lines.append(f"model card: {path}/model_card.md in MLflow run {mv.run_id} "
+                     "(Artifacts tab of the run)")
+    lift = tags.get(f"{TAG}worst_lift_over_baseline")
+    if lift:
+        lines.append(f"weakest class vs the PGD-AT baseline: {100 * float(lift):+.1f} points")
+    lines.append(f"evidence verified with key {key_id(public)}" if public is not None
+                 else f"note: {LOCAL_MODE}")
+    return "\n".join(lines)
+
+
 def list_versions(model_name: str) -> list[dict[str, Any]]:
-    """Every version of ``model_name`` with its aliases, gate verdict and class-wise summary."""
+    """Every version of ``model_name`` with its aliases, gate verdict and class-wise summary.
+
+    In attested mode the verdict and the numbers come from each version's verified statement
+    (``gate_passed`` is "true" only when it verifies against the logged files), never from tags;
+    ``attested`` says how the verdict was reached."""
     client = _client()
     try:
         versions = client.search_model_versions(f"name = '{model_name}'")
@@ -307,14 +373,21 @@ def list_versions(model_name: str) -> list[dict[str, Any]]:
     by_version: dict[str, list[str]] = {}
     for alias, v in aliases.items():
         by_version.setdefault(str(v), []).append(alias)
+    from fairat.edge.attested import verified_fields
+
+    public = _trust_mode()
     rows = []
     for mv in sorted(versions, key=lambda m: int(m.version)):
         tags = dict(mv.tags)
         created = datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc)
-        rows.append({"version": int(mv.version), "aliases": sorted(by_version.get(str(mv.version), [])),
-                     "created": created.isoformat(timespec="minutes"),
-                     "description": mv.description or "",
-                     **{k[len(TAG):]: v for k, v in tags.items() if k.startswith(TAG)}})
+        row = {"version": int(mv.version), "aliases": sorted(by_version.get(str(mv.version), [])),
+               "created": created.isoformat(timespec="minutes"),
+               "description": mv.description or "",
+               **{k[len(TAG):]: v for k, v in tags.items() if k.startswith(TAG)},
+               "attested": "local"}
+        if public is not None:
+            row.update(verified_fields(*version_evidence(mv, public, client)))
+        rows.append(row)
     return rows
 
 
@@ -337,27 +410,18 @@ def find_baseline(model_name: str, exclude_version: int | None,
 
 
 def attach_card(model_name: str, version: int, run_id: str, card_path: Path,
-                description: str) -> str:
-    """Log the model card to the version's run and put its summary in the version description,
-    so the MLflow version page shows the verdict first. Returns the card's artifact URI."""
+                description: str, evidence_path: str = "evidence") -> str:
+    """Log the model card beside the version's evidence and put its summary in the version
+    description, so the MLflow version page shows the verdict first. Returns the card's URI."""
     mlflow = _mlflow()
     client = _client()
     try:
         with mlflow.start_run(run_id=run_id):
-            mlflow.log_artifact(str(card_path), artifact_path="evidence")
-        uri = f"runs:/{run_id}/evidence/{card_path.name}"
+            mlflow.log_artifact(str(card_path), artifact_path=evidence_path)
+        uri = f"runs:/{run_id}/{evidence_path}/{card_path.name}"
         client.update_model_version(model_name, str(version),
                                     description=f"{description}\nModel card: {uri}")
     except Exception as err:
         raise RegistryError(f"cannot attach the model card to {model_name} version {version} at "
                             f"{tracking_uri()}: {err}") from err
     return uri
-
-
-def version_description(model_name: str, version: int) -> str:
-    """The description of a version (the card summary register wrote), or ""."""
-    try:
-        return _client().get_model_version(model_name, str(version)).description or ""
-    except Exception as err:
-        raise RegistryError(f"model {model_name!r} version {version} not found at "
-                            f"{tracking_uri()}: {err}") from err

@@ -17,8 +17,11 @@ SECRET_ENV = "FAIRAT_GUARD_SECRET"
 APPROVAL_KEY_ENV = "FAIRAT_APPROVAL_KEY"  # the same name as fairat.evidence.gate's
 ENV_HELP = (f"Environment: {SECRET_ENV} (required) is the webhook HMAC secret shared with MLflow; "
             f"{APPROVAL_KEY_ENV} (optional) is the approval key of `fairat approve`: when set, "
-            "`champion` needs an approval signed with it; MLFLOW_TRACKING_URI is the `mlflow "
-            "server` URL (http or https). See docs/guard.md.")
+            "`champion` needs an approval signed with it; FAIRAT_VERIFY_KEY or "
+            "FAIRAT_VERIFY_KEY_FILE (optional) is the Ed25519 public key: when set, a version's "
+            "verdict is its signed gate decision checked against its logged files (without it, "
+            "local mode guards against accidents, not adversaries); MLFLOW_TRACKING_URI is the "
+            "`mlflow server` URL (http or https). See docs/guard.md.")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -42,6 +45,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     serve.add_argument("--max-age", type=float, default=900.0, metavar="SECONDS",
                        help="refuse deliveries whose signed timestamp is older than this; "
                             "MLflow's retries keep the first timestamp (default: %(default)s)")
+    serve.add_argument("--reconcile-every", type=float, default=60.0, metavar="SECONDS",
+                       help="re-check every alias of the guarded models this often (also at "
+                            "start): catches what webhooks miss, e.g. a deleted champion or an "
+                            "alias set while the guard was down; 0 = at start only "
+                            "(default: %(default)s)")
     register = actions.add_parser("register", help="create or update the MLflow webhook",
                                   description="Create (or update, by name) the webhook for event "
                                               "model_version_alias.created on the `mlflow server` "
@@ -82,16 +90,27 @@ def run(args: argparse.Namespace) -> int:
         key = os.environ.get(APPROVAL_KEY_ENV, "") or None
         if args.max_age <= 0:
             return _fail(action, "--max-age must be positive")
-        rules = guard.Guard(approval_key=key, models=args.models)
-        server = guard.GuardServer(rules, secret, args.host, args.port, args.max_age)
+        from fairat.evidence.attestation import LOCAL_MODE, SigningKeyError, key_id, verify_key
+
+        try:
+            public = verify_key()
+        except SigningKeyError as err:
+            return _fail(action, str(err))
+        rules = guard.Guard(approval_key=key, models=args.models, verify_key=public)
+        if args.reconcile_every < 0:
+            return _fail(action, "--reconcile-every must be 0 or positive")
+        server = guard.GuardServer(rules, secret, args.host, args.port, args.max_age,
+                                   reconcile_every_s=args.reconcile_every)
     except RegistryError as err:
         return _fail(action, str(err))
     except OSError as err:  # port in use, bad address
         return _fail(action, f"cannot listen on {args.host}:{args.port}: {err}")
     signing = f"must be signed with {APPROVAL_KEY_ENV}" if key else \
         f"need no signature ({APPROVAL_KEY_ENV} unset)"
+    mode = (f"attested mode: versions verified with key {key_id(public)}" if public is not None
+            else LOCAL_MODE)
     print(f"fairat guard: listening on {server.url} for {redact(uri)}; models: "
-          f"{', '.join(args.models) or 'all'}; champion approvals {signing}",
+          f"{', '.join(args.models) or 'all'}; champion approvals {signing}; {mode}",
           file=sys.stderr, flush=True)
     try:
         server.serve_forever()

@@ -76,6 +76,11 @@ def _print_models(rows: list[dict[str, Any]], name: str) -> None:
                 print(f"{'':9}blocked: {reason}")
         if r.get("guard_reverted"):
             print(f"{'':9}guard reverted: {r['guard_reverted']}")
+    attested = {r.get("attested") for r in rows}
+    from fairat.evidence.attestation import LOCAL_MODE
+
+    print("verdicts: each version's signed gate decision, verified against its logged files"
+          if attested <= {"verified", "unverified"} else f"verdicts from tags; {LOCAL_MODE}")
 
 
 def run(args: argparse.Namespace) -> int:

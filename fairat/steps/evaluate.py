@@ -48,17 +48,20 @@ def evaluate_step(params: Params, data_dir: str | Path, model_path: str | Path,
                   "model_epoch": meta.get("selected", {}).get("epoch", meta.get("epoch")),
                   "model_selected_by": meta.get("selected", {}).get("by"),
                   "train_config": meta.get("config"), "data_content_hash": manifest["content_hash"],
+                  "n_parameters": sum(p.numel() for p in model.parameters()),  # for the card
                   "data_source": manifest["source"], "split": cfg.split,
                   "train_seconds": training.get("seconds"),
                   # where that time was measured (None: sessions on several or unknown machines)
                   "train_machine": training.get("machine"),
                   "train_sessions": training.get("sessions")}
+    training_run(params, train_metrics_path)  # a run this store lacks fails now, not after attacks
     report = evaluate(model, split.images, split.labels, split.class_names, cfg, device, provenance,
                       ctx=ctx)
     if not ctx.is_main:
         return report
     write_report(report, report_path)
-    write_sidecar(report_path)  # the gate and register refuse a report edited after this
+    # the gate and register refuse a report edited after this (signed when a key is configured)
+    write_sidecar(report_path, provenance["model_sha256"], cfg.split)
     if plot_path:
         plot_classwise(report, plot_path)
         write_text_atomic(Path(plot_path).with_name(CLASSWISE_CSV), classwise_csv(report))
@@ -75,6 +78,22 @@ def evaluate_step(params: Params, data_dir: str | Path, model_path: str | Path,
     track_evaluation_step(params, train_metrics_path, report_path,
                           [p for p in (plot_path, markdown_path) if p])
     return report
+
+
+def training_run(params: Params, train_metrics_path: str | Path | None) -> str | None:
+    """The training's MLflow run id that the evaluation will be logged to, checked to exist in
+    this store; None when tracking is off or no training summary is named. Raises (before any
+    work) when the summary is missing, names no run, or names a run of another store."""
+    if not params.track.enabled or train_metrics_path is None:  # every rank checks: none hangs
+        return None
+    if not Path(train_metrics_path).is_file():
+        raise FileNotFoundError(f"evaluate: training summary {train_metrics_path} is missing; "
+                                "run `fairat train` first (or set track.enabled: false)")
+    from fairat.edge.registry import require_run
+
+    run_id = run_id_of(train_metrics_path)
+    require_run(run_id, "evaluate")
+    return run_id
 
 
 def track_evaluation_step(params: Params, train_metrics_path: str | Path | None,

@@ -14,7 +14,9 @@ from fairat.config import Params, to_dict
 from fairat.engine.checkpoint import load_model
 from fairat.engine.data import MANIFEST_NAME, load_prepared
 from fairat.errors import DataError
-from fairat.evidence.gate import read_report, recheck_decision, sidecar_path
+from fairat.evidence.attestation import LOCAL_MODE, key_id, verify_key
+from fairat.evidence.gate import (EVIDENCE_FILES, TAG, decision_attestation_problems,
+                                  read_report, recheck_decision, sidecar_path)
 from fairat.evidence.comparison import comparison_tags
 from fairat.evidence.model_card import render_card, summary_text, verdict_line
 from fairat.io import write_json_atomic, write_text_atomic
@@ -71,11 +73,17 @@ def register_step(params: Params, model_path: str | Path, report_path: str | Pat
                                            train_metrics_path, baseline_metrics_path)
     run_id = run_id_of(train_metrics_path)
     logged = None
-    if wanted:
+    if wanted:  # a missing or foreign run id stops registration: the logged hash is always checked
         from fairat.edge.registry import logged_report_sha256
 
         logged = logged_report_sha256(run_id)
     decision, model_sha, report_sha = recheck_decision(gate_path, model_path, report_path, logged)
+    public = verify_key()
+    if public is not None:  # attested mode: the signed statement, never the file's flag, decides
+        problems = decision_attestation_problems(decision.get("attestation"), public, model_sha,
+                                                 report_sha, decision["passed"])
+        decision["reasons"] += problems
+        decision["passed"] = decision["passed"] and not problems
     passed = decision["passed"]
     report_path = Path(report_path)
     report, read_sha, _ = read_report(report_path)
@@ -85,9 +93,12 @@ def register_step(params: Params, model_path: str | Path, report_path: str | Pat
         raise DataError(f"register: evaluation report {report_path} changed while registering; "
                         "nothing was registered, re-run the gate and register")
     manifest = json.loads((Path(data_dir) / MANIFEST_NAME).read_text())
-    model, _ = load_model(model_path, torch.device("cpu"))
-    model.eval()
-    n_parameters = sum(p.numel() for p in model.parameters())
+    n_parameters = ((report or {}).get("provenance") or {}).get("n_parameters")
+    model = None
+    if wanted or not isinstance(n_parameters, int):  # the registry logs the model itself
+        model, _ = load_model(model_path, torch.device("cpu"))
+        model.eval()
+        n_parameters = sum(p.numel() for p in model.parameters())
     card_args = dict(params=to_dict(params), report=report, decision=decision, manifest=manifest,
                      train_summary=_read_json(train_metrics_path), n_parameters=n_parameters,
                      comparison=comparison)
@@ -105,17 +116,22 @@ def register_step(params: Params, model_path: str | Path, report_path: str | Pat
         data = load_prepared(data_dir)
         split = data.test if len(data.test) else data.train
         example = split.images[:2].float().div(255).numpy()
-        files = [p for p in (report_path, sidecar_path(report_path), gate_path, plot_path,
-                             model_path) if p]
+        files = {EVIDENCE_FILES["report"]: report_path,
+                 EVIDENCE_FILES["sidecar"]: sidecar_path(report_path),
+                 EVIDENCE_FILES["gate"]: Path(gate_path), EVIDENCE_FILES["model"]: Path(model_path)}
+        if plot_path:
+            files[Path(plot_path).name] = Path(plot_path)
+        tags[f"{TAG}attested"] = "local" if public is None else f"ed25519:{key_id(public)}"
         registration = register_model(model, example, params.track.model_name, run_id,
                                       to_dict(params), params.track.experiment, tags,
-                                      [Path(p) for p in files], passed)
+                                      files, passed)
         baseline = None if comparison else find_baseline(params.track.model_name,
                                                          registration["version"])
         write_text_atomic(card_path, render_card(**card_args, baseline=baseline,
                                                  registration=registration))
         card_uri = attach_card(params.track.model_name, registration["version"],
-                               registration["run_id"], card_path, summary_text(decision, None))
+                               registration["run_id"], card_path, summary_text(decision, None),
+                               registration["evidence_path"])
         record.update(registration, registered=True, card_uri=card_uri)
     write_json_atomic(out_path, record)
     _tell_the_user(record, decision, plot_path)
@@ -126,6 +142,8 @@ def _tell_the_user(record: dict[str, Any], decision: dict[str, Any],
                    plot_path: str | Path | None) -> None:
     """What happened and what to do next, as the last lines of a run."""
     lines = [f"fairness gate {verdict_line(decision)}"]
+    if verify_key() is None:
+        lines.append(f"note: {LOCAL_MODE}")
     lines += [f"  - {r}" for r in decision.get("reasons", [])]
     lines.append(f"model card: {record['card']}" + (f"; class-wise chart: {plot_path}"
                                                     if plot_path else ""))
