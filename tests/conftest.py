@@ -1,4 +1,10 @@
-"""Shared fixtures: tiny real data (scikit-learn digits) and tiny models, CPU only."""
+"""Shared fixtures: tiny real data (scikit-learn digits), tiny models, tiny runs; CPU only.
+
+The tiny-run settings themselves live in ``tests/tiny.py`` (importable: ``from tiny import tiny,
+cli_flags``), the hand-made report pieces in ``tests/reports.py``, the loopback servers in
+``tests/servers.py``. Trained things are session-scoped: tests share one tiny trained model
+instead of training their own.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import torch
 from fairat.config import DataConfig
 from fairat.engine.data import PreparedData, prepare
 from fairat.engine.models import ModelSpec, build_model
+from tiny import TINY_RUN, train_paths
 
 pytest_plugins = ["servers"]  # loopback S3, PostgreSQL and mlflow servers: tests/servers.py
 
@@ -44,6 +51,18 @@ def trained_model(digits) -> torch.nn.Module:
         opt.step()
     model.zero_grad(set_to_none=True)
     return model.eval()
+
+
+@pytest.fixture
+def tiny_run() -> dict:
+    """A fresh copy of the tiny-run overrides (dotted keys) a test may extend."""
+    return dict(TINY_RUN)
+
+
+@pytest.fixture
+def paths(tmp_path):
+    """A TrainPaths under this test's ``tmp_path``."""
+    return train_paths(tmp_path)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -32,7 +32,8 @@ from fairat.config import load_params, params_from_raw
 from fairat.engine.distributed import (DistContext, GlobalBatchNorm2d, block_shard, collective_timeout,
                                 global_batchnorm)
 from fairat.engine.distributed import rank_slice
-from fairat.engine.training import Trainer, TrainPaths, epoch_generators, epoch_plan, train
+from fairat.engine.training import Trainer, epoch_generators, epoch_plan, train
+from tiny import train_paths as _paths
 
 CPU = torch.device("cpu")
 PARAMS = {
@@ -309,9 +310,6 @@ def killed(work) -> dict:
     return {"returncode": proc.returncode, "out": out, "seconds": seconds, "run": run}
 
 
-def _paths(root: Path) -> TrainPaths:
-    return TrainPaths(root / "model.pt", root / "checkpoints", root / "train.json",
-                      root / "history.csv")
 def _cli(work: Path, out: str, command: str = "train") -> list[str]:
     if command == "train":
         return ["train", "--params", str(work / "params.yaml"), "--data", str(work / "data"),
