@@ -8,6 +8,12 @@ instead of training their own.
 
 from __future__ import annotations
 
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Callable
+
 import pytest
 import torch
 
@@ -18,7 +24,8 @@ from tiny import TINY_RUN, train_paths
 
 pytest_plugins = ["servers"]  # loopback S3, PostgreSQL and mlflow servers: tests/servers.py
 
-torch.set_num_threads(2)
+# Two cores: two threads for one pytest process; one each when pytest-xdist runs two workers.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +70,39 @@ def tiny_run() -> dict:
 def paths(tmp_path):
     """A TrainPaths under this test's ``tmp_path``."""
     return train_paths(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def _mlflow_schema(tmp_path_factory) -> Path:
+    """An SQLite file at MLflow's current schema with no experiment in it, made once a session.
+
+    Why: MLflow builds a new SQLite store by running every one of its schema migrations (about
+    3 s of CPU, far more than the tiny runs the tests log), and several tests each start a
+    fresh store. A copy of this file is a fresh store: MLflow skips the migrations on a database
+    at its schema and creates the Default experiment (with its artifact folder beside the copy)
+    on first use, since this template has none.
+    """
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-schema") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM experiment_tags")
+        db.execute("DELETE FROM experiments")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mlflow_sqlite(_mlflow_schema) -> Callable[[Path], str]:
+    """``mlflow_sqlite(path)`` puts a fresh, empty MLflow SQLite store at ``path`` (its folder is
+    created) and returns its ``sqlite:///`` URI."""
+    def make(path: Path) -> str:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(_mlflow_schema, path)
+        return f"sqlite:///{path}"
+
+    return make
 
 
 def pytest_collection_modifyitems(config, items):

@@ -25,14 +25,13 @@ TINY = ["-S", "data.val_per_class=5", "-S", "model.width=8", "-S", "train.epochs
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
+def workdir(tmp_path_factory, mlflow_sqlite) -> Path:
     """One tiny `fairat run` (all five steps) in its own folder and SQLite store."""
     path = tmp_path_factory.mktemp("registry")
     shutil.copy(REPO / "params.yaml", path / "params.yaml")
     mp = pytest.MonkeyPatch()
     mp.chdir(path)
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{path}/mlruns/mlflow.db")
-    (path / "mlruns").mkdir()
+    mp.setenv("MLFLOW_TRACKING_URI", mlflow_sqlite(path / "mlruns" / "mlflow.db"))
     assert main(["run", *TINY]) == 0
     yield path
     mp.undo()
@@ -100,8 +99,9 @@ def test_approval_refuses_a_version_without_evidence(inside, capsys):
     assert "champion" not in client.get_registered_model("unit").aliases
 
 
-def test_approve_needs_a_name_and_an_existing_version(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+def test_approve_needs_a_name_and_an_existing_version(tmp_path, monkeypatch, capsys,
+                                                       mlflow_sqlite):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_sqlite(tmp_path / "mlflow.db"))
     assert main(["approve", "nothing", "1", "--by", "bob"]) == 2
     assert "not found" in capsys.readouterr().err
     with pytest.raises(registry.RegistryError, match="--by"):
