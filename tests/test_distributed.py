@@ -251,8 +251,9 @@ def test_first_step_on_two_ranks_equals_one_process(work, tmp_path):
 # both sides from the same state (the same scores, hence the same selection, exactly) and compares
 # one epoch: what must be equal exactly, and the floats to a stated tolerance.
 
-WEIGHT_TOL = dict(atol=1e-4, rtol=1e-4)  # observed ~1e-6; a real fault (per-rank BatchNorm,
-#                                          an unaveraged gradient) moves weights by > 1e-2
+# Observed ~1e-6 within an epoch; one different training example in an epoch already moves the
+# weights by ~3e-2, so this separates rounding from any change in what was trained.
+WEIGHT_TOL = dict(atol=1e-4, rtol=1e-4)
 
 
 @pytest.fixture(scope="module")
