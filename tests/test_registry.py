@@ -11,17 +11,11 @@ import pytest
 from fairat.edge import registry
 from fairat.engine.metrics import flatten, numeric_metrics
 from fairat.fronts.cli import main
+from tiny import PASSABLE_GATE, cli_flags, tiny
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["-S", "data.val_per_class=5", "-S", "model.width=8", "-S", "train.epochs=1",
-        "-S", "train.max_batches=3", "-S", "train.batch_size=64", "-S", "train.attack.steps=1",
-        "-S", "train.val_attack_steps=1", "-S", "train.progress=false",
-        "-S", "evaluate.examples_per_class=3", "-S", "evaluate.pgd_steps=2",
-        "-S", "evaluate.autoattack=none", "-S", "gate.min_worst_class=0",
-        # a tiny model: the gate judges clean accuracy (a pass is reachable) and still has a
-        # threshold (an all-zero gate is refused); its classes may sit below chance
-        "-S", "gate.attack=clean", "-S", "gate.min_average=0.01", "-S", "gate.min_clean_class=0",
-        "-S", "track.model_name=unit"]
+# the shared tiny run (tests/tiny.py) with a gate a tiny model can pass
+TINY = cli_flags(tiny(PASSABLE_GATE, track__model_name="unit"))
 
 
 @pytest.fixture(scope="module")
