@@ -105,24 +105,9 @@ def mlflow_sqlite(_mlflow_schema) -> Callable[[Path], str]:
     return make
 
 
-# The longest files (one end-to-end pipeline each, minutes on 2 cores). Under pytest-xdist with
-# ``--dist loadfile`` a file is one unit of work handed out in collection order, so these go first:
-# started last, the longest would run alone at the end while the other worker idles.
-LONGEST_FIRST = ("test_pipeline_dvc.py", "test_team_mode.py", "test_kubeflow.py",
-                 "test_cli_end_to_end.py", "test_distributed.py", "test_registry.py")
-
-
-def _longest_first(config, items) -> None:
-    if not getattr(config.option, "numprocesses", None):
-        return  # one process: keep the plain order
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
-
-
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``gpu`` need CUDA: on a machine without one they are reported as skipped
     (never passed); `benchmarks/gpu_check.sh` runs them where a GPU is lent."""
-    _longest_first(config, items)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (run benchmarks/gpu_check.sh on one)")
