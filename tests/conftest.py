@@ -1,6 +1,18 @@
-"""Shared fixtures: tiny real data (scikit-learn digits) and tiny models, CPU only."""
+"""Shared fixtures: tiny real data (scikit-learn digits), tiny models, tiny runs; CPU only.
+
+The tiny-run settings themselves live in ``tests/tiny.py`` (importable: ``from tiny import tiny,
+cli_flags``), the hand-made report pieces in ``tests/reports.py``, the loopback servers in
+``tests/servers.py``. Trained things are session-scoped: tests share one tiny trained model
+instead of training their own.
+"""
 
 from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -8,10 +20,12 @@ import torch
 from fairat.config import DataConfig
 from fairat.engine.data import PreparedData, prepare
 from fairat.engine.models import ModelSpec, build_model
+from tiny import TINY_RUN, train_paths
 
 pytest_plugins = ["servers"]  # loopback S3, PostgreSQL and mlflow servers: tests/servers.py
 
-torch.set_num_threads(2)
+# Two cores: two threads for one pytest process; one each when pytest-xdist runs two workers.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +58,51 @@ def trained_model(digits) -> torch.nn.Module:
         opt.step()
     model.zero_grad(set_to_none=True)
     return model.eval()
+
+
+@pytest.fixture
+def tiny_run() -> dict:
+    """A fresh copy of the tiny-run overrides (dotted keys) a test may extend."""
+    return dict(TINY_RUN)
+
+
+@pytest.fixture
+def paths(tmp_path):
+    """A TrainPaths under this test's ``tmp_path``."""
+    return train_paths(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def _mlflow_schema(tmp_path_factory) -> Path:
+    """An SQLite file at MLflow's current schema with no experiment in it, made once a session.
+
+    Why: MLflow builds a new SQLite store by running every one of its schema migrations (about
+    3 s of CPU, far more than the tiny runs the tests log), and several tests each start a
+    fresh store. A copy of this file is a fresh store: MLflow skips the migrations on a database
+    at its schema and creates the Default experiment (with its artifact folder beside the copy)
+    on first use, since this template has none.
+    """
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-schema") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM experiment_tags")
+        db.execute("DELETE FROM experiments")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mlflow_sqlite(_mlflow_schema) -> Callable[[Path], str]:
+    """``mlflow_sqlite(path)`` puts a fresh, empty MLflow SQLite store at ``path`` (its folder is
+    created) and returns its ``sqlite:///`` URI."""
+    def make(path: Path) -> str:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(_mlflow_schema, path)
+        return f"sqlite:///{path}"
+
+    return make
 
 
 def pytest_collection_modifyitems(config, items):

@@ -84,9 +84,10 @@ def _repo(name):
 
 @pytest.mark.slow
 def test_run_with_baseline_trains_pgd_at_beside_the_model_and_cards_the_lift(tmp_path, monkeypatch,
-                                                                            capsys):
+                                                                            capsys, mlflow_sqlite):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the store: mlruns/ in tmp_path
+    mlflow_sqlite(tmp_path / "mlruns" / "mlflow.db")  # fresh, its schema made once a session
     (tmp_path / "params.yaml").write_text(open(_repo("params.yaml")).read())
     tiny = [*TINY, "-S", "evaluate.autoattack=none", "-S", "gate.attack=clean",
             "-S", "evaluate.cw=false",

@@ -422,7 +422,7 @@ def test_register_refuses_a_store_that_is_not_a_server(monkeypatch):
 # ----------------------------------------------------------------------------- real server
 
 @pytest.fixture
-def webhook_mlflow(tmp_path):
+def webhook_mlflow(tmp_path, mlflow_sqlite):
     """`mlflow server` (SQLite, one worker) configured to deliver webhooks to loopback."""
     from cryptography.fernet import Fernet
     from servers import BIN, free_port, start_server
@@ -436,7 +436,7 @@ def webhook_mlflow(tmp_path):
                 "FAIRAT_GUARD_SECRET"):
         env.pop(var, None)
     log = tmp_path / "mlflow-server.log"
-    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db",
+    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", mlflow_sqlite(tmp_path / "mlflow.db"),
            "--artifacts-destination", str(tmp_path / "artifacts"),
            "--host", "127.0.0.1", "--port", str(port),
            "--workers", "1", "--uvicorn-opts", "--timeout-graceful-shutdown 1"]

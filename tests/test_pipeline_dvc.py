@@ -68,7 +68,7 @@ def _ran(result: subprocess.CompletedProcess) -> set[str]:
 
 
 @pytest.fixture
-def repo(tmp_path, monkeypatch) -> Path:
+def repo(tmp_path, monkeypatch, mlflow_sqlite) -> Path:
     """A git + DVC repo holding this project's pipeline files and tiny params."""
     dest = tmp_path / "repo"
     for rel in COPY:
@@ -79,6 +79,7 @@ def repo(tmp_path, monkeypatch) -> Path:
         else:
             shutil.copy2(src, dst)
     _set_params(dest, TINY)
+    mlflow_sqlite(dest / "mlruns" / "mlflow.db")  # the default store, fresh (git-ignored)
     git_env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org",
                "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org"}
     for key, value in git_env.items():

@@ -11,31 +11,21 @@ import pytest
 from fairat.edge import registry
 from fairat.engine.metrics import flatten, numeric_metrics
 from fairat.fronts.cli import main
+from tiny import PASSABLE_GATE, cli_flags, tiny
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["-S", "data.val_per_class=5", "-S", "model.width=8", "-S", "train.epochs=1",
-        "-S", "train.max_batches=3", "-S", "train.batch_size=64", "-S", "train.attack.steps=1",
-        "-S", "train.val_attack_steps=1", "-S", "train.progress=false",
-        "-S", "evaluate.examples_per_class=3", "-S", "evaluate.pgd_steps=2",
-        "-S", "evaluate.autoattack=none", "-S", "gate.min_worst_class=0",
-        # a tiny model: the gate judges clean accuracy (a pass is reachable) and still has a
-        # threshold (an all-zero gate is refused); its classes may sit below chance
-        "-S", "gate.attack=clean", "-S", "gate.min_average=0.01", "-S", "gate.min_clean_class=0",
-        # ... and accepts the tiny evaluation (the default protocol needs PGD-20, CW-20, AutoAttack)
-        "-S", "gate.protocol.min_pgd_steps=1", "-S", "gate.protocol.min_cw_steps=null",
-        "-S", "gate.protocol.autoattack=none", "-S", "gate.protocol.min_examples_per_class=1",
-        "-S", "track.model_name=unit"]
+# the shared tiny run (tests/tiny.py) with a gate a tiny model can pass
+TINY = cli_flags(tiny(PASSABLE_GATE, track__model_name="unit"))
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
+def workdir(tmp_path_factory, mlflow_sqlite) -> Path:
     """One tiny `fairat run` (all five steps) in its own folder and SQLite store."""
     path = tmp_path_factory.mktemp("registry")
     shutil.copy(REPO / "params.yaml", path / "params.yaml")
     mp = pytest.MonkeyPatch()
     mp.chdir(path)
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{path}/mlruns/mlflow.db")
-    (path / "mlruns").mkdir()
+    mp.setenv("MLFLOW_TRACKING_URI", mlflow_sqlite(path / "mlruns" / "mlflow.db"))
     assert main(["run", *TINY]) == 0
     yield path
     mp.undo()
@@ -103,8 +93,9 @@ def test_approval_refuses_a_version_without_evidence(inside, capsys):
     assert "champion" not in client.get_registered_model("unit").aliases
 
 
-def test_approve_needs_a_name_and_an_existing_version(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+def test_approve_needs_a_name_and_an_existing_version(tmp_path, monkeypatch, capsys,
+                                                       mlflow_sqlite):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_sqlite(tmp_path / "mlflow.db"))
     assert main(["approve", "nothing", "1", "--by", "bob"]) == 2
     assert "not found" in capsys.readouterr().err
     with pytest.raises(registry.RegistryError, match="--by"):

@@ -327,12 +327,12 @@ def test_dvc_push_with_server_down_fails_clearly_and_keeps_data(dvc_repo, monkey
 # ---------------------------------------------------------------------------------------------
 # MLflow artifacts on S3
 
-def test_mlflow_artifacts_go_to_s3(s3_env, tmp_path, monkeypatch):
+def test_mlflow_artifacts_go_to_s3(s3_env, tmp_path, monkeypatch, mlflow_sqlite):
     from mlflow import MlflowClient
 
     storage.ensure_bucket(s3_env)
     monkeypatch.chdir(tmp_path)
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")  # no global state
+    client = MlflowClient(tracking_uri=mlflow_sqlite(tmp_path / "mlflow.db"))  # no global state
     exp = client.create_experiment("s3-artifacts", artifact_location=f"s3://{s3_env}/mlflow")
     report = tmp_path / "eval.json"
     report.write_text('{"robust": 0.5}')
