@@ -131,3 +131,14 @@ def test_help_lists_the_key_secrets():
                      "--verify-key-secret VERIFY_KEY_SECRET", "FAIRAT_VERIFY_KEY",
                      "local mode"):
             assert name in text, (action, name)
+
+
+def test_docs_say_how_to_make_the_secret_with_the_key_names_the_pods_read():
+    from fairat.evidence.attestation import SIGNING_KEY_ENV, VERIFY_KEY_ENV
+
+    text = (REPO / "docs" / "kubeflow.md").read_text()
+    assert "openssl genpkey -algorithm ed25519" in text
+    assert "kubectl -n $NS create secret generic fairat-signing" in text
+    assert f"--from-file={SIGNING_KEY_ENV}=signing.pem" in text
+    assert f"--from-file={VERIFY_KEY_ENV}=verify.pem" in text
+    assert "local mode" in text and "--signing-key-secret" in text
