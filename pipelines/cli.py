@@ -5,9 +5,10 @@ Why a module apart from the CLI: compiling needs kfp and submitting needs a clus
 inside the functions that use them. For the same reason the cluster-setting defaults the help shows
 are spelled out here (:data:`CLUSTER_DEFAULTS`); a test keeps them equal to ``ClusterSettings``.
 
-Submitting compiles the pipeline with defaults from the given params file and passes every knob
-explicitly as a run argument, so the run is exactly ``--params`` plus ``-S`` overrides whatever the
-committed YAML says. A host that cannot be reached or that answers with an error stops with a
+Submitting compiles the pipeline with defaults from the given params files (``--params`` repeated
+merges overlays in order, as the main CLI does: :func:`fairat.overlays.load_params_files`) and
+passes every knob explicitly as a run argument, so the run is exactly ``--params`` plus ``-S``
+overrides whatever the committed YAML says. A host that cannot be reached or that answers with an error stops with a
 message naming the host (exit code 2), never with a library traceback.
 
 Credentials, TLS, proxy and the preflight checks live in :mod:`pipelines.connection`.
@@ -20,9 +21,10 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from fairat.config import ConfigError, Params, load_params
+from fairat.config import ConfigError, Params
+from fairat.overlays import load_params_files
 from pipelines.connection import (COOKIE_ENV, SA_TOKEN_PATH, TOKEN_ENV,  # noqa: F401 (API)
                                   Credentials, KubeflowError, Transport, _check_access,
                                   _check_reachable, _error_detail, _namespace_hint, auth_message,
@@ -33,14 +35,17 @@ CLUSTER_FLAGS = {"--image": "image", "--s3-secret": "s3_secret",
                  "--mlflow-secret": "mlflow_secret", "--mlflow-auth-secret": "mlflow_auth_secret",
                  "--endpoints-config-map": "endpoints_config_map",
                  "--shared-volume-claim": "shared_volume_claim",
-                 "--trainer-namespace": "trainer_namespace"}
+                 "--trainer-namespace": "trainer_namespace",
+                 "--signing-key-secret": "signing_key_secret",
+                 "--verify-key-secret": "verify_key_secret"}
 # ClusterSettings' defaults, spelled out for --help without importing kfp (a test compares them).
 # mlflow_auth_secret None: the --mlflow-secret (ClusterSettings' default is the same name).
 CLUSTER_DEFAULTS: dict[str, str | None] = {
     "image": "ghcr.io/fairat/fairat:0.1.0", "s3_secret": "fairat-s3",
     "mlflow_secret": "fairat-mlflow", "mlflow_auth_secret": None,
     "endpoints_config_map": "fairat-endpoints", "shared_volume_claim": None,
-    "trainer_namespace": None, "shm_size": "8Gi", "train_retries": 2}
+    "trainer_namespace": None, "shm_size": "8Gi", "train_retries": 2,
+    "signing_key_secret": None, "verify_key_secret": None}
 CLUSTER_HELP = {
     "image": "container image of every task; {commit} in it becomes the checkout's commit "
              "(e.g. ghcr.io/fairat/fairat:{commit}, the tag the image was built with, see "
@@ -57,7 +62,14 @@ CLUSTER_HELP = {
     "shared_volume_claim": "ReadWriteMany PersistentVolumeClaim; set: train runs as a Kubeflow "
                            "Trainer TrainJob, needed for --num-nodes above 1 (default: none, train "
                            "runs in its own pod)",
-    "trainer_namespace": "namespace the TrainJob is created in (default: the pipeline pod's)"}
+    "trainer_namespace": "namespace the TrainJob is created in (default: the pipeline pod's)",
+    "signing_key_secret": "Secret with FAIRAT_SIGNING_KEY (an Ed25519 private key, PEM) for the "
+                          "evaluate and gate pods, which then sign the report and the decision; "
+                          "required once named (docs/kubeflow.md) (default: none, local mode: "
+                          "nothing signed, which guards against accidents, not adversaries)",
+    "verify_key_secret": "Secret with FAIRAT_VERIFY_KEY (the public key, PEM) for the register "
+                         "pods, which then verify the signed decision (default: the "
+                         "--signing-key-secret, of which register gets only that key)"}
 COMMIT_TAG = "{commit}"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # What the Dockerfile copies (see .dockerignore): a change there means another image.
@@ -117,11 +129,13 @@ def cluster_settings(values: dict[str, Any]) -> Any:
         raise KubeflowError(str(err)) from None
 
 
-def compile_to(out_path: str | Path, params_file: str | Path, settings: Any = None) -> Path:
-    """Compile the pipeline IR (YAML) with parameter defaults from ``params_file``."""
+def compile_to(out_path: str | Path, params_files: str | Path | Sequence[str | Path],
+               settings: Any = None) -> Path:
+    """Compile the pipeline IR (YAML) with parameter defaults from ``params_files`` (one file, or
+    several merged in order)."""
     from pipelines.fairat_pipeline import ClusterSettings, compile_pipeline
 
-    return compile_pipeline(out_path, params_file, settings or ClusterSettings())
+    return compile_pipeline(out_path, params_files, settings or ClusterSettings())
 
 
 def submit(host: str, params: Params, experiment: str = "fairat", run_name: str | None = None,
@@ -209,8 +223,11 @@ def add_parser(sub: Any) -> None:
     for name, text in (("compile", "write the pipeline IR YAML"),
                        ("submit", "start a run on a Kubeflow Pipelines endpoint")):
         a = actions.add_parser(name, help=text, description=text)
-        a.add_argument("--params", default="params.yaml", type=Path,
-                       help="params file the parameter defaults come from (default: %(default)s)")
+        a.add_argument("--params", action="append", default=None, type=Path, metavar="FILE",
+                       help="params file the parameter defaults come from; repeat to merge "
+                            "overlays in order, e.g. --params params.yaml --params "
+                            "params/cifar10-cpu.yaml (sections merge key by key, later files "
+                            "win; default: params.yaml)")
         cluster = a.add_argument_group("compile-time cluster settings (names only; the values "
                                        "live in the cluster)")
         for flag, field_name in CLUSTER_FLAGS.items():
@@ -327,17 +344,18 @@ def main(args: argparse.Namespace) -> int:
         train_retries=args.train_retries, image_pull_secrets=tuple(args.image_pull_secrets))
     if settings_values["mlflow_auth_secret"] is None:  # one secret serves both, unless told
         settings_values["mlflow_auth_secret"] = settings_values["mlflow_secret"]
+    params_files = list(args.params or [Path("params.yaml")])
     try:
         settings = cluster_settings(settings_values)
         if args.action == "compile":
-            out = compile_to(args.out, args.params, settings)
+            out = compile_to(args.out, params_files, settings)
             print(f"compiled the fairat pipeline -> {out}")
             return 0
         resources = {k: v for k, v in (("accelerator_type", args.accelerator_type),
                                        ("gpus_per_node", args.gpus_per_node),
                                        ("num_nodes", args.num_nodes),
                                        ("checkpoint_url", args.checkpoint_url)) if v is not None}
-        params = load_params(args.params, args.overrides)
+        params = load_params_files(params_files, args.overrides)
         creds = credentials_from(args.token_env, args.cookie_env, args.in_cluster_token,
                                  args.token_path)
         transport = transport_from(args.host, args.ca_cert, args.insecure_skip_tls_verify)

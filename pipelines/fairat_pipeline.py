@@ -3,6 +3,10 @@ with the PGD-AT baseline trained and evaluated beside the model (baseline-train,
 compare) so the model card and the version's tags show the lift on the weakest class next to the
 cost; compile with ``ClusterSettings(baseline=False)`` (``--no-baseline``) to leave it out.
 
+The tasks are the stages of the one stage table (:data:`fairat.stages.STAGES`, which ``dvc.yaml``'s
+check and ``fairat run`` read too), created in its order, each wired to the outputs of the stages
+it reads from (:mod:`pipelines.stage_map`, the one place that maps stages to Kubeflow tasks).
+
 Wiring only. Every `params.yaml` knob is a pipeline parameter (``train.attack.eps`` ->
 ``train__attack__eps``, see :mod:`fairat.cluster.params`) whose default is read from the params
 file when the pipeline is built, so the compiled YAML and the local pipeline share one source of
@@ -43,8 +47,8 @@ artifact in ArtifactSelectorSpec") and which KFP backends up to 2.16 fail at run
 ``gpus_per_node`` GPUs holds a GPU node idle, which can leave the TrainJob unschedulable.
 
 Compile-time settings (:class:`ClusterSettings`) hold what must never be a run parameter: the
-image, the names of the Kubernetes secrets that carry S3 and MLflow credentials, and the shared
-volume claim.
+image, the names of the Kubernetes secrets that carry S3 and MLflow credentials and the signing
+keys (never the keys themselves), and the shared volume claim.
 """
 
 from __future__ import annotations
@@ -54,16 +58,20 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 from kfp import compiler, dsl, kubernetes
 
 from components import IMAGE, compare, evaluate, gate, prepare, register, train
-from fairat.config import Params, load_params
+from fairat.config import Params
+from fairat.evidence.attestation import SIGNING_KEY_ENV, VERIFY_KEY_ENV
+from fairat.overlays import load_params_files
 from fairat.evidence.comparison import BASELINE_METHOD
 from fairat.cluster.params import Knob, knob_lines, knobs, yaml_comments
 from fairat.cluster.pods import check_quantity, check_secret_name, node_label, toleration
+from fairat.stages import Stage
+from pipelines.stage_map import CACHED, POD_ACCESS, TASK_NAMES, pipeline_stages, wiring
 
 PIPELINE_NAME = "fairat"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -143,6 +151,13 @@ class ClusterSettings:
 
     Every task:
         image_pull_secrets: Secrets (in the run's namespace) to pull a private image with.
+
+    Signed evidence (docs/guard.md, attested mode; None: local mode, nothing signed):
+        signing_key_secret: a Secret with key ``FAIRAT_SIGNING_KEY`` (the Ed25519 private key,
+            PEM), given to the evaluate and gate pods (baseline-evaluate too), required.
+        verify_key_secret: a Secret with key ``FAIRAT_VERIFY_KEY`` (the public key, PEM), given
+            to the register pods; None: the same Secret as the signing key, of which register
+            gets only that key. Needs ``signing_key_secret``.
     """
 
     image: str = IMAGE
@@ -162,6 +177,8 @@ class ClusterSettings:
     train_memory_request: str | None = None
     shm_size: str | None = "8Gi"
     image_pull_secrets: tuple[str, ...] = ()
+    signing_key_secret: str | None = None
+    verify_key_secret: str | None = None
 
     def __post_init__(self) -> None:
         """Refuse a malformed setting now, naming it, not as a pod that never schedules."""
@@ -172,8 +189,13 @@ class ClusterSettings:
         check_quantity("train_cpu_request", self.train_cpu_request, memory=False)
         check_quantity("train_memory_request", self.train_memory_request, memory=True)
         check_quantity("shm_size", self.shm_size, memory=True)
-        for name in self.image_pull_secrets:
-            check_secret_name(name)
+        for name in (*self.image_pull_secrets, self.signing_key_secret, self.verify_key_secret):
+            if name is not None:
+                check_secret_name(name)
+        if self.verify_key_secret and not self.signing_key_secret:
+            raise ValueError(f"verify_key_secret {self.verify_key_secret!r} without a "
+                             "signing_key_secret: evaluate and the gate would sign nothing, so "
+                             "register would block every model; name the signing key's Secret")
         if self.train_retries < 0:
             raise ValueError(f"train_retries: {self.train_retries} must be >= 0")
 
@@ -225,6 +247,26 @@ def _with_mlflow(task: dsl.PipelineTask, settings: ClusterSettings) -> None:
         "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"}, optional=True)
 
 
+def _with_signing_key(task: dsl.PipelineTask, settings: ClusterSettings) -> None:
+    """The private key as ``FAIRAT_SIGNING_KEY`` (PEM text) from the Secret's key of that name;
+    required: a pipeline compiled to sign must not quietly run unsigned. None: local mode."""
+    if settings.signing_key_secret:
+        kubernetes.use_secret_as_env(task, settings.signing_key_secret,
+                                     {SIGNING_KEY_ENV: SIGNING_KEY_ENV})
+
+
+def _with_verify_key(task: dsl.PipelineTask, settings: ClusterSettings) -> None:
+    """Only the public key, ``FAIRAT_VERIFY_KEY``, from its Secret (by default the signing key's
+    Secret, of which the pod then sees this one key): register never holds the private key."""
+    secret = settings.verify_key_secret or settings.signing_key_secret
+    if secret:
+        kubernetes.use_secret_as_env(task, secret, {VERIFY_KEY_ENV: VERIFY_KEY_ENV})
+
+
+ACCESS = {"s3": _with_s3, "mlflow": _with_mlflow, "signing_key": _with_signing_key,
+          "verify_key": _with_verify_key}
+
+
 def _on_gpu_nodes(task: dsl.PipelineTask, settings: ClusterSettings) -> None:
     """What a GPU training pod needs beyond its GPU limit: tolerations for the GPU nodes' taints,
     a node selector, CPU and memory requests (without them the pod is the first evicted, or
@@ -271,27 +313,30 @@ def knob_comments(path: Path = PARAMS_FILE) -> dict[str, str]:
 
 
 def build_pipeline(params: Params, settings: ClusterSettings = ClusterSettings()) -> Any:
-    """The pipeline (a kfp GraphComponent) with parameter defaults taken from ``params``."""
+    """The pipeline (a kfp GraphComponent) with parameter defaults taken from ``params``: one
+    task per stage of :func:`pipeline_stages`, created in table order, each wired to the outputs
+    of its upstream stages (:func:`wiring`)."""
     table = knobs(params, knob_comments())
     signature = _signature(table)
+    stages = pipeline_stages(settings.baseline)
 
     def fairat_pipeline(*args: Any) -> None:
         values = dict(zip(signature.parameters, args))
 
-        def knob_text(step: str, **fixed: Any) -> str:
-            """The step's knobs; ``fixed`` (``train__method="pgd_at"``) replaces run values."""
+        def knob_text(st: Stage) -> str:
+            """The step's knobs; the baseline's train task has the method fixed to PGD-AT."""
+            fixed = {"train__method": BASELINE_METHOD} if st.baseline else {}
             return knob_lines({k.key: fixed.get(k.name, values[k.name]) for k in table
-                               if k.section in SECTIONS[step] or k.key in SECTIONS[step]})
+                               if k.section in SECTIONS[st.command]
+                               or k.key in SECTIONS[st.command]})
 
-        def train_task(params_text: str) -> dsl.PipelineTask:
+        def train_task(st: Stage, inputs: dict[str, Any]) -> dsl.PipelineTask:
             # run_id: the run's uuid, the same for every retry, keys the checkpoints and the
             # TrainJob (with the params: the baseline's other method keeps them apart)
-            task = train(params=params_text, data=data.outputs["data"],
-                         gpus_per_node=values["gpus_per_node"], num_nodes=values["num_nodes"],
-                         checkpoint_url=values["checkpoint_url"],
+            task = train(params=knob_text(st), **inputs, gpus_per_node=values["gpus_per_node"],
+                         num_nodes=values["num_nodes"], checkpoint_url=values["checkpoint_url"],
                          run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                          **_trainer_inputs(settings, values["accelerator_type"]))
-            task.set_caching_options(False)  # GPU training is not bitwise reproducible
             if settings.shared_volume_claim:
                 # A launcher: no GPUs (the TrainJob's nodes hold them); a retried launcher adopts
                 # the TrainJob of the attempt before it (named after the run), never a second one
@@ -304,46 +349,40 @@ def build_pipeline(params: Params, settings: ClusterSettings = ClusterSettings()
             return task.set_retry(num_retries=settings.train_retries, backoff_duration="60s",
                                   backoff_factor=2.0)
 
-        def evaluate_task(trained_task: dsl.PipelineTask) -> dsl.PipelineTask:
-            return evaluate(params=knob_text("evaluate"), data=data.outputs["data"],
-                            model=trained_task.outputs["model"],
-                            summary=trained_task.outputs["summary"]).set_caching_options(True)
+        def register_tasks(st: Stage, inputs: dict[str, Any]) -> list[dsl.PipelineTask]:
+            """One register task per branch of the gate's decision; candidate only if passed."""
+            with dsl.If(tasks["gate"][0].outputs["Output"] == True,  # noqa: E712
+                        name="gate-passed"):
+                candidate = register(params=knob_text(st), candidate=True, **inputs)
+            with dsl.Else(name="gate-blocked"):
+                blocked = register(params=knob_text(st), candidate=False, **inputs)
+            return [candidate, blocked]
 
-        data = prepare(params=knob_text("prepare")).set_caching_options(True)
-        trained = train_task(knob_text("train"))
-        evaluated = evaluate_task(trained)
-        decided = gate(params=knob_text("gate"), report=evaluated.outputs["report"],
-                       model=trained.outputs["model"]).set_caching_options(True)
-        common = dict(params=knob_text("register"), data=data.outputs["data"],
-                      model=trained.outputs["model"], summary=trained.outputs["summary"],
-                      report=evaluated.outputs["report"], decision=decided.outputs["decision"])
-        beside: list[dsl.PipelineTask] = []
-        if settings.baseline:
-            base_trained = train_task(knob_text("train", train__method=BASELINE_METHOD))
-            base_evaluated = evaluate_task(base_trained)
-            compared = compare(params=knob_text("compare"), report=evaluated.outputs["report"],
-                               summary=trained.outputs["summary"],
-                               baseline_report=base_evaluated.outputs["report"],
-                               baseline_summary=base_trained.outputs["summary"])
-            base_trained.set_display_name("baseline-train")
-            base_evaluated.set_display_name("baseline-evaluate")
-            beside = [base_trained, base_evaluated, compared.set_caching_options(True)]
-            common.update(baseline_report=base_evaluated.outputs["report"],
-                          baseline_summary=base_trained.outputs["summary"])
-        with dsl.If(decided.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
-            candidate = register(candidate=True, **common).set_display_name("register-candidate")
-        with dsl.Else(name="gate-blocked"):
-            blocked = register(candidate=False, **common).set_display_name("register-blocked")
-        _with_s3(data, settings)
-        for task in (trained, evaluated, candidate, blocked, *beside):  # each logs to its run
-            _with_s3(task, settings)
-            _with_mlflow(task, settings)
-        for task in (candidate, blocked):
-            task.set_caching_options(False)  # a registration is a side effect, never a cache hit
-        for task in (data, trained, evaluated, decided, candidate, blocked, *beside):
-            task.set_container_image(settings.image)
-            if settings.image_pull_secrets:
-                kubernetes.set_image_pull_secrets(task, list(settings.image_pull_secrets))
+        def stage_tasks(st: Stage, inputs: dict[str, Any]) -> list[dsl.PipelineTask]:
+            """The task(s) of one stage, by the step it runs, with the access its pod needs."""
+            if st.command == "train":
+                made = [train_task(st, inputs)]
+            elif st.command == "register":
+                made = register_tasks(st, inputs)
+            else:
+                made = [{"prepare": prepare, "evaluate": evaluate, "gate": gate,
+                         "compare": compare}[st.command](params=knob_text(st), **inputs)]
+            for task in made:
+                task.set_caching_options(st.command in CACHED)
+                for access in POD_ACCESS[st.command]:
+                    ACCESS[access](task, settings)
+            return made
+
+        tasks: dict[str, list[dsl.PipelineTask]] = {}
+        for st in stages:
+            inputs = {port: tasks[src][0].outputs[out]
+                      for port, (src, out) in wiring(st, [s.name for s in stages]).items()}
+            tasks[st.name] = stage_tasks(st, inputs)
+            for task, shown in zip(tasks[st.name], TASK_NAMES[st.name], strict=True):
+                task.set_display_name(shown)
+                task.set_container_image(settings.image)
+                if settings.image_pull_secrets:
+                    kubernetes.set_image_pull_secrets(task, list(settings.image_pull_secrets))
 
     fairat_pipeline.__signature__ = signature  # type: ignore[attr-defined]
     fairat_pipeline.__doc__ = _docstring(table)
@@ -393,7 +432,9 @@ def write_package(pipeline: Any, out_path: str | Path) -> Path:
     return out_path
 
 
-def compile_pipeline(out_path: str | Path = COMPILED_FILE, params_file: str | Path = PARAMS_FILE,
+def compile_pipeline(out_path: str | Path = COMPILED_FILE,
+                     params_files: str | Path | Sequence[str | Path] = PARAMS_FILE,
                      settings: ClusterSettings = ClusterSettings()) -> Path:
-    """Compile the pipeline with defaults from ``params_file`` into ``out_path`` (YAML IR)."""
-    return write_package(build_pipeline(load_params(params_file), settings), out_path)
+    """Compile the pipeline with defaults from ``params_files`` (one file, or a base and overlays
+    merged in order, :func:`fairat.overlays.load_params_files`) into ``out_path`` (YAML IR)."""
+    return write_package(build_pipeline(load_params_files(params_files), settings), out_path)

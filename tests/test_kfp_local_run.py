@@ -1,4 +1,10 @@
-"""Kubeflow: the whole pipeline run end to end through kfp.local (slow)."""
+"""Kubeflow: the whole pipeline run end to end through kfp.local (slow), in attested mode.
+
+The local runner ignores Kubernetes settings, so the signing key reaches the tasks the way the
+``--signing-key-secret`` Secret does on a cluster, as ``FAIRAT_SIGNING_KEY`` in their environment
+(each task is a subprocess of this one): evaluate and the gate sign, register verifies from the
+artifacts the tasks hand each other.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +36,18 @@ def test_pipeline_runs_end_to_end_with_kfp_local(tmp_path, monkeypatch):
 
     from pipelines.fairat_pipeline import build_pipeline
 
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import (Encoding, NoEncryption,
+                                                              PrivateFormat)
+
+    from fairat.evidence.attestation import (DECISION_STATEMENT, REPORT_STATEMENT,
+                                             envelope_from_sidecar, key_id, verify)
+
+    private = Ed25519PrivateKey.generate()
+    monkeypatch.setenv("FAIRAT_SIGNING_KEY", private.private_bytes(
+        Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode())
+    for var in ("FAIRAT_SIGNING_KEY_FILE", "FAIRAT_VERIFY_KEY", "FAIRAT_VERIFY_KEY_FILE"):
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.chdir(tmp_path)  # the components' working folder: keep strays out of the repo
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
@@ -44,6 +62,15 @@ def test_pipeline_runs_end_to_end_with_kfp_local(tmp_path, monkeypatch):
     assert not (run_dir / "register-2").exists()  # the blocked branch did not run
     decision = json.loads((run_dir / "gate" / "decision" / "gate.json").read_text())
     assert decision["passed"] is True and decision["thresholds"]["min_worst_class"] == 0.0
+    # attested: the gate signed its decision, evaluate (and baseline-evaluate) their reports
+    public = private.public_key()
+    statement, problems = verify(decision["attestation"], public, DECISION_STATEMENT)
+    assert not problems and decision["attestation"]["key_id"] == key_id(public)
+    assert statement["model_sha256"] == decision["model_sha256"]
+    for task in ("evaluate", "evaluate-2"):
+        sidecar = (run_dir / task / "report" / "eval.json.sha256").read_text()
+        _, problems = verify(envelope_from_sidecar(sidecar), public, REPORT_STATEMENT)
+        assert not problems, (task, problems)
     for path in ("prepare/data/manifest.json", "train/model/model.pt", "train/summary/train.json",
                  "evaluate/report/eval.json", "evaluate/report/eval_classwise.png",
                  "evaluate/report_md", "evaluate/chart"):

@@ -523,3 +523,55 @@ def test_insecure_skip_tls_verify_is_explicit_and_warned(tls_stand_in, tmp_path,
     (tmp_path / "not.pem").write_text("hello")
     assert _submit(host, "--ca-cert", str(tmp_path / "not.pem")) == 2
     assert "holds no PEM certificate" in capsys.readouterr().err
+
+
+def test_submit_merges_params_overlays_in_order_and_names_the_key_secrets(stand_in_kfp, tmp_path,
+                                                                         monkeypatch, capsys):
+    """--params repeated merges as the main CLI does (later files win, -S last); the signing
+    key's Secret reaches the submitted platform spec by name."""
+    from fairat.fronts.cli import main
+
+    host, calls = stand_in_kfp
+    monkeypatch.setenv("HOME", str(tmp_path))
+    first = tmp_path / "cpu.yaml"
+    first.write_text("train:\n  epochs: 7\n  attack:\n    steps: 3\nevaluate:\n  pgd_steps: 9\n")
+    second = tmp_path / "short.yaml"
+    second.write_text("train:\n  epochs: 5\n")
+    code = main(["pipeline", "submit", "--host", host, "--params", str(REPO / "params.yaml"),
+                 "--params", str(first), "--params", str(second), "-S", "evaluate.pgd_steps=11",
+                 "--signing-key-secret", "fairat-signing"])
+    assert code == 0, capsys.readouterr().err
+    (run,) = [body for method, path, _, body in calls if (method, path) == ("POST",
+                                                                         "/apis/v2beta1/runs")]
+    sent = run["runtime_config"]["parameters"]
+    assert sent["train__epochs"] == 5  # the last file wins
+    assert sent["train__attack__steps"] == 3  # sections merge key by key
+    assert sent["train__attack__eps"] == PARAMS.train.attack.eps  # the base's, untouched
+    assert sent["evaluate__pgd_steps"] == 11  # -S after every file
+    executors = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"][
+        "deploymentSpec"]["executors"]
+    assert {m["envVar"] for s in executors["exec-gate"]["secretAsEnv"]
+            for m in s["keyToEnv"]} == {"FAIRAT_SIGNING_KEY"}
+
+
+def test_compile_merges_params_overlays_into_the_defaults(tmp_path, capsys):
+    from fairat.fronts.cli import main
+
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("train:\n  epochs: 4\n")
+    out = tmp_path / "p.yaml"
+    assert main(["pipeline", "compile", "--out", str(out), "--params",
+                 str(REPO / "params.yaml"), "--params", str(overlay)]) == 0
+    defaults = next(yaml.safe_load_all(out.read_text()))["root"]["inputDefinitions"]["parameters"]
+    assert defaults["train__epochs"]["defaultValue"] == 4
+    assert defaults["train__attack__eps"]["defaultValue"] == PARAMS.train.attack.eps
+    # an overlay alone lands on the built-in defaults (which equal params.yaml)
+    assert main(["pipeline", "compile", "--out", str(out), "--params", str(overlay)]) == 0
+    alone = next(yaml.safe_load_all(out.read_text()))["root"]["inputDefinitions"]["parameters"]
+    assert alone == defaults
+    # a missing overlay is one clear line, nothing written
+    out.unlink()
+    assert main(["pipeline", "compile", "--out", str(out), "--params",
+                 str(REPO / "params.yaml"), "--params", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "params file not found" in err and "nope.yaml" in err and not out.exists()
