@@ -332,3 +332,22 @@ def test_peer_trains_in_the_one_loop_and_logs_its_class_terms(method, digits, tm
         assert last["fawa_admitted"] and last["fawa_epochs"] == 3 and "val_live_robust_avg" in last
     state = torch.load(paths.checkpoints / "last.pt", weights_only=True)
     assert state["weighting"] is not None
+
+
+def test_the_digits_study_overlay_keeps_the_committed_cells_cfa_and_frl_constants():
+    from pathlib import Path
+
+    from fairat.engine.class_weights import frl_halvings
+    from fairat.engine.methods.cfa import fawa_decay_per_epoch
+    from fairat.overlays import load_params_files
+
+    root = Path(__file__).resolve().parents[1]
+    train = load_params_files([root / "params.yaml", root / "studies/digits.yaml"]).train
+    assert fawa_decay_per_epoch(train.cfa, train.epochs) == 0.88  # as the cells ran, exactly
+    assert (train.cfa.fawa_threshold, train.cfa.fawa_threshold_kind) == (0.24, "absolute")
+    frl = FRLPolicy(train.frl, 10, train.epochs, [str(i) for i in range(10)])
+    assert frl.scale == 1.0 and (frl.bound_clean, frl.bound_boundary) == (0.1, 0.1)
+    assert train.frl.rate_margin == 0.1 and train.frl.rate_weight == 0.05
+    # the old schedule: 0.05 halved at each third of the 15-epoch phase (at most twice)
+    assert [frl_halvings(k, frl.phase, train.frl.halve_every) for k in range(16)] == \
+        [min(2, 3 * k // 15) for k in range(16)]
