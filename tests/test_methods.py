@@ -169,3 +169,23 @@ def test_the_random_copies_control_mirrors_fairats_copies_and_says_it_is_a_contr
     assert "random_copies" in METHOD_FIELDS  # comparison: its knobs may differ from PGD-AT's
     with pytest.raises(ConfigError, match=r"train.random_copies.hard_ratio"):
         with_overrides(Params(), {"train.random_copies.hard_ratio": 0.0})
+
+
+def test_the_peers_card_lines_give_their_rescaled_constants_and_read_older_records():
+    cfa = to_dict(with_overrides(Params(), {"train.method": "cfa"}).train)
+    line = method_line(cfa)
+    assert "decay 0.426 per epoch: 0.88 per epoch of 200 rescaled to 30" in line
+    assert "85% of the best worst class so far" in line
+    frl = method_line(to_dict(with_overrides(Params(), {"train.method": "frl"}).train))
+    assert "(0.07 clean, 0.07 boundary)" in frl and "the authors' 40 updates" in frl
+    # a run recorded before the rescaling: its decay per epoch of its run, an absolute threshold
+    for key in ("fawa_decay_epochs", "fawa_threshold_kind"):
+        cfa["cfa"].pop(key)
+    cfa["cfa"]["fawa_threshold"] = 0.24
+    old = method_line(cfa)
+    assert "decay 0.88 per epoch;" in old and "reaches 24%)" in old
+    frl_old = to_dict(with_overrides(Params(), {"train.method": "frl", "train.frl.bound_clean": 0.1,
+                                                "train.frl.bound_boundary": 0.1}).train)
+    frl_old["frl"].pop("reference_updates")
+    assert "(0.1 clean, 0.1 boundary)" in method_line(frl_old)
+    assert "40 updates" not in method_line(frl_old)

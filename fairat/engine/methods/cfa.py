@@ -93,7 +93,9 @@ def _average(train):
 
 
 def _describe(train) -> str:
-    cfa = train["cfa"]
+    # a run recorded before the rescaling has neither key: its decay was per epoch of its own
+    # run, its threshold absolute
+    cfa = {"fawa_decay_epochs": train["epochs"], "fawa_threshold_kind": "absolute"} | train["cfa"]
     decay = cfa["fawa_decay"] ** (cfa["fawa_decay_epochs"] / train["epochs"])
     admit = (f"{cfa['fawa_threshold']:.0%} of the best worst class so far"
              if cfa["fawa_threshold_kind"] == "relative" else f"{cfa['fawa_threshold']:.0%}")
@@ -102,9 +104,10 @@ def _describe(train) -> str:
             + (f" and TRADES trade-offs (lambda {cfa['lambda_beta']})"
                if cfa["base"] == "trades" else "")
             + " from each class's training robust accuracy"
-            + (f"; ships the fairness-aware weight average (decay {decay:.3g} per epoch: "
-               f"{cfa['fawa_decay']} per epoch of {cfa['fawa_decay_epochs']} rescaled to "
-               f"{train['epochs']}; epochs whose worst validation class reaches {admit})"
+            + (f"; ships the fairness-aware weight average (decay {decay:.3g} per epoch"
+               + (f": {cfa['fawa_decay']} per epoch of {cfa['fawa_decay_epochs']} rescaled to "
+                  f"{train['epochs']}" if cfa["fawa_decay_epochs"] != train["epochs"] else "")
+               + f"; epochs whose worst validation class reaches {admit})"
                if cfa["fawa"] else ""))
 
 

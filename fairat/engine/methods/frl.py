@@ -90,7 +90,7 @@ def _policy(train, num_classes, names):
 
 
 def _describe(train) -> str:
-    frl = train["frl"]
+    frl = {"reference_updates": None} | train["frl"]  # None: a run recorded before the scaling
     own = AUTHORS_BOUND[bool(frl["remargin"])]
     clean = own if frl["bound_clean"] is None else frl["bound_clean"]
     bndy = own if frl["bound_boundary"] is None else frl["bound_boundary"]
