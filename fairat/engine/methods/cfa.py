@@ -15,8 +15,9 @@ them are expressed here so that they mean on any run what they mean there (issue
   30 epochs, a half-life of 18% of the run (6.7 times the authors' horizon).
 - FAWA's admission threshold: authors 0.24, an absolute CIFAR-10 robust accuracy just below the
   level a CIFAR-10 worst class (cat) reaches under PGD after adversarial training (roughly
-  0.25-0.30), so it admits only epochs near their run's best worst class. On digits, where the
-  worst class sits far above 0.24, it admitted almost every epoch. Ours (``fawa_threshold_kind:
+  0.25-0.30: our reading, not checked against the paper's tables), so it admits only epochs
+  near their run's best worst class. On digits, where the worst class sits far above 0.24, it
+  admitted almost every epoch. Ours (``fawa_threshold_kind:
   relative``): an epoch enters if its worst validation class reaches ``fawa_threshold`` = 0.85 of
   the best worst validation class this run has reached so far. 0.85 is our estimate of 0.24
   over that level, not a constant of the authors' code; it is one of CFA's intensity knobs for
