@@ -25,7 +25,7 @@ from fairat.config import Params, to_dict, with_overrides
 from fairat.io import write_json_atomic
 from fairat.overlays import load_params_files
 
-METHODS = ("pgd_at", "trades", "fairat", "wat", "frl", "cfa", "dafa")
+METHODS = ("pgd_at", "trades", "fairat", "wat", "frl", "cfa", "dafa", "random_copies")
 
 
 def cell_tag(method: str, seed: int, split: str, variant: str) -> str:

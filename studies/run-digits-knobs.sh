@@ -2,7 +2,7 @@
 # The digits knob search on the VALIDATION split (studies/digits.yaml with evaluate.split=val; the
 # test split is never read): FairAT's selection (global top-k, per-class quotas, class-power
 # weighted quotas, base, ratio) and each peer's knobs against PGD-AT, several seeds (15 validation images per class
-# make one seed too noisy to choose on). Each seed re-draws the data split. A cell whose result
+# make one seed too noisy to choose on). Each seed re-draws the training/validation split (the test split is fixed, and unread here). A cell whose result
 # exists is skipped, a killed one resumes; each finished cell is committed on its own as
 # results/digits/val/<tag>.json.
 #   studies/run-digits-knobs.sh                 # seeds 0 1 2

@@ -43,4 +43,6 @@ for seed in $SEEDS; do
   # the peers' settings chosen on the validation split (FRL and DAFA kept the authors' knobs)
   cell wat "$seed" pgd train.wat.base=pgd_at
   cell cfa "$seed" pgd train.cfa.base=pgd_at
+  # the control (issue 32): PGD-AT plus FairAT's count of augmented copies drawn at random
+  cell random_copies "$seed" ""
 done

@@ -122,7 +122,7 @@ def test_frl_projection_and_weights():
 
 def test_frl_moves_weight_and_margin_to_the_class_that_violates_its_bounds():
     cfg = FRLConfig(start=0.5, bound_clean=0.05, bound_boundary=0.05, rate_weight=0.1,
-                    rate_margin=0.1, limit=0.5)
+                    rate_margin=0.1, limit=0.5, reference_updates=None)  # steps as given
     frl = FRLPolicy(cfg, num_classes=3, epochs=10, names=["a", "b", "c"])
     val = _val(clean=[1.0, 1.0, 0.7], robust=[0.9, 0.9, 0.2])  # class c: high clean + boundary error
     assert frl.after_epoch(4, None, val) == {}  # before start: plain TRADES
@@ -141,6 +141,77 @@ def test_frl_moves_weight_and_margin_to_the_class_that_violates_its_bounds():
     again = FRLPolicy(cfg, 3, 10, ["a", "b", "c"])
     again.load_state_dict(state)
     assert torch.equal(again.lam, frl.lam)
+
+
+def test_frl_update_totals_match_the_authors_script():
+    from fairat.engine.class_weights import frl_halvings, frl_step_scale
+    from fairat.engine.methods.frl import updates
+
+    # the authors (frlrmrw.py): 40 updates of rate1 = 0.05, the 40th halved -> 1.975; rate2 0.2
+    authors_weight = 39 * 0.05 + 0.025
+    authors_margin = 40 * 0.2
+    assert authors_weight == pytest.approx(1.975) and authors_margin == pytest.approx(8.0)
+    train = Params().train  # 30 epochs, FRL from half-way: 15 updates that act
+    assert updates(train) == 15
+    frl = FRLPolicy(train.frl, 10, train.epochs, [str(i) for i in range(10)])
+    assert frl.scale == pytest.approx(40 / 15)
+    steps = [0.05 * frl.scale * 0.5 ** frl_halvings(k, 15, 1.0) for k in range(15)]
+    assert sum(steps) == pytest.approx(2.0)  # authors' 1.975 but for their last halving
+    assert 15 * 0.2 * frl.scale == pytest.approx(authors_margin)
+    # the previous schedule (steps as given, halved at each third): 4.5x less
+    old = [0.05 * frl_step_scale(None, 15) * 0.5 ** frl_halvings(k, 15, 1 / 3) for k in range(15)]
+    assert sum(old) == pytest.approx(0.4375)
+    # halve_every 0.333333 (the digits study's pin) reproduces the old rule exactly
+    for n in range(1, 201):
+        for k in range(n + 1):
+            assert frl_halvings(k, n, 0.333333) == min(2, 3 * k // n), (k, n)
+
+
+def test_frl_bounds_are_the_running_variants_own():
+    assert FRLConfig().bounds() == (0.07, 0.07)  # frlrmrw.py: reweight + remargin
+    assert FRLConfig(remargin=False).bounds() == (0.1, 0.1)  # frlrw.py: reweight only
+    assert FRLConfig(remargin=False, bound_clean=0.2).bounds() == (0.2, 0.1)
+    frl = FRLPolicy(FRLConfig(), 3, 10, ["a", "b", "c"])
+    frl.after_epoch(5, None, _val(clean=[1.0, 1.0, 0.7], robust=[0.9, 0.9, 0.2]))
+    # clean gamma of c: 0.3 - 0.1 - 0.07 = 0.13, step 0.05 * 40 / 5 = 0.4 -> 0.052
+    assert frl.lam[0].tolist() == pytest.approx([0, 0, 0.4 * 0.13])
+    # margin of a: boundary gamma 0.1 - 0.7 / 3 - 0.07, step 0.2 * 8
+    assert float(frl.lam[2][0]) == pytest.approx(1.6 * (0.1 - 0.7 / 3 - 0.07))
+    with pytest.raises(ConfigError, match="reference_updates"):
+        FRLConfig(reference_updates=0)
+
+
+def test_cfa_fawa_decay_covers_the_authors_fraction_of_the_run():
+    from fairat.engine.methods.cfa import fawa_decay_per_epoch
+
+    authors = CFAConfig()  # 0.88 per epoch of 200
+    assert fawa_decay_per_epoch(authors, 200) == 0.88
+    assert fawa_decay_per_epoch(authors, 30) == pytest.approx(0.88 ** (200 / 30))
+    assert fawa_decay_per_epoch(authors, 30) == pytest.approx(0.4265, abs=1e-4)
+    # the half-life is the same fraction of the run: ln 0.5 / ln 0.88 / 200 = 2.71%
+    half_life = math.log(0.5) / math.log(fawa_decay_per_epoch(authors, 30)) / 30
+    assert half_life == pytest.approx(math.log(0.5) / math.log(0.88) / 200)
+    assert half_life == pytest.approx(0.0271, abs=1e-4)
+    # the digits study's pin: 0.88 per epoch of 30, exactly
+    assert fawa_decay_per_epoch(CFAConfig(fawa_decay_epochs=30), 30) == 0.88
+
+
+def test_cfa_fawa_threshold_relative_to_the_runs_best_worst_class(tiny_model):
+    from fairat.engine.weight_average import FairWeightAverage
+
+    avg = FairWeightAverage(decay=0.5, threshold=0.85, relative=True)
+    assert avg.update(tiny_model, 0.4)  # the best so far is itself
+    assert avg.update(tiny_model, 0.8) and avg.bar() == pytest.approx(0.68)
+    assert not avg.update(tiny_model, 0.67)  # below 0.85 x 0.8
+    assert avg.update(tiny_model, 0.68)
+    assert avg.admitted == 3 and avg.best == 0.8
+    again = FairWeightAverage(0.5, 0.0)
+    again.load_state_dict(avg.state_dict())
+    assert again.relative and again.best == 0.8 and again.bar() == pytest.approx(0.68)
+    # the authors' absolute rule: 0.24 admits every digits epoch above it
+    absolute = FairWeightAverage(decay=0.5, threshold=0.24)
+    assert absolute.update(tiny_model, 0.8) and absolute.update(tiny_model, 0.3)
+    assert absolute.bar() == 0.24
 
 
 def test_cfa_margins_and_regularisation_from_training_robust_accuracy():
@@ -261,3 +332,22 @@ def test_peer_trains_in_the_one_loop_and_logs_its_class_terms(method, digits, tm
         assert last["fawa_admitted"] and last["fawa_epochs"] == 3 and "val_live_robust_avg" in last
     state = torch.load(paths.checkpoints / "last.pt", weights_only=True)
     assert state["weighting"] is not None
+
+
+def test_the_digits_study_overlay_keeps_the_committed_cells_cfa_and_frl_constants():
+    from pathlib import Path
+
+    from fairat.engine.class_weights import frl_halvings
+    from fairat.engine.methods.cfa import fawa_decay_per_epoch
+    from fairat.overlays import load_params_files
+
+    root = Path(__file__).resolve().parents[1]
+    train = load_params_files([root / "params.yaml", root / "studies/digits.yaml"]).train
+    assert fawa_decay_per_epoch(train.cfa, train.epochs) == 0.88  # as the cells ran, exactly
+    assert (train.cfa.fawa_threshold, train.cfa.fawa_threshold_kind) == (0.24, "absolute")
+    frl = FRLPolicy(train.frl, 10, train.epochs, [str(i) for i in range(10)])
+    assert frl.scale == 1.0 and (frl.bound_clean, frl.bound_boundary) == (0.1, 0.1)
+    assert train.frl.rate_margin == 0.1 and train.frl.rate_weight == 0.05
+    # the old schedule: 0.05 halved at each third of the 15-epoch phase (at most twice)
+    assert [frl_halvings(k, frl.phase, train.frl.halve_every) for k in range(16)] == \
+        [min(2, 3 * k // 15) for k in range(16)]

@@ -76,3 +76,25 @@ def test_class_power_quota_is_capped_at_the_class_size():
                                                          class_power=8.0))
     tracker.update(torch.arange(20), torch.cat([torch.full((2,), 10.0), torch.full((18,), 1.0)]))
     assert tracker.class_quotas(torch.arange(20)).tolist() == [2, 8]  # the excess moves on
+
+
+def test_the_random_control_draws_fairats_count_uniformly_not_by_score():
+    from fairat.engine.hard_examples import copy_count, random_choice
+
+    # FairAT's global selection and the control copy the same number per epoch
+    labels = torch.arange(50) % 5
+    tracker = HardExampleTracker(labels, 5, FairATConfig(hard_ratio=0.2, per_class=False))
+    tracker.update(torch.arange(50), torch.arange(50.0))  # the hardest are 40..49
+    assert copy_count(0.2, 50) == tracker.select().numel() == 10
+    draws = [random_choice(50, 10, seed=3, epoch=e) for e in range(400)]
+    for d in draws:
+        assert d.numel() == 10 and d.unique().numel() == 10 and (d.diff() > 0).all()
+    # uniform: every index is drawn about 400 * 10 / 50 = 80 times (binomial sd ~8); the
+    # top-scored 10 are drawn no more often than the rest (by score it would be 400 times each)
+    counts = torch.bincount(torch.cat(draws), minlength=50).float()
+    assert counts.min() >= 40 and counts.max() <= 120, counts
+    assert abs(counts[40:].mean() - counts[:40].mean()) < 20
+    # the draw depends on seed and epoch only: repeatable, different per epoch and per seed
+    assert torch.equal(random_choice(50, 10, 3, 7), draws[7])
+    assert not torch.equal(draws[0], draws[1])
+    assert not torch.equal(random_choice(50, 10, 4, 0), draws[0])

@@ -42,7 +42,8 @@ def test_knobs_are_typed_with_a_sentinel_for_null_and_lists_as_json_text():
     assert kinds["train.epochs"] == ("int", 30) and kinds["train.flip"] == ("bool", False)
     assert kinds["train.method"] == ("str", "fairat")
     assert {k for k, (kind, _) in kinds.items() if kind == "json"} == {
-        "train.milestones", "train.fairat.augment", "evaluate.autoattack_attacks"}
+        "train.milestones", "train.fairat.augment", "train.random_copies.augment",
+        "evaluate.autoattack_attacks"}
 
 
 def test_null_sentinels_decode_to_none_and_are_never_valid_values():

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fairat.config import Params, TrainConfig, to_dict, with_overrides
+from fairat.knobs import ConfigError
 from fairat.engine.methods import method, method_fields, registry
 from fairat.evidence.comparison import METHOD_FIELDS
 from fairat.evidence.model_card import method_line
@@ -113,7 +114,7 @@ def test_a_method_in_one_file_drives_config_policy_comparison_and_card(tmp_path)
                           timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = json.loads(proc.stdout.split("RESULT ", 1)[1])
-    assert "toy" in out["names"] and out["names"][:7] == list(registry())  # built-ins first
+    assert "toy" in out["names"] and out["names"][:8] == list(registry())  # built-ins first
     assert out["section"] == {"scale": 0.25}  # config: train.toy parsed from the method's class
     assert out["errors"][0] == "train.toy.scale: 3.0 must lie in (0, 2]"
     assert "reads the toy validation statistics" in out["errors"][1]
@@ -124,10 +125,13 @@ def test_a_method_in_one_file_drives_config_policy_comparison_and_card(tmp_path)
     assert len(toy) == len(base) == 2 and toy[0] < base[0]  # ... and its weight changed the loss
 
 
-def test_the_registry_holds_the_seven_methods_and_each_describes_itself():
-    assert list(registry()) == ["pgd_at", "trades", "fairat", "wat", "frl", "cfa", "dafa"]
-    assert set(TrainConfig.__annotations__) >= {"fairat", "wat", "frl", "cfa", "dafa"}
-    assert set(method_fields()) == {"trades_beta", "fairat", "wat", "frl", "cfa", "dafa"}
+def test_the_registry_holds_the_eight_methods_and_each_describes_itself():
+    assert list(registry()) == ["pgd_at", "trades", "fairat", "wat", "frl", "cfa", "dafa",
+                                "random_copies"]
+    assert set(TrainConfig.__annotations__) >= {"fairat", "wat", "frl", "cfa", "dafa",
+                                                "random_copies"}
+    assert set(method_fields()) == {"trades_beta", "fairat", "wat", "frl", "cfa", "dafa",
+                                    "random_copies"}
     assert set(METHOD_FIELDS) == {"method", "progress", *method_fields()}
     for name, spec in registry().items():
         train = with_overrides(Params(), {"train.method": name}).train
@@ -148,3 +152,40 @@ def test_fairats_card_line_says_which_selection_ran_and_whose_it_is():
     assert "the paper's global selection" in paper and "extension" not in paper
     equal = method_line(to_dict(with_overrides(Params(), {"train.fairat.class_power": 0}).train))
     assert "top 20% of every class" in equal and "equal quota" in equal
+
+
+def test_the_random_copies_control_mirrors_fairats_copies_and_says_it_is_a_control():
+    params = with_overrides(Params(), {"train.method": "random_copies"})
+    control, fairat = params.train.random_copies, params.train.fairat
+    # like for like: the defaults are FairAT's copy knobs
+    for knob in ("base", "hard_ratio", "warmup", "copies", "augment", "strength"):
+        assert getattr(control, knob) == getattr(fairat, knob), knob
+    assert method("random_copies").objective_of(params.train) == "pgd_at"
+    assert method("random_copies").phases(params.train)["random copies"] == \
+        method("fairat").phases(Params().train)["hard-example selection"] == 5
+    line = method_line(to_dict(params.train))
+    assert "a control, not a fairness method" in line and "uniformly at random" in line
+    assert "autoaugment, cutout, cutmix" in line and "20% of the training set" in line
+    assert "random_copies" in METHOD_FIELDS  # comparison: its knobs may differ from PGD-AT's
+    with pytest.raises(ConfigError, match=r"train.random_copies.hard_ratio"):
+        with_overrides(Params(), {"train.random_copies.hard_ratio": 0.0})
+
+
+def test_the_peers_card_lines_give_their_rescaled_constants_and_read_older_records():
+    cfa = to_dict(with_overrides(Params(), {"train.method": "cfa"}).train)
+    line = method_line(cfa)
+    assert "decay 0.426 per epoch: 0.88 per epoch of 200 rescaled to 30" in line
+    assert "85% of the best worst class so far" in line
+    frl = method_line(to_dict(with_overrides(Params(), {"train.method": "frl"}).train))
+    assert "(0.07 clean, 0.07 boundary)" in frl and "the authors' 40 updates" in frl
+    # a run recorded before the rescaling: its decay per epoch of its run, an absolute threshold
+    for key in ("fawa_decay_epochs", "fawa_threshold_kind"):
+        cfa["cfa"].pop(key)
+    cfa["cfa"]["fawa_threshold"] = 0.24
+    old = method_line(cfa)
+    assert "decay 0.88 per epoch;" in old and "reaches 24%)" in old
+    frl_old = to_dict(with_overrides(Params(), {"train.method": "frl", "train.frl.bound_clean": 0.1,
+                                                "train.frl.bound_boundary": 0.1}).train)
+    frl_old["frl"].pop("reference_updates")
+    assert "(0.1 clean, 0.1 boundary)" in method_line(frl_old)
+    assert "40 updates" not in method_line(frl_old)

@@ -77,6 +77,21 @@ def test_fairat_adds_hard_copies_after_warmup_and_logs_their_classes(digits, tmp
     assert summary.history[1]["hard_count"] == budget
 
 
+def test_the_random_copies_control_adds_fairats_count_of_copies_at_random(digits, tmp_path):
+    from fairat.engine.methods.random_copies import RandomCopiesConfig
+
+    control = RandomCopiesConfig(warmup=0.5, hard_ratio=0.2)
+    summary = train(MODEL, _cfg("random_copies", epochs=2, max_batches=None,
+                                random_copies=control), digits, _paths(tmp_path))
+    first, second = summary.history
+    budget = round(0.2 * len(digits.train))
+    assert first["hard_count"] == 0  # the same warm-up as FairAT's
+    assert second["hard_count"] == budget  # FairAT's global count, exactly
+    assert second["examples"] == len(digits.train) + budget
+    assert sum(second["hard_per_class"].values()) == budget
+    assert json.loads((tmp_path / "train.json").read_text())["method"] == "random_copies"
+
+
 def test_runs_are_repeatable_and_resume_continues_exactly(digits, tmp_path):
     cfg = _cfg("fairat", epochs=3, checkpoint="last")
     full = train(MODEL, cfg, digits, _paths(tmp_path / "full"))

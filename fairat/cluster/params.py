@@ -52,7 +52,10 @@ NULL_MEANS = {
     "gate.min_clean_class": "above chance, 1/classes",
     "gate.protocol.eps": "the model's training radius", "gate.protocol.min_cw_steps":
     "CW not required", "gate.protocol.min_examples_per_class": "every example of the split",
-    "track.register": "register, except inside `dvc exp run`"}
+    "track.register": "register, except inside `dvc exp run`",
+    "train.frl.bound_clean": "the variant's own: 0.07 with remargin, 0.1 without",
+    "train.frl.bound_boundary": "the variant's own: 0.07 with remargin, 0.1 without",
+    "train.frl.reference_updates": "steps as given, not scaled to the authors' updates"}
 
 
 @dataclass(frozen=True)

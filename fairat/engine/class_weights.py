@@ -174,6 +174,18 @@ def frl_margins(lam_margin: torch.Tensor) -> torch.Tensor:
     return torch.exp(2 * lam_margin).clamp(0.98, 2.5)
 
 
+def frl_step_scale(reference_updates: int | None, updates: int) -> float:
+    """Factor on FRL's per-update steps so that ``updates`` steps here move the multipliers as
+    far in total as the authors' ``reference_updates`` (1.0 when None: steps as given)."""
+    return 1.0 if reference_updates is None else reference_updates / updates
+
+
+def frl_halvings(k: int, updates: int, halve_every: float) -> int:
+    """Halvings of the reweighting step at update ``k`` (0-based) of ``updates``: one per
+    ``halve_every`` of the phase, at most two (``1/3``: the authors' every 40 of 120 epochs)."""
+    return min(2, int(k // (halve_every * updates)))
+
+
 class FRLPolicy(ClassPolicy):
     """FRL (Xu et al., ICML 2021), reweight + remargin, on TRADES.
 
@@ -182,14 +194,16 @@ class FRLPolicy(ClassPolicy):
     multipliers move by the constraint violations ``e_c - e - bound_clean`` and
     ``b_c - b - bound_boundary``: the clean and boundary reweighting multipliers by
     ``rate_weight`` and ``2 * rate_weight`` (then projected), the margin multiplier by
-    ``rate_margin``. ``rate_weight`` halves after each third of the FRL phase (the authors halve
-    it every 40 of 120 fine-tuning epochs).
+    ``rate_margin``, each times :func:`frl_step_scale` so that the totals over the phase are the
+    authors' (:mod:`fairat.engine.methods.frl`); ``rate_weight`` halves per :func:`frl_halvings`.
     """
 
     def __init__(self, cfg: Any, num_classes: int, epochs: int, names: list[str]) -> None:
         self.cfg, self.names = cfg, names
         self.start = phase_epoch(cfg.start, epochs)
-        self.phase = max(epochs - self.start, 1)
+        self.phase = max(epochs - self.start, 1)  # updates that act on training
+        self.scale = frl_step_scale(cfg.reference_updates, self.phase)
+        self.bound_clean, self.bound_boundary = cfg.bounds()
         self.lam = torch.zeros(3, num_classes, dtype=torch.float64)  # clean, boundary, margin
 
     def class_terms(self):
@@ -203,13 +217,14 @@ class FRLPolicy(ClassPolicy):
         clean = _per_class(val["val_clean_per_class"])
         robust = _per_class(val["val_robust_per_class"])
         clean_err, bndy_err = 1 - clean, clean - robust
-        gamma_clean = clean_err - clean_err.mean() - self.cfg.bound_clean
-        gamma_bndy = bndy_err - bndy_err.mean() - self.cfg.bound_boundary
-        rate = self.cfg.rate_weight * 0.5 ** min(2, 3 * (epochs_done - self.start) // self.phase)
+        gamma_clean = clean_err - clean_err.mean() - self.bound_clean
+        gamma_bndy = bndy_err - bndy_err.mean() - self.bound_boundary
+        halvings = frl_halvings(epochs_done - self.start, self.phase, self.cfg.halve_every)
+        rate = self.cfg.rate_weight * self.scale * 0.5 ** halvings
         self.lam[0] = frl_project(self.lam[0] + rate * gamma_clean, self.cfg.limit)
         self.lam[1] = frl_project(self.lam[1] + 2 * rate * gamma_bndy, self.cfg.limit)
         if self.cfg.remargin:
-            self.lam[2] = self.lam[2] + self.cfg.rate_margin * gamma_bndy
+            self.lam[2] = self.lam[2] + self.cfg.rate_margin * self.scale * gamma_bndy
         out = {"class_weights": _named(frl_class_weights(self.lam[0]), self.names),
                "class_weights_boundary": _named(frl_class_weights(self.lam[1]), self.names)}
         if self.cfg.remargin:

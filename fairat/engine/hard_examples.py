@@ -1,5 +1,8 @@
 """FairAT's hard examples: score every training example, select the hardest, augment their copies.
 
+The copy machinery (:class:`AugmentedCopiesHook`) is shared with the ``random_copies`` control,
+which copies as many examples drawn at random instead of the hardest ones.
+
 Why a moving average: the training step already computes each example's adversarial cross-entropy,
 so keeping an exponential moving average of it (``score_ema``) identifies hard examples with no
 extra forward pass. The scores are *global*: under data parallelism every rank feeds the scores of
@@ -84,7 +87,7 @@ class HardExampleTracker:
         if eligible.numel() == 0:
             return eligible
         if not self.cfg.per_class:
-            return self._top(eligible, round(self.cfg.hard_ratio * self.labels.shape[0]))
+            return self._top(eligible, copy_count(self.cfg.hard_ratio, self.labels.shape[0]))
         quotas = self.class_quotas(eligible)
         chosen = [self._top(eligible[self.labels[eligible] == c], int(quotas[c]))
                   for c in range(self.num_classes)]
@@ -135,28 +138,30 @@ class HardExampleTracker:
         self.seen = state["seen"].to(self.seen.device).bool()
 
 
-class HardExampleHook(BatchHook):
-    """FairAT in the training loop: from epoch ``start`` on, the hard examples of every epoch get
-    ``copies`` augmented copies in the plan; every step's logits update the scores.
+class AugmentedCopiesHook(BatchHook):
+    """Extra augmented copies in the training loop: from epoch ``start`` on, the examples that
+    :meth:`choose` returns get ``cfg.copies`` copies each in the epoch plan, augmented with
+    ``cfg.augment`` at ``cfg.strength``. The selection strategy is the subclass's: FairAT's hard
+    examples (:class:`HardExampleHook`) or the control's uniform draw (:class:`RandomCopiesHook`),
+    so both train the same copies the same way and differ only in which examples are copied.
 
     Targets are one-hot for every batch (mixing augmentations make probability targets), so a
-    FairAT run computes the same loss whether or not a batch holds copies.
+    run computes the same loss whether or not a batch holds copies.
     """
 
-    def __init__(self, train: Any, labels: torch.Tensor, num_classes: int, start: int) -> None:
-        self.cfg, self.attack, self.seed = train.fairat, train.attack, train.seed
+    def __init__(self, cfg: Any, train: Any, num_classes: int, start: int) -> None:
+        self.cfg, self.attack, self.seed = cfg, train.attack, train.seed
         self.num_classes, self.start = num_classes, start
-        self.tracker = HardExampleTracker(labels, num_classes, train.fairat)
-        self.copies = train.fairat.copies
-        self.need_clean = train.fairat.score == "clean_ce"
+        self.copies = cfg.copies
 
     def select(self, trainer: Any, epoch: int) -> torch.Tensor:
         if epoch < self.start:
             return torch.zeros(0, dtype=torch.long)
-        every = self.cfg.rescore_every
-        if every and (epoch - self.start) % every == 0:
-            self.rescore(trainer, epoch)
-        return self.tracker.select().cpu()
+        return self.choose(trainer, epoch).cpu()
+
+    def choose(self, trainer: Any, epoch: int) -> torch.Tensor:  # pragma: no cover - abstract
+        """(M,) int64 sorted indices of the examples to copy in ``epoch`` (>= start)."""
+        raise NotImplementedError
 
     def augment(self, x: torch.Tensor, labels: torch.Tensor, is_copy: torch.Tensor,
                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,6 +171,52 @@ class HardExampleHook(BatchHook):
             xa, ya = augment_hard(x[rows], targets[rows], self.cfg.augment, gen, self.cfg.strength)
             x, targets = x.index_copy(0, rows, xa), targets.index_copy(0, rows, ya)
         return x, targets
+
+
+def copy_count(hard_ratio: float, n: int) -> int:
+    """Examples copied per epoch at ``hard_ratio`` of ``n``: FairAT's global selection takes
+    exactly this many (its per-class quotas split the same budget, less up to one per class to
+    rounding down), and the random control draws exactly this many."""
+    return round(hard_ratio * n)
+
+
+def random_choice(n: int, count: int, seed: int, epoch: int) -> torch.Tensor:
+    """(count,) sorted indices drawn uniformly without replacement from ``range(n)``, from a
+    stream of ``seed`` and ``epoch`` alone: every rank draws the same, a resumed run redraws
+    the same, and no model output enters the choice."""
+    gen = generator(seed, "random-copies", epoch)
+    return torch.randperm(n, generator=gen)[:min(max(count, 0), n)].sort().values
+
+
+class RandomCopiesHook(AugmentedCopiesHook):
+    """The control for FairAT: as many copies per epoch as FairAT's selection would make
+    (:func:`copy_count`), drawn uniformly at random from the training set each epoch, with the
+    same augmentations, copies per example and warm-up. Stateless: the draw depends on the seed
+    and epoch only, so a resumed run continues exactly."""
+
+    def __init__(self, train: Any, labels: torch.Tensor, num_classes: int, start: int) -> None:
+        super().__init__(train.random_copies, train, num_classes, start)
+        self.n = int(labels.shape[0])
+        self.count = copy_count(train.random_copies.hard_ratio, self.n)
+
+    def choose(self, trainer: Any, epoch: int) -> torch.Tensor:
+        return random_choice(self.n, self.count, self.seed, epoch)
+
+
+class HardExampleHook(AugmentedCopiesHook):
+    """FairAT in the training loop: from epoch ``start`` on, the hard examples of every epoch get
+    ``copies`` augmented copies in the plan; every step's logits update the scores."""
+
+    def __init__(self, train: Any, labels: torch.Tensor, num_classes: int, start: int) -> None:
+        super().__init__(train.fairat, train, num_classes, start)
+        self.tracker = HardExampleTracker(labels, num_classes, train.fairat)
+        self.need_clean = train.fairat.score == "clean_ce"
+
+    def choose(self, trainer: Any, epoch: int) -> torch.Tensor:
+        every = self.cfg.rescore_every
+        if every and (epoch - self.start) % every == 0:
+            self.rescore(trainer, epoch)
+        return self.tracker.select()
 
     def observe(self, trainer: Any, idx: torch.Tensor, out: StepOutput, targets: torch.Tensor,
                 original: torch.Tensor) -> None:
