@@ -31,7 +31,7 @@ TINY = {"data.val_per_class": 5, "model.width": 8, "train.epochs": 2, "train.max
 
 
 @pytest.mark.slow
-def test_pipeline_runs_end_to_end_with_kfp_local(tmp_path, monkeypatch):
+def test_pipeline_runs_end_to_end_with_kfp_local(tmp_path, monkeypatch, mlflow_sqlite):
     from kfp import local
 
     from pipelines.fairat_pipeline import build_pipeline
@@ -48,7 +48,7 @@ def test_pipeline_runs_end_to_end_with_kfp_local(tmp_path, monkeypatch):
         Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode())
     for var in ("FAIRAT_SIGNING_KEY_FILE", "FAIRAT_VERIFY_KEY", "FAIRAT_VERIFY_KEY_FILE"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_sqlite(tmp_path / "mlflow.db"))
     monkeypatch.chdir(tmp_path)  # the components' working folder: keep strays out of the repo
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
     arguments = {**pipeline_arguments(with_overrides(PARAMS, TINY)), "gpus_per_node": "0"}
