@@ -57,6 +57,16 @@ def load_average() -> list[float] | None:
         return None
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask; all of them where there is none)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# A training's time is its method's cost only when it had the machine to itself: a 1-minute load
+# above the usable cores by more than this means other work competed for them at some epoch end.
+LOAD_MARGIN = 0.5
+
+
 def machine(device: torch.device, world_size: int = 1) -> str:
     """One line naming what a run's wall time was measured on: the accelerator (or CPU model),
     the CPU cores this process may use, torch's thread count and the number of processes.
@@ -67,7 +77,7 @@ def machine(device: torch.device, world_size: int = 1) -> str:
     something, and a person reads the line on the model card. No host name: it says nothing about
     speed and need not leave the cluster.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     if device.type == "cuda":
         what = f"cuda: {torch.cuda.get_device_name(device)}"
     else:

@@ -115,6 +115,8 @@ def _write(path: Path, report: dict) -> Path:
                                       "16 torch threads, 1 process"), "different machines"),
     (lambda r: r["provenance"].update(train_machine=None, train_sessions=2), "2 sessions"),
     (lambda r: r["provenance"].pop("train_machine"), "does not record the machine"),
+    # one machine, but other work shared its cores while the baseline trained
+    (lambda r: r["provenance"].update(train_max_load=7.3, train_cores=2), "under load"),
 ])
 def test_times_from_different_or_unknown_machines_give_no_cost_ratio(edit, note_part):
     """A baseline pod on another node (or a run resumed elsewhere) must not put a hardware ratio
@@ -207,3 +209,24 @@ def test_compare_step_without_a_training_run_only_writes_the_metric(tmp_path):
     mine, base = _write(tmp_path / "eval.json", FAIRAT), _write(tmp_path / "b.json", PGD_AT)
     c = compare_step(Params(), mine, base, tmp_path / "c.json")
     assert c["comparable"] and c["baseline_run_id"] is None and (tmp_path / "c.json").is_file()
+
+
+def test_a_load_within_the_cores_keeps_the_cost_ratio():
+    """A training that had its cores (load up to cores + LOAD_MARGIN) keeps its ratio; an old
+    report without the load fields keeps it too (nothing says it was shared)."""
+    quiet = _edited(PGD_AT, lambda r: r["provenance"].update(train_max_load=2.4, train_cores=2))
+    assert compare(FAIRAT, quiet, "worst_case", 120.0, 100.0)["time_ratio"] == pytest.approx(1.2)
+    assert compare(FAIRAT, PGD_AT, "worst_case", 120.0, 100.0)["time_ratio"] == pytest.approx(1.2)
+
+
+def test_the_training_record_keeps_the_highest_load_and_fewest_cores():
+    from fairat.engine.schedule import training_record
+
+    sessions = [{"machine": "m", "seconds": 1.0, "examples_trained": 10, "max_load": 1.2,
+                 "cores": 2},
+                {"machine": "m", "seconds": 2.0, "examples_trained": 20, "max_load": 3.5,
+                 "cores": 2}]
+    record = training_record(sessions)
+    assert record["max_load"] == 3.5 and record["cores"] == 2 and record["seconds"] == 3.0
+    old = [{"machine": "m", "seconds": 1.0, "examples_trained": 10}]  # before loads were recorded
+    assert training_record(old)["max_load"] is None and training_record(old)["cores"] is None

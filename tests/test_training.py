@@ -138,7 +138,7 @@ def test_the_model_file_records_the_cost_of_every_session_and_where_it_ran(digit
     """A resumed run's cost is the sum of its sessions (a cost ratio on the model card would
     otherwise count only the last one), and the machine line is kept only while every session
     ran on one recorded machine."""
-    from fairat.provenance import machine
+    from fairat.provenance import machine, usable_cores
 
     cfg = _cfg("pgd_at", epochs=2, checkpoint="last")
     here, per_epoch = machine(torch.device("cpu")), 4 * 64  # max_batches 4 of batch 64
@@ -146,11 +146,14 @@ def test_the_model_file_records_the_cost_of_every_session_and_where_it_ran(digit
     with pytest.raises(_Killed):
         Trainer(MODEL, cfg, digits, _paths(killed), on_epoch=_kill_after(1)).run()
     first = load_checkpoint(killed / "checkpoints" / "last.pt", torch.device("cpu"))["sessions"]
-    assert first == [{"machine": here, "seconds": first[0]["seconds"],
+    assert first == [{"machine": here, "seconds": first[0]["seconds"], "cores": usable_cores(),
+                      "max_load": first[0]["max_load"],  # this machine's load: only its type
                       "examples_trained": per_epoch, "epochs": [1, 1]}]
+    assert first[0]["max_load"] is None or first[0]["max_load"] >= 0.0
     summary = train(MODEL, cfg, digits, _paths(killed), resume=True)
     both = load_model(killed / "model.pt", torch.device("cpu"))[1]["training"]
     assert both == summary.training and both["sessions"] == 2 and both["machine"] == here
+    assert both["cores"] == usable_cores()  # the load is kept, the highest of both sessions
     assert both["seconds"] == pytest.approx(first[0]["seconds"] + summary.seconds, abs=0.01)
     assert both["examples_trained"] == 2 * per_epoch and summary.examples_trained == per_epoch
     assert json.loads((killed / "train.json").read_text())["all_sessions"] == both

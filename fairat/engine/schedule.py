@@ -63,7 +63,11 @@ def training_record(sessions: list[dict[str, Any]]) -> dict[str, Any]:
 
     machines = list(dict.fromkeys(s["machine"] for s in sessions))
     seconds = total("seconds")
+    loads = [s.get("max_load") for s in sessions]  # None: a session that did not record it
+    cores = [s.get("cores") for s in sessions]
     return {"seconds": None if seconds is None else round(seconds, 3),
             "examples_trained": total("examples_trained"), "sessions": len(sessions),
             "machine": machines[0] if len(machines) == 1 else None,
-            "machines": machines}
+            "machines": machines,
+            "max_load": None if not loads or None in loads else max(loads),
+            "cores": None if not cores or None in cores else min(cores)}

@@ -52,7 +52,7 @@ from fairat.engine.schedule import (epoch_generators, epoch_plan, lr_at,  # noqa
                                     training_record)  # imported from here by tests, benchmarks)
 from fairat.engine.seeds import generator
 from fairat.errors import DataError, TrainingDiverged
-from fairat.provenance import machine
+from fairat.provenance import load_average, machine, usable_cores
 
 
 @dataclass(frozen=True)
@@ -209,10 +209,13 @@ class Trainer:
                     save_checkpoint(self.model_payload(), self.paths.checkpoints / "best.pt")
             self.history.append(record)
             if self.session is None:  # this process's first epoch: its entry starts
-                self.session = {"machine": where}
+                self.session = {"machine": where, "cores": usable_cores(), "max_load": 0.0}
                 self.sessions.append(self.session)
+            load = (load_average() or [None])[0]  # other work sharing the cores makes no cost
             self.session.update(seconds=round(time.perf_counter() - start, 3),
-                                examples_trained=trained, epochs=[first, self.epoch])
+                                examples_trained=trained, epochs=[first, self.epoch],
+                                max_load=None if load is None or self.session["max_load"] is None
+                                else max(self.session["max_load"], load))
             if self.ctx.is_main:
                 save_checkpoint(self.state(), self.paths.checkpoints / "last.pt")
                 self._log_epoch(record)

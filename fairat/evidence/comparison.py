@@ -18,6 +18,7 @@ from typing import Any
 
 from fairat.engine.methods import method_fields
 from fairat.errors import DataError
+from fairat.provenance import LOAD_MARGIN
 from fairat.evidence.gate import TAG, evidence_problems, provenance_problems, read_report
 
 BASELINE_METHOD = "pgd_at"
@@ -89,6 +90,13 @@ def cost_problem(report: dict[str, Any], baseline: dict[str, Any]) -> str | None
     if machines[0] != machines[1]:
         return (f"the two trained on different machines (this model: {machines[0]}; baseline: "
                 f"{machines[1]}), so their time ratio would measure the machines")
+    for who, rep in (("this model's", report), ("the baseline's", baseline)):
+        prov = rep.get("provenance") or {}
+        load, cores = prov.get("train_max_load"), prov.get("train_cores")
+        if isinstance(load, (int, float)) and isinstance(cores, int) and \
+                load > cores + LOAD_MARGIN:
+            return (f"{who} training ran under load (1-minute load up to {load:.1f} on {cores} "
+                    "usable cores: other work shared them), so the ratio would measure that work")
     return None
 
 

@@ -53,7 +53,10 @@ def evaluate_step(params: Params, data_dir: str | Path, model_path: str | Path,
                   "train_seconds": training.get("seconds"),
                   # where that time was measured (None: sessions on several or unknown machines)
                   "train_machine": training.get("machine"),
-                  "train_sessions": training.get("sessions")}
+                  "train_sessions": training.get("sessions"),
+                  # the highest 1-minute load at an epoch end, and the cores it ran on: a time
+                  # measured while other work shared the cores is no method's cost
+                  "train_max_load": training.get("max_load"), "train_cores": training.get("cores")}
     training_run(params, train_metrics_path)  # a run this store lacks fails now, not after attacks
     report = evaluate(model, split.images, split.labels, split.class_names, cfg, device, provenance,
                       ctx=ctx)
