@@ -62,11 +62,6 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-# A training's time is its method's cost only when it had the machine to itself: a 1-minute load
-# above the usable cores by more than this means other work competed for them at some epoch end.
-LOAD_MARGIN = 0.5
-
-
 def machine(device: torch.device, world_size: int = 1) -> str:
     """One line naming what a run's wall time was measured on: the accelerator (or CPU model),
     the CPU cores this process may use, torch's thread count and the number of processes.
