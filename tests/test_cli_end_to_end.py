@@ -118,9 +118,8 @@ def test_run_with_baseline_trains_pgd_at_beside_the_model_and_cards_the_lift(tmp
     machine = mine["provenance"]["train_machine"]
     assert machine and machine == baseline["provenance"]["train_machine"]
     assert mine["provenance"]["train_sessions"] == 1 and mine["provenance"]["machine"] == machine
-    if comparison["time_ratio"] is not None:
+    if comparison.get("time_ratio") is not None:  # dvc's metrics file omits a withheld ratio
         assert comparison["time_ratio"] > 0 and f"Both trained on {machine}" in card
     else:  # the suite's other worker shared the cores: the card says so instead of a ratio
-        assert "under load" in comparison["cost_note"], comparison["cost_note"]
-        assert "No time ratio" in card and "under load" in card
+        assert "No time ratio" in card and "under load" in card, card
     assert f"{100 * lift:+.1f} points; average" in capsys.readouterr().out  # compare's line
