@@ -428,6 +428,11 @@ def load_params(path: str | Path, overrides: Mapping[str, Any] | Sequence[str] |
     ``["train.epochs=3"]``. A missing file, bad YAML or any bad value is a ConfigError naming
     the key.
     """
+    return params_from_raw(read_params_file(path), overrides)
+
+
+def read_params_file(path: str | Path) -> dict[str, Any]:
+    """One params file's tree; a missing file, bad YAML or a non-mapping is a ConfigError."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file not found: {path}")
@@ -437,7 +442,7 @@ def load_params(path: str | Path, overrides: Mapping[str, Any] | Sequence[str] |
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    return params_from_raw(raw, overrides)
+    return raw
 
 
 def params_from_raw(raw: Mapping[str, Any],

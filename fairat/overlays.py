@@ -17,23 +17,7 @@ import copy
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import yaml
-
-from fairat.config import ConfigError, Params, params_from_raw
-
-
-def read_params_file(path: str | Path) -> dict[str, Any]:
-    """One params file's tree; a missing file, bad YAML or a non-mapping is a ConfigError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"params file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    return raw
+from fairat.config import ConfigError, Params, params_from_raw, read_params_file
 
 
 def merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
