@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# CIFAR-10 pilot (issue 33) on the VALIDATION split: PGD-AT at CPU budgets that may learn every
+# class. A cell whose result file exists is skipped, a killed one resumes from its last epoch
+# checkpoint; each finished cell is committed on its own as results/cifar10-pilot/val/<tag>.json.
+#   studies/run-pilot.sh                       # every missing cell, in the order below
+#   studies/run-pilot.sh fgsm-w32-e6           # only these variants
+# FAIRAT_THREADS=1 runs a cell on one core (two cells side by side on 2 cores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+source studies/common.sh
+ONLY=" $* "
+cell() {  # variant [knobs...]: one PGD-AT setting, seed 0
+  local variant=$1; shift
+  local tag="pgd_at-$variant-seed0"
+  [[ "$ONLY" == "  " || "$ONLY" == *" $variant "* ]] || return 0
+  [[ -f results/cifar10-pilot/val/$tag.json ]] && { echo "skip $tag"; return; }
+  echo "== val/$tag $(date -u +%FT%TZ)"
+  local knobs=()
+  for o in "$@"; do knobs+=(-S "$o"); done
+  "$PY" benchmarks/robust_fairness.py cell --params params.yaml --params studies/cifar10-cpu.yaml \
+    --params studies/cifar10-pilot.yaml --method pgd_at --seed 0 --variant "$variant" \
+    --work runs/pilot --results results/cifar10-pilot "${knobs[@]}"
+  commit_result "results/cifar10-pilot/val/$tag.json" "CIFAR-10 pilot (validation split): $tag"
+}
+# small_cnn width 32 (the CPU study's model), FGSM-RS, all data, 6 epochs
+cell fgsm-w32-e6
+# the same budget spent on a wider network: fewer epochs, more capacity
+cell fgsm-w48-e4 model.width=48 train.epochs=4
+# PreAct ResNet-18 at a quarter of its width (16 channels in the first stage)
+cell fgsm-preact16-e5 model.name=preact_resnet18 model.width=16 train.epochs=5
+# PGD-2 (step eps/2 ... 1.25 eps/2): a stronger training attack at ~1.4x FGSM's cost
+cell pgd2-w32-e4 train.attack.steps=2 train.attack.step_size=0.0196078431372549 train.epochs=4
