@@ -22,6 +22,9 @@ CHAINS = {
     "studies/digits.yaml": ["params.yaml"],
     "studies/cifar10-cpu.yaml": ["params.yaml"],
     "studies/cifar10-cpu-knobs.yaml": ["params.yaml", "studies/cifar10-cpu.yaml"],
+    # written as overlays from the start (no full copy in the snapshot)
+    "studies/cifar10-pilot.yaml": ["params.yaml", "studies/cifar10-cpu.yaml"],
+    "studies/digits-contest.yaml": ["params.yaml"],
 }
 
 
@@ -41,7 +44,7 @@ def test_every_shipped_variant_is_an_overlay_in_a_chain():
     assert shipped == set(CHAINS)
 
 
-@pytest.mark.parametrize("variant", sorted(CHAINS))
+@pytest.mark.parametrize("variant", sorted(v for v in CHAINS if v in BEFORE))
 def test_overlay_reproduces_the_full_copy_it_replaced(variant):
     """Every key the base has not changed since the snapshot (tests/data, computed from the full
     copies before they became overlays) has the old full copy's value; keys the base changed

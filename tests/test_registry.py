@@ -47,8 +47,8 @@ def test_run_registers_a_candidate_with_its_evidence(inside):
 
 @pytest.mark.slow
 def test_a_report_swapped_while_registering_registers_nothing(inside, monkeypatch, capsys):
-    """The gate re-check hashes the untouched file; if other bytes are then read for the card and
-    the tags (a swap in between), registration stops before anything reaches the registry."""
+    """Register reads the report once; when the file on disk is not the bytes it read (a swap
+    between reading and acting), registration stops before anything reaches the registry."""
     path = inside / "metrics/eval.json"
     fake = json.loads(path.read_text())
     fake["attacks"]["clean"]["summary"]["average"] = 1.0

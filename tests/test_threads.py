@@ -78,3 +78,44 @@ def test_fit_torch_threads_respects_explicit_choices(monkeypatch):
         assert threads.fit_torch_threads() == 1
     finally:
         torch.set_num_threads(old)
+
+
+STAT_BEFORE = """cpu  300 0 100 1000 0 0 0 0 0 0
+cpu0 100 0 50 500 0 0 0 0 0 0
+cpu1 200 0 50 500 0 0 0 0 0 0
+intr 12345
+"""
+# 100 jiffies pass on each CPU: cpu0 busy 90 of them, cpu1 busy 10 (and 5 in iowait, idle)
+STAT_AFTER = """cpu  400 0 100 1180 5 0 0 0 0 0
+cpu0 190 0 50 510 0 0 0 0 0 0
+cpu1 210 0 50 585 5 0 0 0 0 0
+intr 23456
+"""
+
+
+def test_cpu_times_sums_the_chosen_cpus_and_counts_iowait_as_idle():
+    assert threads.cpu_times(STAT_BEFORE) == (1400, 1000)
+    assert threads.cpu_times(STAT_AFTER, {1}) == (850, 590)
+    assert threads.cpu_times(STAT_AFTER, {7}) is None
+    assert threads.cpu_times("") is None and threads.cpu_times(None) is None
+
+
+def test_busy_cpus_measures_other_work_between_two_reads():
+    def reader():
+        snapshots = iter([STAT_BEFORE, STAT_AFTER])
+        return lambda: next(snapshots)
+
+    assert threads.busy_cpus(0, {0, 1}, reader()) == pytest.approx(2 * 100 / 200)
+    assert threads.busy_cpus(0, {0}, reader()) == pytest.approx(0.9)
+    assert threads.busy_cpus(0, {1}, reader()) == pytest.approx(0.1)
+    assert threads.busy_cpus(0, {0, 1}, lambda: None) is None  # no /proc/stat: the caller falls back
+
+
+def test_the_load_of_a_stage_that_just_ended_does_not_cost_threads(monkeypatch):
+    """The 1-minute load average still counts a stage that ended seconds ago; the fresh sample
+    does not, so a quiet machine gets every usable CPU."""
+    monkeypatch.setattr(threads, "busy_cpus", lambda: 0.05)
+    monkeypatch.setattr(threads, "_load_1min", lambda: 1.9)
+    assert threads.usable_threads(affinity=2, quota=None, local_world_size=1) == 2
+    monkeypatch.setattr(threads, "busy_cpus", lambda: None)  # no /proc/stat: the load average
+    assert threads.usable_threads(affinity=2, quota=None, local_world_size=1) == 1

@@ -11,11 +11,14 @@ ran about 20x slower with 2 threads than with 1 (issue 31). The usable count is 
   ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``, -1 meaning none),
 
 divided by the processes sharing it (``LOCAL_WORLD_SIZE`` under torchrun), and reduced to
-what other work leaves free: cores minus the 1-minute load average at step start, rounded.
-Why the load: on a 2-core machine with other jobs running (load 7-10), 2 threads were 8-21x
-slower than 1 for PGD-20 and for training (benchmarks/threads.py), while on a quiet machine 2
-threads gain at most 2x; fewer threads when the cores are busy loses little and never
-collapses. The load is sampled once, when the step starts. At least 1 thread.
+what other work leaves free: those CPUs minus the ones other work keeps busy now, measured from
+``/proc/stat`` over half a second when the step starts, rounded. Why other work counts: on a
+2-core machine with other jobs running, 2 threads were 8-21x slower than 1 for PGD-20 and for
+training (benchmarks/threads.py), while on a quiet machine 2 threads gain at most 2x; fewer
+threads when the cores are busy loses little and never collapses. Why a fresh sample and not the
+1-minute load average: the load average still counts the pipeline's own previous stage for a
+minute after it ended, so a quiet ``dvc repro`` ran its evaluation on 1 of 2 cores. Where
+``/proc/stat`` is missing (not Linux) the 1-minute load average stands in. At least 1 thread.
 
 An explicit choice wins: ``FAIRAT_THREADS``, else ``OMP_NUM_THREADS`` (which torch itself reads)
 leaves the count alone.
@@ -26,6 +29,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -120,19 +125,63 @@ def _load_1min() -> float:
         return 0.0
 
 
+def cpu_times(stat_text: str | None, cpus: set[int] | None = None) -> tuple[int, int] | None:
+    """(total, idle) jiffies summed over the ``cpuN`` lines of ``/proc/stat`` text for the CPUs in
+    ``cpus`` (all when None); idle counts iowait too. None when no such line is there."""
+    total = idle = 0
+    seen = False
+    for line in (stat_text or "").splitlines():
+        name, _, rest = line.partition(" ")
+        if not name.startswith("cpu") or name == "cpu" or not name[3:].isdigit():
+            continue
+        if cpus is not None and int(name[3:]) not in cpus:
+            continue
+        fields = [int(v) for v in rest.split()]
+        total += sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is in user)
+        idle += fields[3] + (fields[4] if len(fields) > 4 else 0)
+        seen = True
+    return (total, idle) if seen else None
+
+
+def busy_cpus(window: float = 0.5, cpus: set[int] | None = None,
+              read: Callable[[], str | None] | None = None) -> float | None:
+    """How many of ``cpus`` (default: this process's affinity set) other work keeps busy, from
+    two reads of ``/proc/stat`` ``window`` seconds apart; None where there is no /proc/stat.
+    This process sleeps meanwhile, so what is busy is someone else's work."""
+    read = read or (lambda: _read(Path("/proc/stat")))
+    if cpus is None:
+        try:
+            cpus = set(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cpus = None
+    first = cpu_times(read(), cpus)
+    if first is None:
+        return None
+    time.sleep(window)
+    second = cpu_times(read(), cpus)
+    if second is None:
+        return None
+    total, idle = second[0] - first[0], second[1] - first[1]
+    n = len(cpus) if cpus else (os.cpu_count() or 1)
+    return 0.0 if total <= 0 else n * max(0.0, min(1.0, (total - idle) / total))
+
+
 def usable_threads(affinity: int | None = None, quota: float | None = None,
                    local_world_size: int | None = None, load: float | None = None) -> int:
-    """Threads per process: min(affinity, ceil(quota), round(cpus - load)) // local world size.
+    """Threads per process: min(affinity, ceil(quota), round(cpus - busy)) // local world size.
 
     At least 1. Arguments default to this process's facts (affinity mask, cgroup quota,
-    LOCAL_WORLD_SIZE, 1-minute load average); pass ``load=0`` to ignore other work."""
+    LOCAL_WORLD_SIZE, CPUs other work keeps busy now: :func:`busy_cpus`, else the 1-minute load
+    average); pass ``load=0`` to ignore other work."""
     affinity = affinity_cpus() if affinity is None else affinity
     if quota is None:
         quota = cgroup_cpu_limit()
     if local_world_size is None:
         local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
     if load is None:
-        load = _load_1min()
+        load = busy_cpus()
+        if load is None:
+            load = _load_1min()
     cpus = affinity if quota is None else min(affinity, max(1, math.ceil(quota - 1e-9)))
     free = min(cpus, max(1, int(cpus - load + 0.5)))
     return max(1, free // max(1, local_world_size))
@@ -152,7 +201,7 @@ def fit_torch_threads() -> int:
     elif not os.environ.get("OMP_NUM_THREADS"):
         n = usable_threads()
         if n != torch.get_num_threads():
-            log.info("torch threads %d -> %d (CPUs this process may use, less other load)",
+            log.info("torch threads %d -> %d (CPUs this process may use, less those busy now)",
                      torch.get_num_threads(), n)
             torch.set_num_threads(n)
     return torch.get_num_threads()

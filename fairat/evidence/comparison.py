@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from fairat.engine.methods import method_fields
-from fairat.errors import DataError
-from fairat.evidence.gate import TAG, evidence_problems, provenance_problems, read_report
+from fairat.evidence.files import load_report_evidence
+from fairat.evidence.gate import TAG
 
 BASELINE_METHOD = "pgd_at"
 # TrainConfig fields a method sets for itself (the registry's, plus the method's name and the
@@ -29,11 +29,8 @@ METHOD_FIELDS = ("method", *method_fields(), "progress")
 def verified_report(path: str | Path, role: str) -> tuple[dict[str, Any], str]:
     """The report at ``path`` and the sha256 of the bytes parsed, refused (DataError naming
     ``role``) unless it is the untouched, consistent output of the evaluate step."""
-    report, sha, problems = read_report(path)
-    problems = problems or provenance_problems(path, actual=sha) or evidence_problems(report)
-    if problems:
-        raise DataError(f"{role} evaluation report: " + "; ".join(problems))
-    return report, sha
+    evidence = load_report_evidence(path)
+    return evidence.require(role), str(evidence.sha256)
 
 
 def _config(report: dict[str, Any]) -> dict[str, Any]:

@@ -30,8 +30,9 @@ from fairat.config import GateConfig, to_dict
 from fairat.evidence.approval import (APPROVAL_KEY_ENV, APPROVAL_TAGS, EVIDENCE_TAGS, TAG,  # noqa: F401
                                       alias_problems, approval_problems, approval_signature)
 from fairat.evidence.attestation import verify_key
-from fairat.evidence.files import (_sha_or_none, provenance_problems, read_report,  # noqa: F401
-                                   report_attestation_problems, sidecar_path, write_sidecar)
+from fairat.evidence.files import (ReportEvidence, _sha_or_none, load_report_evidence,  # noqa: F401
+                                   provenance_problems, read_report, report_attestation_problems,
+                                   sidecar_path, write_sidecar)
 from fairat.evidence.protocol import protocol_problems
 from fairat.evidence.report_checks import (SUMMARY_KEYS, _read_summary,  # noqa: F401
                                            evidence_problems, sanity_problems)
@@ -126,21 +127,17 @@ def decide_files(cfg: GateConfig, report_path: str | Path, model_path: str | Pat
     """:func:`decide` on the files at hand: the report at ``report_path`` for the model file at
     ``model_path``. The decision records both hashes, so registration can tell it is current."""
     report_path, model_path = Path(report_path), Path(model_path)
-    report, report_sha, problems = read_report(report_path)
     model_sha = _sha_or_none(model_path)
-    decision = decide(report, cfg, model_sha)
-    if problems:  # report is None: a precise "missing" / "not JSON" for decide's generic reason
-        decision["reasons"] = problems
-    decision["reasons"][:0] = provenance_problems(report_path, actual=report_sha)
-    public = verify_key()
-    if public is not None:
-        decision["reasons"][:0] = report_attestation_problems(report_path, report_sha, model_sha,
-                                                              public)
+    evidence = load_report_evidence(report_path, model_sha256=model_sha, public=verify_key())
+    decision = decide(evidence.report, cfg, model_sha)
+    if evidence.report is None:  # a precise "missing" / "not JSON" for decide's generic reason
+        decision["reasons"] = []
+    decision["reasons"][:0] = list(evidence.problems)
     if model_sha is None:
         decision["reasons"].insert(0, f"model file {model_path} is missing")
     decision["passed"] = not decision["reasons"]
     decision["report_path"] = str(report_path)
-    decision["report_sha256"] = report_sha
+    decision["report_sha256"] = evidence.sha256
     return decision
 
 
@@ -153,18 +150,17 @@ def recorded_verdict(gate_path: str | Path) -> bool:
     return isinstance(decision, dict) and decision.get("passed") is True
 
 
-def recheck_decision(gate_path: str | Path, model_path: str | Path, report_path: str | Path,
-                     logged_report_sha256: str | None = None,
-                     ) -> tuple[dict[str, Any], str, str | None]:
+def recheck_decision(gate_path: str | Path, model_path: str | Path, evidence: ReportEvidence,
+                     ) -> tuple[dict[str, Any], str]:
     """The recorded decision at ``gate_path``, failed when it is not about these files.
 
     Why: registration acts on a decision file that anyone could have left behind; one made for
-    another model file or another report, or a report that is not the bytes evaluate wrote (its
-    sidecar, and ``logged_report_sha256``, the hash evaluate logged to MLflow, when known), must
-    never promote. Returns (decision with ``passed`` re-derived, model sha256, report sha256 or
-    None). A missing model or gate file raises FileNotFoundError; an unreadable gate file blocks.
+    another model file or another report, or a report that is not the bytes evaluate wrote
+    (``evidence``, read once by the caller with the hash evaluate logged to MLflow), must never
+    promote. Returns (decision with ``passed`` re-derived, model sha256). A missing model or gate
+    file raises FileNotFoundError; an unreadable gate file blocks.
     """
-    model_path, report_path, gate_path = Path(model_path), Path(report_path), Path(gate_path)
+    model_path, gate_path = Path(model_path), Path(gate_path)
     if not model_path.is_file():
         raise FileNotFoundError(f"register: model file {model_path} is missing")
     if not gate_path.is_file():
@@ -177,19 +173,18 @@ def recheck_decision(gate_path: str | Path, model_path: str | Path, report_path:
         decision = {"passed": False, "reasons": [f"gate decision {gate_path} is not an object"]}
     reasons = decision.get("reasons")
     reasons = list(reasons) if isinstance(reasons, list) else ["gate decision lists no reasons"]
-    model_sha, report_sha = sha256_file(model_path), _sha_or_none(report_path)
+    model_sha = sha256_file(model_path)
     if decision.get("model_sha256") != model_sha:
         reasons.append(f"gate decision is for model {decision.get('model_sha256')}, not "
                        f"{model_sha}; re-run the gate")
-    if decision.get("report_sha256") != report_sha:
+    if decision.get("report_sha256") != evidence.sha256:
         reasons.append("gate decision was made on another evaluation report; re-run it")
-    reasons += [r for r in provenance_problems(report_path, logged_report_sha256, report_sha)
-                if r not in reasons]
+    reasons += [r for r in evidence.problems if r not in reasons]
     decision["reasons"] = reasons
     decision["passed"] = decision.get("passed") is True and not reasons \
         and decision.get("informational") is False
     decision.setdefault("attack", "unknown")
-    return decision, model_sha, report_sha
+    return decision, model_sha
 
 
 def decision_attestation_problems(envelope: Any, public: Any, model_sha256: str | None,

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from fairat.config import Params
-from fairat.evidence.comparison import (comparison_lines, comparison_metrics, compare,
-                                        verified_report)
+from fairat.evidence.comparison import comparison_lines, comparison_metrics, compare
+from fairat.evidence.files import ReportEvidence, load_report_evidence
 from fairat.io import write_json_atomic
 from fairat.steps.shared import run_id_of
 
@@ -31,20 +31,23 @@ def _seconds(report: dict[str, Any], train_metrics_path: str | Path | None
     return value, ("summary" if value is not None else None)
 
 
-def comparison_from_files(params: Params, report_path: str | Path,
-                          baseline_report_path: str | Path,
-                          train_metrics_path: str | Path | None = None,
-                          baseline_metrics_path: str | Path | None = None) -> dict[str, Any]:
-    """:func:`~fairat.evidence.comparison.compare` on verified reports, judged on the gate's
-    attack; the training summaries give the cost. Register calls this too, so the model card
-    states numbers recomputed from the evidence, never read from an editable metrics file."""
-    report, report_sha = verified_report(report_path, "this model's")
-    baseline, baseline_sha = verified_report(baseline_report_path, "the baseline's")
+def comparison_from_evidence(params: Params, evidence: ReportEvidence,
+                             baseline: ReportEvidence,
+                             train_metrics_path: str | Path | None = None,
+                             baseline_metrics_path: str | Path | None = None) -> dict[str, Any]:
+    """:func:`~fairat.evidence.comparison.compare` on the two reports a step read once (refused
+    unless each is evaluate's untouched, consistent output), judged on the gate's attack; the
+    reports give the cost. Register calls this on the very report value it re-checked the gate
+    decision against, so the card's numbers and the decision describe the same bytes; recomputing
+    from verified reports (a fraction of a second) is what makes the lift trustworthy, where a
+    comparison file read back would be one more editable file to sign."""
+    report = evidence.require("this model's")
+    base = baseline.require("the baseline's")
     (seconds, source), (base_seconds, base_source) = (
-        _seconds(report, train_metrics_path), _seconds(baseline, baseline_metrics_path))
-    comparison = compare(report, baseline, params.gate.attack, seconds, base_seconds)
-    comparison.update(baseline_run_id=run_id_of(baseline_metrics_path), report_sha256=report_sha,
-                      baseline_report_sha256=baseline_sha,
+        _seconds(report, train_metrics_path), _seconds(base, baseline_metrics_path))
+    comparison = compare(report, base, params.gate.attack, seconds, base_seconds)
+    comparison.update(baseline_run_id=run_id_of(baseline_metrics_path),
+                      report_sha256=evidence.sha256, baseline_report_sha256=baseline.sha256,
                       seconds_checked=source == base_source == "report")
     return comparison
 
@@ -57,14 +60,15 @@ def compare_step(params: Params, report_path: str | Path, baseline_report_path: 
     lift beside the params) and log them to the training's MLflow run when tracking is on.
     ``chart_path``: the per-class chart an approver reads (this model's bars beside the
     baseline's on the gate's attack, the gate's threshold as a line)."""
-    comparison = comparison_from_files(params, report_path, baseline_report_path,
-                                       train_metrics_path, baseline_metrics_path)
+    evidence = load_report_evidence(report_path)
+    baseline = load_report_evidence(baseline_report_path)
+    comparison = comparison_from_evidence(params, evidence, baseline, train_metrics_path,
+                                          baseline_metrics_path)
     write_json_atomic(out_path, comparison_metrics(comparison))
-    if chart_path:  # presentation only: drawn from the reports comparison_from_files verified
+    if chart_path:  # presentation only: drawn from the same verified values
         from fairat.evidence.report import plot_comparison
 
-        plot_comparison(json.loads(Path(report_path).read_text()),
-                        json.loads(Path(baseline_report_path).read_text()), params.gate.attack,
+        plot_comparison(evidence.report, baseline.report, params.gate.attack,
                         params.gate.min_worst_class, chart_path)
     for line in comparison_lines(comparison):
         print(line, flush=True)

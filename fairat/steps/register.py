@@ -15,12 +15,13 @@ from fairat.engine.checkpoint import load_model
 from fairat.engine.data import MANIFEST_NAME, load_prepared
 from fairat.errors import DataError
 from fairat.evidence.attestation import LOCAL_MODE, key_id, verify_key
+from fairat.evidence.files import load_report_evidence
 from fairat.evidence.gate import (EVIDENCE_FILES, TAG, decision_attestation_problems,
-                                  read_report, recheck_decision, sidecar_path)
+                                  recheck_decision, sidecar_path)
 from fairat.evidence.comparison import comparison_tags
 from fairat.evidence.model_card import render_card, summary_text, verdict_line
 from fairat.io import write_json_atomic, write_text_atomic
-from fairat.steps.compare import comparison_from_files
+from fairat.steps.compare import comparison_from_evidence
 from fairat.steps.shared import run_id_of
 
 DVC_EXPERIMENT_ENV = "DVC_EXP_BASELINE_REV"  # set by `dvc exp run` for every stage it runs
@@ -67,17 +68,21 @@ def register_step(params: Params, model_path: str | Path, report_path: str | Pat
     from fairat.provenance import git_commit
 
     wanted, why = registration_wanted(params)
-    comparison = None
-    if baseline_report_path:
-        comparison = comparison_from_files(params, report_path, baseline_report_path,
-                                           train_metrics_path, baseline_metrics_path)
     run_id = run_id_of(train_metrics_path)
     logged = None
     if wanted:  # a missing or foreign run id stops registration: the logged hash is always checked
         from fairat.edge.registry import logged_report_sha256
 
         logged = logged_report_sha256(run_id)
-    decision, model_sha, report_sha = recheck_decision(gate_path, model_path, report_path, logged)
+    # the report is read, hashed and checked once; every rule below judges this one value
+    evidence = load_report_evidence(report_path, logged)
+    comparison = None
+    if baseline_report_path:
+        comparison = comparison_from_evidence(params, evidence,
+                                              load_report_evidence(baseline_report_path),
+                                              train_metrics_path, baseline_metrics_path)
+    decision, model_sha = recheck_decision(gate_path, model_path, evidence)
+    report_sha, report = evidence.sha256, evidence.report
     public = verify_key()
     if public is not None:  # attested mode: the signed statement, never the file's flag, decides
         problems = decision_attestation_problems(decision.get("attestation"), public, model_sha,
@@ -86,10 +91,8 @@ def register_step(params: Params, model_path: str | Path, report_path: str | Pat
         decision["passed"] = decision["passed"] and not problems
     passed = decision["passed"]
     report_path = Path(report_path)
-    report, read_sha, _ = read_report(report_path)
-    changed = read_sha != report_sha or (comparison is not None
-                                         and comparison["report_sha256"] != report_sha)
-    if changed:  # the card, the tags and the comparison must describe the bytes just re-checked
+    if report_sha is not None and not evidence.unchanged():
+        # the card, the tags and the comparison must describe the bytes just re-checked
         raise DataError(f"register: evaluation report {report_path} changed while registering; "
                         "nothing was registered, re-run the gate and register")
     manifest = json.loads((Path(data_dir) / MANIFEST_NAME).read_text())
