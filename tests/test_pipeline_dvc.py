@@ -198,9 +198,10 @@ def test_dvc_repro_from_scratch_registers_caches_and_gates(repo, capsys):
     # a gate threshold: the gate, register and compare's chart (its threshold line), no training
     assert _stale(repo) == {"compare", "gate", "register"}
 
-    # the version the pipeline registered is approved, and listed as the champion
-    assert main(["approve", "fairat-digits", "1", "--by", "alice", "--note", "ok", "--yes"]) == 0
-    approved = _versions(repo)[1]
+    # the candidate the pipeline registered (the asked-for experiment's) is approved and listed
+    assert _versions(repo)[2]["aliases"] == ["candidate"]
+    assert main(["approve", "fairat-digits", "2", "--by", "alice", "--note", "ok", "--yes"]) == 0
+    approved = _versions(repo)[2]
     assert approved["aliases"] == ["candidate", "champion"]
     assert approved["approved_by"] == "alice" and approved["approval_note"] == "ok"
     assert main(["models"]) == 0

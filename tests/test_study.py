@@ -134,3 +134,38 @@ def test_paired_differences_pair_by_seed_and_skip_unpaired_seeds(tmp_path):
     summary = study.aggregate(tmp_path)
     assert "| fairat | 3 | +8.3 [" in study.paired_table(paired, summary)
     assert study.per_class_table(summary).splitlines()[0] == "| method | 0 | 1 |"
+
+
+def _val_cell(folder: Path, method: str, variant: str, seed: int, worst: float,
+              average: float) -> None:
+    tag = f"{method}{'-' + variant if variant else ''}-seed{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{tag}.json").write_text(json.dumps({
+        "tag": f"val/{tag}", "method": method, "variant": variant, "seed": seed, "split": "val",
+        "eval": {"worst_case": {"summary": {"worst": worst, "average": average}}}}))
+
+
+def test_each_method_chooses_on_its_complete_variants_and_says_how_noisy():
+    spec = importlib.util.spec_from_file_location("choose_variant",
+                                                  ROOT / "benchmarks/choose_variant.py")
+    choose = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(choose)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        val = Path(tmp) / "val"
+        for seed, (a, b) in enumerate([(0.6, 0.5), (0.7, 0.5), (0.5, 0.6)]):
+            _val_cell(val, "wat", "", seed, a, 0.8)
+            _val_cell(val, "wat", "pgd", seed, b, 0.9)
+        _val_cell(val, "wat", "eta0.3", 0, 0.99, 0.9)  # one lucky seed of three: left out
+        _val_cell(val, "pgd_at", "", 0, 0.4, 0.8)
+        chosen = choose.choose(Path(tmp))
+    wat = chosen["methods"]["wat"]
+    assert wat["chosen"] == "" and wat["runner_up"] == "pgd" and wat["incomplete"] == ["eta0.3"]
+    assert wat["variants"][""]["worst"] == pytest.approx(0.6)
+    assert wat["variants"][""]["worst_se"] == pytest.approx(0.1 / 3 ** 0.5)
+    lead = wat["lead_over_runner_up"]
+    assert lead["mean"] == pytest.approx(0.2 / 3) and lead["low"] < 0 < lead["high"]
+    assert chosen["methods"]["pgd_at"]["chosen"] == "" and "runner_up" not in chosen["methods"]["pgd_at"]
+    table = choose.choice_table(chosen)
+    assert "| wat | **(default)** | 3 | 60.0 ± 5.8 | 80.0 |" in table
