@@ -169,3 +169,12 @@ def test_each_method_chooses_on_its_complete_variants_and_says_how_noisy():
     assert chosen["methods"]["pgd_at"]["chosen"] == "" and "runner_up" not in chosen["methods"]["pgd_at"]
     table = choose.choice_table(chosen)
     assert "| wat | **(default)** | 3 | 60.0 ± 5.8 | 80.0 |" in table
+
+
+def test_simultaneous_intervals_widen_with_the_number_of_methods_compared():
+    values = [0.05, 0.10, 0.02, 0.08, 0.04]
+    plain, one = study.mean_ci95(values), study.simultaneous_ci95(values, 1)
+    assert one["low"] == pytest.approx(plain["low"], abs=1e-3)  # 1 comparison: the plain interval
+    eight = study.simultaneous_ci95(values, 8)
+    assert eight["low"] < one["low"] and eight["high"] > one["high"]
+    assert study.simultaneous_ci95([0.1], 8) == {"low": None, "high": None}
