@@ -6,7 +6,7 @@ task per stage of :func:`pipeline_stages`, in table order, with its artifact inp
 outputs of its upstream stages (:func:`wiring`, from :func:`fairat.stages.upstream`). What a
 stage's task *is* (its component, its params sections, GPU and retry settings, the gate condition
 around register) stays explicit in the pipeline module; what it reads and after what comes from
-the table. ``tests/test_kfp_compile.py`` reads the compiled IR back and checks its tasks and
+the table. ``tests/pipelines/test_kfp_compile.py`` reads the compiled IR back and checks its tasks and
 edges against the table through :data:`TASK_NAMES`.
 
 Imports neither kfp nor torch.

@@ -1,4 +1,4 @@
-"""Fixtures and helpers the tests/test_kfp_*.py modules share (imported by name; pytest picks up
+"""Fixtures and helpers the tests/pipelines/test_kfp_*.py and tests/cluster/test_kfp_*.py modules share (imported by name; pytest picks up
 an imported fixture): the repository, its params, the compiled pipeline IR."""
 
 from __future__ import annotations

@@ -276,3 +276,18 @@ def test_touching_a_module_makes_dvc_report_exactly_its_stages(tmp_path):
         path.write_bytes(original)
         expected = {n for n, deps in code.items() if rel in deps}
         assert set(status) == expected, (rel, set(status), expected)
+
+
+TEST_FOLDERS = {"foundation", "engine", "evidence", "edge", "steps", "fronts", "cluster",
+                "pipelines", "benchmarks", "data"}
+
+
+def test_tests_mirror_the_layers():
+    """A test lives in the folder of the layer whose code it covers (tests/<layer>/); only the
+    tests about the whole (this layout check, the shared fixtures) sit at the top."""
+    tests = ROOT / "tests"
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))}
+    assert folders <= TEST_FOLDERS, folders - TEST_FOLDERS
+    assert sorted(p.name for p in tests.glob("test_*.py")) == ["test_fixtures.py", "test_layout.py"]
+    assert all(list(p.glob("test_*.py")) for p in tests.iterdir()
+               if p.is_dir() and p.name in TEST_FOLDERS - {"data"})

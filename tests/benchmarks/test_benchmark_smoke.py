@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "throughput.py"
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ gate decision, `candidate` is set only when the gate passed, a second `dvc repro
 PGD-AT baseline's beside it (which a unit test shows depends on every param it reads), a gate
 threshold makes only the gate, register and compare's chart stale, the registered version can be
 approved, and bad params stop the pipeline at once with a message naming the key. (A blocked
-version refused by `fairat approve`: tests/test_registry.py and tests/test_guard.py.)
+version refused by `fairat approve`: tests/edge/test_registry.py and tests/edge/test_guard.py.)
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from fairat.evidence.model_card import CARD_SECTIONS
 from fairat.fronts.cli import main
 from fairat.fronts.dvc_deps import STAGES
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COPY = ["fairat", "pipelines", "components", "params.yaml", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore",
         "models/.gitignore"]
 TINY = {

@@ -23,7 +23,7 @@ from fairat.io import sha256_file
 from fairat.steps.compare import compare_step
 from reports import attack_entry
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N = 10
 MACHINE = "cpu: Test CPU; 2 cores usable, 2 torch threads, 1 process"
 

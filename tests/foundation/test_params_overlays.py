@@ -12,7 +12,7 @@ from fairat.config import ConfigError, load_params, to_dict
 from fairat.fronts.cli import build_parser, load_cli_params
 from fairat.overlays import load_params_files, merge
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BEFORE = json.loads((ROOT / "tests/data/params_before_overlays.json").read_text())["configs"]
 # each variant and the files it is merged on, as the study scripts and the README pass them
 CHAINS = {

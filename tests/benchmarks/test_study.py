@@ -8,7 +8,7 @@ import pytest
 
 from fairat.config import load_params, with_overrides
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("robust_fairness", ROOT / "benchmarks/robust_fairness.py")
 study = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(study)

@@ -79,7 +79,7 @@ def test_default_params_match_the_documented_defaults():
 def _repo(name):
     from pathlib import Path
 
-    return str(Path(__file__).resolve().parents[1] / name)
+    return str(Path(__file__).resolve().parents[2] / name)
 
 
 @pytest.mark.slow

@@ -341,7 +341,7 @@ def test_the_digits_study_overlay_keeps_the_committed_cells_cfa_and_frl_constant
     from fairat.engine.methods.cfa import fawa_decay_per_epoch
     from fairat.overlays import load_params_files
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     train = load_params_files([root / "params.yaml", root / "studies/digits.yaml"]).train
     assert fawa_decay_per_epoch(train.cfa, train.epochs) == 0.88  # as the cells ran, exactly
     assert (train.cfa.fawa_threshold, train.cfa.fawa_threshold_kind) == (0.24, "absolute")

@@ -74,7 +74,7 @@ def test_a_stage_with_a_missing_input_refuses_before_writing(tmp_path, monkeypat
     from pathlib import Path
 
     monkeypatch.chdir(tmp_path)
-    shutil.copy(Path(__file__).resolve().parents[1] / "params.yaml", tmp_path / "params.yaml")
+    shutil.copy(Path(__file__).resolve().parents[2] / "params.yaml", tmp_path / "params.yaml")
     (tmp_path / "metrics").mkdir()
     committed = b'{"passed": true}'
     for name in ("gate.json", "gate_metrics.json", "eval.json"):

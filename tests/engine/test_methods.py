@@ -17,7 +17,7 @@ from fairat.engine.methods import method, method_fields, registry
 from fairat.evidence.comparison import METHOD_FIELDS
 from fairat.evidence.model_card import method_line
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 TOY = '''
 """A toy method: PGD-AT whose class 0 adversarial loss is scaled by ``scale``."""

@@ -96,7 +96,7 @@ def test_fast_autoattack_agrees_with_pyautoattack(setup):
     """APGD-CE, APGD-T and FAB-T with 9 targets each, in two chunks, both implementations.
 
     Square is left out here for time (5000 queries per chunk); the fast path calls pyautoattack's
-    Square exactly as the reference does, and tests/test_evaluation.py runs the standard suite
+    Square exactly as the reference does, and tests/engine/test_evaluation.py runs the standard suite
     through the fast path."""
     model, x, y = setup
     x, y = x[:12], y[:12]

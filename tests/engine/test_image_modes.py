@@ -182,7 +182,7 @@ def test_prepare_cli_refuses_a_bomb_with_one_line(tmp_path, capsys):
     files = _layout(top="")
     files["train/cat/0000.png"] = _header_only_png(12000, 12000)  # first: sets the array size
     tar = _write_tar(tmp_path / "x.tar.gz", files)
-    code = main(["prepare", "--params", str(Path(__file__).parents[1] / "params.yaml"),
+    code = main(["prepare", "--params", str(Path(__file__).parents[2] / "params.yaml"),
                  "--out", str(tmp_path / "d"), "-S", "data.source=imagefolder",
                  "-S", f"data.root={tar}", "-S", "data.val_per_class=0"])
     err = capsys.readouterr().err

@@ -13,7 +13,7 @@ from fairat.engine.metrics import flatten, numeric_metrics
 from fairat.fronts.cli import main
 from tiny import PASSABLE_GATE, cli_flags, tiny
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # the shared tiny run (tests/tiny.py) with a gate a tiny model can pass
 TINY = cli_flags(tiny(PASSABLE_GATE, track__model_name="unit"))
 

@@ -5,7 +5,7 @@ import pytest
 
 from fairat.config import ConfigError, Params, leaves, load_params, to_dict, with_overrides
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _write(tmp_path, text):

@@ -45,7 +45,7 @@ def test_project_errors_are_redacted_when_made(monkeypatch):
 def test_cli_error_line_is_redacted(tmp_path, capsys):
     """A data root given as a URL with a password: `prepare` names it, without the password."""
     params = tmp_path / "params.yaml"
-    params.write_text((__import__("pathlib").Path(__file__).parents[1] / "params.yaml").read_text())
+    params.write_text((__import__("pathlib").Path(__file__).parents[2] / "params.yaml").read_text())
     code = main(["prepare", "--params", str(params), "--out", str(tmp_path / "d"),
                  "-S", "data.source=imagefolder",
                  "-S", "data.root=https://reader:t0ps3cret@files.example/x.tar.gz"])
