@@ -105,9 +105,24 @@ def mlflow_sqlite(_mlflow_schema) -> Callable[[Path], str]:
     return make
 
 
+# the files that took longest on a 2-core machine (pytest --durations), longest first
+LONGEST_FIRST = ("test_pipeline_dvc.py", "test_kfp_local_run.py", "test_team_mode.py",
+                 "test_cli_end_to_end.py", "test_registry.py", "test_attestation.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``gpu`` need CUDA: on a machine without one they are reported as skipped
-    (never passed); `benchmarks/gpu_check.sh` runs them where a GPU is lent."""
+    """Files holding ``slow`` tests run first, and tests marked ``gpu`` need CUDA.
+
+    Why the order: the suite runs one file per pytest-xdist worker at a time (``--dist
+    loadfile``), in collection order; a minute-long end-to-end file collected last keeps one
+    worker busy after the other has finished, so the long files start first and the short ones
+    fill the gaps (a stable sort: the order inside a file is kept). On a machine without CUDA the
+    ``gpu`` tests are reported as skipped (never passed); `benchmarks/gpu_check.sh` runs them
+    where a GPU is lent."""
+    slow_files = {item.path for item in items if "slow" in item.keywords}
+    items.sort(key=lambda item: (LONGEST_FIRST.index(item.path.name)
+                                 if item.path.name in LONGEST_FIRST else len(LONGEST_FIRST),
+                                 item.path not in slow_files))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (run benchmarks/gpu_check.sh on one)")
