@@ -97,7 +97,13 @@ def chosen_params(results: Path, method: str) -> dict[str, Any]:
         raise SystemExit(f"no chosen variant for {method} in {results / 'chosen-on-val.json'}")
     variant, seed = entry["chosen"], entry["seeds"][0]
     tag = f"{method}{'-' + variant if variant else ''}-seed{seed}"
-    params = json.loads((results / "val" / f"{tag}.json").read_text())["params"]
+    return record_params(results / "val" / f"{tag}.json")
+
+
+def record_params(record: Path) -> dict[str, Any]:
+    """The params a cell record ran with, less what each cell sets for itself (seed, split,
+    method): a setting copied from its record, e.g. the pilot's chosen CIFAR-10 budget."""
+    params = json.loads(record.read_text())["params"]
     for section, key in PER_CELL:
         params.get(section, {}).pop(key, None)
     return params
@@ -122,24 +128,36 @@ def choice_table(chosen: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", type=Path, required=True,
+    parser.add_argument("--results", type=Path, default=None,
                         help="study folder; its val/ holds the validation cells")
     parser.add_argument("--attack", default="worst_case")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="only these seeds (default: every seed present)")
     parser.add_argument("--export", metavar="METHOD", default=None,
                         help="write METHOD's chosen setting (from chosen-on-val.json) to --out")
+    parser.add_argument("--from-record", type=Path, default=None,
+                        help="write this cell record's setting to --out (e.g. a pilot budget)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    if args.export:
+    if args.from_record:
         import yaml
 
         if args.out is None:
-            parser.error("--export needs --out")
+            parser.error("--from-record needs --out")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(yaml.safe_dump(record_params(args.from_record), sort_keys=False))
+        return 0
+    if args.export:
+        import yaml
+
+        if args.out is None or args.results is None:
+            parser.error("--export needs --results and --out")
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(yaml.safe_dump(chosen_params(args.results, args.export),
                                            sort_keys=False))
         return 0
+    if args.results is None:
+        parser.error("--results is needed to choose")
     chosen = choose(args.results, args.attack, set(args.seeds) if args.seeds else None)
     write_json_atomic(args.results / "chosen-on-val.json", chosen)
     print(choice_table(chosen))

@@ -178,3 +178,24 @@ def test_simultaneous_intervals_widen_with_the_number_of_methods_compared():
     eight = study.simultaneous_ci95(values, 8)
     assert eight["low"] < one["low"] and eight["high"] > one["high"]
     assert study.simultaneous_ci95([0.1], 8) == {"low": None, "high": None}
+
+
+def test_a_setting_exported_from_its_record_leaves_seed_split_and_method_to_the_cell(tmp_path):
+    spec = importlib.util.spec_from_file_location("choose_variant",
+                                                  ROOT / "benchmarks/choose_variant.py")
+    choose = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(choose)
+    from fairat.config import to_dict
+    from fairat.overlays import load_params_files
+
+    params = to_dict(with_overrides(load_params(ROOT / "params.yaml"), {
+        "train.epochs": 7, "train.fairat.class_power": 2.0, "data.seed": 3, "train.seed": 3,
+        "evaluate.split": "val", "gate.split": "val"}))
+    record = tmp_path / "fairat-pc-pow2-seed3.json"
+    record.write_text(json.dumps({"params": params}))
+    assert choose.main(["--from-record", str(record), "--out", str(tmp_path / "b.yaml")]) == 0
+    again = load_params_files([ROOT / "params.yaml", tmp_path / "b.yaml"])
+    assert (again.train.epochs, again.train.fairat.class_power) == (7, 2.0)
+    default = load_params(ROOT / "params.yaml")
+    assert (again.data.seed, again.train.seed, again.evaluate.split, again.gate.split) == (
+        default.data.seed, default.train.seed, default.evaluate.split, default.gate.split)

@@ -25,6 +25,8 @@ CHAINS = {
     # written as overlays from the start (no full copy in the snapshot)
     "studies/cifar10-pilot.yaml": ["params.yaml", "studies/cifar10-cpu.yaml"],
     "studies/digits-contest.yaml": ["params.yaml"],
+    "studies/cifar10-full.yaml": ["params.yaml", "studies/cifar10-cpu.yaml",
+                                  "studies/cifar10-pilot.yaml"],
 }
 
 
