@@ -8,6 +8,11 @@ step writes (``model.pt``, ``eval.json``, ``gate.json`` ...); a test checks ``dv
 
 from __future__ import annotations
 
+# The prefix of every MLflow tag this project sets (runs and model versions): a name on the
+# outputs, like the file names, so tracking and the evidence rules share it without importing
+# each other.
+TAG = "fairat."
+
 MODEL = "model.pt"
 CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"

@@ -244,6 +244,21 @@ def _code_only_repo(tmp_path: Path) -> tuple[Path, dict[str, list[str]], object]
     return copy, code, run
 
 
+# What decides promotion, not how a model is trained or attacked: an edit here must not re-train
+# or re-run AutoAttack (minutes to hours), so training and evaluation must not import it.
+PROMOTION_RULES = ("fairat/evidence/gate.py", "fairat/evidence/protocol.py",
+                   "fairat/evidence/approval.py", "fairat/evidence/report_checks.py",
+                   "fairat/evidence/comparison.py", "fairat/evidence/verified.py",
+                   "fairat/evidence/model_card.py", "fairat/edge/registry.py")
+
+
+@pytest.mark.parametrize("stage", ["train", "evaluate", "baseline_train", "baseline_evaluate"])
+def test_training_and_evaluation_do_not_run_the_promotion_rules(stage):
+    code = set(dvc_deps.stage_code(stage))
+    assert not code & set(PROMOTION_RULES), sorted(code & set(PROMOTION_RULES))
+    assert "fairat/evidence/gate.py" in dvc_deps.stage_code("gate")  # the rule is where it acts
+
+
 @pytest.mark.slow
 def test_a_help_text_edit_in_another_front_reruns_no_stage(tmp_path):
     """DVC itself: after `dvc repro`, editing the help of `fairat storage`, `fairat guard` and

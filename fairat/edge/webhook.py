@@ -71,7 +71,7 @@ def register_webhook(url: str, secret: str, name: str = DEFAULT_NAME,
     existing one with that name: url, event, secret, ACTIVE). Returns {webhook_id, name, url,
     action}. The tracking URI must be an ``mlflow server`` (http or https): only the server
     delivers webhooks."""
-    from fairat.edge.registry import tracking_uri
+    from fairat.edge.tracking import tracking_uri
 
     uri = tracking_uri()
     if not uri.startswith(("http://", "https://")):

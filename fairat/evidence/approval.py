@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-TAG = "fairat."  # prefix of every model-version tag this project sets
+from fairat.artifacts import TAG  # prefix of every model-version tag this project sets
 # Tags a version must carry before approval may consider it (registration writes them all).
 EVIDENCE_TAGS = ("gate_passed", "gate_attack", "worst_class_robust", "average_robust",
                  "model_sha256", "data_content_hash", "report_sha256")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fairat.engine.methods import method_fields
-from fairat.evidence.files import load_report_evidence
+from fairat.evidence.verified import load_report_evidence
 from fairat.evidence.gate import TAG
 
 BASELINE_METHOD = "pgd_at"

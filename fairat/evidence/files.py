@@ -9,11 +9,9 @@ on the MLflow run must agree.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fairat.errors import DataError
 from fairat.io import sha256_bytes, sha256_file
 
 
@@ -110,50 +108,3 @@ def provenance_problems(report_path: str | Path, logged_sha256: str | None = Non
         problems.append(f"evaluation report {report_path} is not the one evaluate logged to the "
                         f"MLflow run (sha256 {logged_sha256[:12] or 'none'}...); re-run evaluate")
     return problems
-
-
-@dataclass(frozen=True)
-class ReportEvidence:
-    """One evaluation report as a step received it: parsed, hashed and judged once.
-
-    Why one value: the gate, compare and register used to parse and hash the same file again in
-    each check; a file swapped between two reads could then pass one check with its hash and
-    another with its numbers. Every rule of a step now reads this value, so they all judge the
-    same bytes, and :meth:`unchanged` is the one re-hash, right before a step acts.
-    ``problems``: missing, unreadable or not JSON; not the bytes evaluate wrote (sidecar, logged
-    hash); in attested mode, no valid signed statement about these bytes and the model.
-    """
-
-    path: Path
-    report: Any
-    sha256: str | None
-    problems: tuple[str, ...]
-
-    def require(self, role: str) -> dict[str, Any]:
-        """The report, or DataError naming ``role`` when it is not the untouched, consistent
-        output of the evaluate step (the same checks the gate makes)."""
-        from fairat.evidence.report_checks import evidence_problems
-
-        problems = list(self.problems) or evidence_problems(self.report)
-        if problems:
-            raise DataError(f"{role} evaluation report: " + "; ".join(problems))
-        return self.report
-
-    def unchanged(self) -> bool:
-        """Whether the file still holds the bytes this value was made from."""
-        return self.sha256 is not None and _sha_or_none(self.path) == self.sha256
-
-
-def load_report_evidence(path: str | Path, logged_sha256: str | None = None,
-                         model_sha256: str | None = None, public: Any = None) -> ReportEvidence:
-    """Read, hash and check the report at ``path`` once (see :class:`ReportEvidence`).
-
-    ``logged_sha256``: the hash evaluate logged to the MLflow run, when known. ``public``: the
-    verify key in attested mode (then the sidecar's signed statement must name these bytes and
-    ``model_sha256``)."""
-    path = Path(path)
-    report, sha, unreadable = read_report(path)
-    problems = [] if sha is None else (
-        (report_attestation_problems(path, sha, model_sha256, public) if public is not None else [])
-        + provenance_problems(path, logged_sha256, sha))
-    return ReportEvidence(path, report, sha, tuple(problems + unreadable))

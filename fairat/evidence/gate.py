@@ -30,9 +30,9 @@ from fairat.config import GateConfig, to_dict
 from fairat.evidence.approval import (APPROVAL_KEY_ENV, APPROVAL_TAGS, EVIDENCE_TAGS, TAG,  # noqa: F401
                                       alias_problems, approval_problems, approval_signature)
 from fairat.evidence.attestation import verify_key
-from fairat.evidence.files import (ReportEvidence, _sha_or_none, load_report_evidence,  # noqa: F401
-                                   provenance_problems, read_report, report_attestation_problems,
-                                   sidecar_path, write_sidecar)
+from fairat.evidence.files import (_sha_or_none, provenance_problems, read_report,  # noqa: F401
+                                   report_attestation_problems, sidecar_path, write_sidecar)
+from fairat.evidence.verified import ReportEvidence, load_report_evidence
 from fairat.evidence.protocol import protocol_problems
 from fairat.evidence.report_checks import (SUMMARY_KEYS, _read_summary,  # noqa: F401
                                            evidence_problems, sanity_problems)

@@ -8,7 +8,7 @@ from typing import Any
 
 from fairat.config import Params
 from fairat.evidence.comparison import comparison_lines, comparison_metrics, compare
-from fairat.evidence.files import ReportEvidence, load_report_evidence
+from fairat.evidence.verified import ReportEvidence, load_report_evidence
 from fairat.io import write_json_atomic
 from fairat.steps.shared import run_id_of
 
@@ -64,7 +64,8 @@ def compare_step(params: Params, report_path: str | Path, baseline_report_path: 
     baseline = load_report_evidence(baseline_report_path)
     comparison = comparison_from_evidence(params, evidence, baseline, train_metrics_path,
                                           baseline_metrics_path)
-    write_json_atomic(out_path, comparison_metrics(comparison))
+    metrics = comparison_metrics(comparison)
+    write_json_atomic(out_path, metrics)
     if chart_path:  # presentation only: drawn from the same verified values
         from fairat.evidence.report import plot_comparison
 
@@ -74,7 +75,7 @@ def compare_step(params: Params, report_path: str | Path, baseline_report_path: 
         print(line, flush=True)
     run_id = run_id_of(train_metrics_path)
     if params.track.enabled and run_id:
-        from fairat.edge.registry import log_comparison
+        from fairat.edge.tracking import log_comparison
 
-        log_comparison(run_id, comparison)
+        log_comparison(run_id, comparison, metrics)
     return comparison

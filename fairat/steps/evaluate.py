@@ -12,7 +12,7 @@ from fairat.engine.checkpoint import load_model
 from fairat.engine.data import MANIFEST_NAME, load_prepared
 from fairat.artifacts import CLASSWISE_CSV
 from fairat.engine.evaluation import classwise_csv, evaluate, summary_metrics, write_report
-from fairat.evidence.gate import sidecar_path, write_sidecar
+from fairat.evidence.files import sidecar_path, write_sidecar
 from fairat.evidence.report import plot_classwise, report_markdown
 from fairat.io import sha256_file, write_json_atomic, write_text_atomic
 from fairat.steps.shared import device_and_context, run_id_of
@@ -92,7 +92,7 @@ def training_run(params: Params, train_metrics_path: str | Path | None) -> str |
     if not Path(train_metrics_path).is_file():
         raise FileNotFoundError(f"evaluate: training summary {train_metrics_path} is missing; "
                                 "run `fairat train` first (or set track.enabled: false)")
-    from fairat.edge.registry import require_run
+    from fairat.edge.tracking import require_run
 
     run_id = run_id_of(train_metrics_path)
     require_run(run_id, "evaluate")
@@ -110,7 +110,7 @@ def track_evaluation_step(params: Params, train_metrics_path: str | Path | None,
     is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 logs
     if not params.track.enabled or run_id is None or not is_main:
         return None
-    from fairat.edge.registry import log_evaluation
+    from fairat.edge.tracking import log_evaluation
 
     report = json.loads(Path(report_path).read_text())
     log_evaluation(run_id, report, [Path(report_path), sidecar_path(report_path),

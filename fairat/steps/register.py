@@ -15,7 +15,7 @@ from fairat.engine.checkpoint import load_model
 from fairat.engine.data import MANIFEST_NAME, load_prepared
 from fairat.errors import DataError
 from fairat.evidence.attestation import LOCAL_MODE, key_id, verify_key
-from fairat.evidence.files import load_report_evidence
+from fairat.evidence.verified import load_report_evidence
 from fairat.evidence.gate import (EVIDENCE_FILES, TAG, decision_attestation_problems,
                                   recheck_decision, sidecar_path)
 from fairat.evidence.comparison import comparison_tags
@@ -71,7 +71,7 @@ def register_step(params: Params, model_path: str | Path, report_path: str | Pat
     run_id = run_id_of(train_metrics_path)
     logged = None
     if wanted:  # a missing or foreign run id stops registration: the logged hash is always checked
-        from fairat.edge.registry import logged_report_sha256
+        from fairat.edge.tracking import logged_report_sha256
 
         logged = logged_report_sha256(run_id)
     # the report is read, hashed and checked once; every rule below judges this one value

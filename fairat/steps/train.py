@@ -54,7 +54,7 @@ def train_step(params: Params, data_dir: str | Path, paths: TrainPaths,
                             device=device, on_epoch=sync)
             write_outputs(summary, params.train, paths, ctx)
         else:
-            from fairat.edge.registry import training_run
+            from fairat.edge.tracking import training_run
 
             name = f"{params.train.method}-seed{params.train.seed}"
             with training_run(run_params(params, device), params.track.experiment,
