@@ -209,8 +209,11 @@ submit_trainjob(spec, namespace="ml", wait=True, poll_s=0.05)
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_cancelled_launcher_deletes_its_trainjob(kube_api, signum):
     """Kubernetes stops a terminated run's pods with SIGTERM; Ctrl-C is SIGINT."""
+    # SIGINT reaches the launcher even when the suite itself runs as a background job (a
+    # non-interactive shell starts those with SIGINT ignored, and children inherit that)
     launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+                                stderr=subprocess.STDOUT, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while _routes(kube_api, "GET").count(f"{JOBS}/fairat-0123456789abcdef") < 3:

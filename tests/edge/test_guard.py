@@ -386,8 +386,11 @@ def test_cli_serve_answers_and_stops_on_interrupt(tmp_path):
     env = {**os.environ, "FAIRAT_GUARD_SECRET": SECRET, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
     env.pop(APPROVAL_KEY_ENV, None)
+    # Ctrl-C reaches the guard even when the suite itself was started as a background job
+    # (a non-interactive shell starts those with SIGINT ignored, and children inherit that)
     proc = subprocess.Popen([sys.executable, "-m", "fairat", "guard", "serve", "--port", str(port)],
-                            env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+                            env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
