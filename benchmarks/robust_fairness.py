@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import sys
 import time
@@ -169,11 +170,17 @@ def _mean_sd(values: list[float]) -> dict[str, float]:
             else 0.0, "n": len(values)}
 
 
+def _is_cell(path: Path) -> bool:
+    """A cell record is ``<tag>-seed<N>.json``; the folder also holds the summary and the
+    validation choice (``chosen-on-val.json``), which are not cells."""
+    return re.fullmatch(r".+-seed\d+", path.stem) is not None
+
+
 def aggregate(results: Path, split: str = "test") -> dict[str, Any]:
     """Mean and spread over seeds, per method and attack, from every cell file present."""
     folder = results if split == "test" else results / "val"
     cells = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))
-             if p.name != "summary.json"]
+             if _is_cell(p)]
     table: dict[str, Any] = {}
     for cell in cells:
         key = cell["method"] if not cell.get("variant") else f"{cell['method']}-{cell['variant']}"
@@ -234,7 +241,7 @@ def paired_differences(results: Path, baseline: str = "pgd_at", attack: str = "a
     folder = results if split == "test" else results / "val"
     cells: dict[str, dict[int, dict[str, Any]]] = {}
     for path in sorted(folder.glob("*.json")):
-        if path.name == "summary.json":
+        if not _is_cell(path):
             continue
         cell = json.loads(path.read_text())
         key = cell["method"] if not cell.get("variant") else f"{cell['method']}-{cell['variant']}"
