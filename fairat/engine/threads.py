@@ -187,6 +187,13 @@ def usable_threads(affinity: int | None = None, quota: float | None = None,
     return max(1, free // max(1, local_world_size))
 
 
+# One process running several steps in a row (`fairat run`, a study cell, the tests) keeps its
+# choice this long: the busy-CPU sample costs half a second, and model and baseline trained
+# back to back in one process then use the same count. A stage run by DVC is its own process.
+RECHOOSE_AFTER_S = 60.0
+_chosen: tuple[float, int] | None = None  # (monotonic time, count) of the last choice
+
+
 def fit_torch_threads() -> int:
     """Set torch's intra-op threads to :func:`usable_threads` unless the user chose a count.
 
@@ -199,7 +206,11 @@ def fit_torch_threads() -> int:
             raise ValueError(f"FAIRAT_THREADS must be a positive integer, got {chosen!r}")
         torch.set_num_threads(n)
     elif not os.environ.get("OMP_NUM_THREADS"):
-        n = usable_threads()
+        global _chosen
+        now = time.monotonic()
+        if _chosen is None or now - _chosen[0] > RECHOOSE_AFTER_S:
+            _chosen = (now, usable_threads())
+        n = _chosen[1]
         if n != torch.get_num_threads():
             log.info("torch threads %d -> %d (CPUs this process may use, less those busy now)",
                      torch.get_num_threads(), n)

@@ -75,6 +75,7 @@ def test_fit_torch_threads_respects_explicit_choices(monkeypatch):
         assert threads.fit_torch_threads() == 1  # left alone
         monkeypatch.delenv("OMP_NUM_THREADS")
         monkeypatch.setattr(threads, "usable_threads", lambda: 1)
+        monkeypatch.setattr(threads, "_chosen", None)  # no choice kept from an earlier step
         assert threads.fit_torch_threads() == 1
     finally:
         torch.set_num_threads(old)
@@ -119,3 +120,23 @@ def test_the_load_of_a_stage_that_just_ended_does_not_cost_threads(monkeypatch):
     assert threads.usable_threads(affinity=2, quota=None, local_world_size=1) == 2
     monkeypatch.setattr(threads, "busy_cpus", lambda: None)  # no /proc/stat: the load average
     assert threads.usable_threads(affinity=2, quota=None, local_world_size=1) == 1
+
+
+def test_steps_in_one_process_keep_one_choice_for_a_while(monkeypatch):
+    """The busy-CPU sample costs half a second; steps run back to back in one process (model and
+    baseline in `fairat run`) reuse the choice, and choose again after RECHOOSE_AFTER_S."""
+    calls = []
+    monkeypatch.delenv("FAIRAT_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "usable_threads", lambda: calls.append(1) or 1)
+    monkeypatch.setattr(threads, "_chosen", None)
+    old = torch.get_num_threads()
+    try:
+        threads.fit_torch_threads()
+        threads.fit_torch_threads()
+        assert len(calls) == 1
+        monkeypatch.setattr(threads, "_chosen", (threads._chosen[0] - threads.RECHOOSE_AFTER_S - 1, 1))
+        threads.fit_torch_threads()
+        assert len(calls) == 2
+    finally:
+        torch.set_num_threads(old)
