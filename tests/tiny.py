@@ -82,3 +82,13 @@ def train_paths(root: Path):
 
     return TrainPaths(root / "model.pt", root / "checkpoints", root / "train.json",
                       root / "history.csv")
+
+
+# The repository root (params.yaml, dvc.yaml, the package) for tests that copy its files.
+REPO = Path(__file__).resolve().parents[1]
+
+
+def registry_run_flags() -> list[str]:
+    """CLI flags of the tiny run whose gate a tiny model can pass, registered as model "unit":
+    the registry and attestation tests both build on it."""
+    return cli_flags(tiny(PASSABLE_GATE, track__model_name="unit"))

@@ -60,6 +60,21 @@ def version_tags(decision: dict[str, Any], report: dict[str, Any] | None,
     return {f"{TAG}{k}": v for k, v in tags.items()}
 
 
+def model_requirements() -> list[str]:
+    """The pip requirements logged with a model: what unpickling and running it imports.
+
+    Why explicit: left alone, MLflow infers them by importing the model again in a subprocess
+    (about 15 s of a registration on 2 cores, every `dvc repro`) and lists whatever that import
+    happened to pull in (colorama, pydot, tqdm) beside what the model needs. The versions are the
+    installed ones, without a local build label (``+cpu``) that PyPI would not resolve. The model's
+    classes come from this package (``fairat``), which is installed from its repository, not
+    PyPI, so loading the logged model needs ``pip install`` of this project too.
+    """
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in ("torch", "numpy", "cloudpickle")]
+
+
 def register_model(model: Any, example: Any, model_name: str, run_id: str | None,
                    params_dict: dict[str, Any], experiment: str, tags: dict[str, str],
                    files: dict[str, Path], passed: bool) -> dict[str, Any]:
@@ -98,7 +113,8 @@ def register_model(model: Any, example: Any, model_name: str, run_id: str | None
                 output = model(torch.as_tensor(example)).numpy()
             info = mlflow.pytorch.log_model(model, name="model",
                                             signature=infer_signature(example, output),
-                                            input_example=example)
+                                            input_example=example,
+                                            pip_requirements=model_requirements())
             run_id = run.info.run_id
         version = mlflow.register_model(info.model_uri, model_name)
         for key, value in tags.items():

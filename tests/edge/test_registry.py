@@ -11,11 +11,9 @@ import pytest
 from fairat.edge import registry
 from fairat.engine.metrics import flatten, numeric_metrics
 from fairat.fronts.cli import main
-from tiny import PASSABLE_GATE, cli_flags, tiny
+from tiny import REPO, registry_run_flags
 
-REPO = Path(__file__).resolve().parents[2]
-# the shared tiny run (tests/tiny.py) with a gate a tiny model can pass
-TINY = cli_flags(tiny(PASSABLE_GATE, track__model_name="unit"))
+TINY = registry_run_flags()  # the shared tiny run with a gate a tiny model can pass
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +41,17 @@ def test_run_registers_a_candidate_with_its_evidence(inside):
     rows = {r["version"]: r for r in registry.list_versions("unit")}
     assert rows[1]["aliases"] == ["candidate"]
     assert not registry.approval_problems({f"fairat.{k}": v for k, v in rows[1].items()})
+
+
+@pytest.mark.slow
+def test_the_logged_model_lists_the_packages_it_needs(inside):
+    """Named, not inferred: MLflow's inference re-imports the model in a subprocess and listed
+    packages the model never uses."""
+    found = list((inside / "mlruns").rglob("requirements.txt"))
+    assert found, "the registered model has no requirements.txt"
+    lines = found[0].read_text().split()
+    assert set(registry.model_requirements()) <= set(lines)
+    assert {line.split("==")[0] for line in lines} == {"mlflow", "torch", "numpy", "cloudpickle"}
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@ import torch
 
 from fairat.engine.checkpoint import load_checkpoint, load_model, model_file_payload, save_checkpoint
 from fairat.config import ModelConfig
-from fairat.engine.models import ModelSpec, build_model
+from fairat.engine.models import ModelSpec, build_model, max_pool_2x2
 
 class Evil:
     """An arbitrary pickled object: loading it would run code, so weights_only must refuse it."""
@@ -79,6 +79,26 @@ def test_attack_view_matches_the_eval_model_and_its_input_gradients():
     # Architectures with BatchNorm before convolutions have no cheaper view.
     preact = build_model("preact_resnet18", CIFAR, 4)
     assert preact.attack_view() is preact
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 8, 8), (2, 5, 7, 9), (1, 2, 2, 3)])
+def test_fast_max_pool_is_max_pool2d_exactly(shape):
+    """The gradient-free path must give the very numbers of max_pool2d (a maximum does not round),
+    and where a gradient flows the tie rule (first maximum takes it) must be torch's own."""
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(shape)).round()  # many ties, as on a digit's flat background
+    expected = torch.nn.functional.max_pool2d(x, 2)
+    with torch.no_grad():
+        assert torch.equal(max_pool_2x2(x), expected)
+    with torch.inference_mode():
+        assert torch.equal(max_pool_2x2(x), expected)
+    assert torch.equal(max_pool_2x2(x), expected)  # no grad required: the fast path too
+    xg = x.clone().requires_grad_()
+    upstream = torch.randn_like(expected)
+    ours, = torch.autograd.grad(max_pool_2x2(xg), xg, upstream)
+    xr = x.clone().requires_grad_()
+    torchs, = torch.autograd.grad(torch.nn.functional.max_pool2d(xr, 2), xr, upstream)
+    assert torch.equal(ours, torchs)
 
 
 def test_attack_view_folds_synchronized_batchnorm_too():

@@ -255,7 +255,8 @@ def test_resume_refuses_other_data_with_one_clear_error(digits, tmp_path):
     assert train(MODEL, cfg, digits, _paths(tmp_path), resume=True).epochs == 2
 
 
-def test_a_refused_or_killed_training_ends_its_mlflow_run_failed(tmp_path, monkeypatch):
+def test_a_refused_or_killed_training_ends_its_mlflow_run_failed(tmp_path, monkeypatch,
+                                                                mlflow_sqlite):
     """A training that raises (here: --resume refused on other data) or gets SIGTERM (a pod
     evicted) ends its MLflow run FAILED instead of leaving it RUNNING forever."""
     import os
@@ -268,7 +269,7 @@ def test_a_refused_or_killed_training_ends_its_mlflow_run_failed(tmp_path, monke
     from fairat.steps import train as train_module
     from fairat.steps.prepare import prepare_step
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = mlflow_sqlite(tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     params = with_overrides(Params(), {
         "data.val_per_class": 5, "model.width": 8, "train.method": "pgd_at", "train.epochs": 1,

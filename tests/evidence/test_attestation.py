@@ -13,7 +13,9 @@ from cryptography.hazmat.primitives.serialization import (Encoding, NoEncryption
                                                           PublicFormat)
 
 from fairat.evidence import attestation as att
-from test_registry import REPO, TINY
+from tiny import REPO, registry_run_flags
+
+TINY = registry_run_flags()
 
 KEY_VARS = (att.SIGNING_KEY_ENV, att.SIGNING_KEY_FILE_ENV, att.VERIFY_KEY_ENV,
             att.VERIFY_KEY_FILE_ENV, "FAIRAT_APPROVAL_KEY")
@@ -65,7 +67,7 @@ def test_a_statement_verifies_only_unaltered_and_with_its_key(no_keys):
 
 
 @pytest.fixture(scope="module")
-def attested(tmp_path_factory):
+def attested(tmp_path_factory, mlflow_sqlite):
     """Two tiny trainings in attested mode: v1 passes its gate, v2 (another run, a strict gate)
     is blocked."""
     from fairat.fronts.cli import main
@@ -77,9 +79,8 @@ def attested(tmp_path_factory):
     for var in KEY_VARS:
         mp.delenv(var, raising=False)
     mp.chdir(path)
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{path}/mlruns/mlflow.db")
+    mp.setenv("MLFLOW_TRACKING_URI", mlflow_sqlite(path / "mlruns" / "mlflow.db"))
     mp.setenv(att.SIGNING_KEY_ENV, private_pem)
-    (path / "mlruns").mkdir()
     assert main(["run", *TINY]) == 0
     assert main(["run", *TINY, "-S", "train.seed=1", "-S", "gate.min_average=1.0"]) == 0
     mp.delenv(att.SIGNING_KEY_ENV)
