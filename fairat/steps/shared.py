@@ -1,25 +1,34 @@
-"""What more than one step needs: the device and process group, and the training's MLflow run."""
+"""What more than one step needs: the device and process group, and the training's MLflow run.
+
+torch is imported inside the functions that need it: compare and the gate read only JSON through
+this module, and a stage process that never imports torch starts about 2 s of CPU sooner.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from fairat.config import Params, to_dict
-from fairat.engine.distributed import DistContext, init_distributed
-from fairat.engine.device import resolve_device
-from fairat.engine.threads import fit_torch_threads
-from fairat.provenance import accelerator_facts
+
+if TYPE_CHECKING:
+    import torch
+
+    from fairat.engine.distributed import DistContext
 
 
 def device_and_context(name: str) -> tuple[torch.device, DistContext]:
     """The device named in params and the process group; under torchrun each rank takes its GPU.
 
     On a GPU, rank 0 prints what it runs on (GPU, driver, CUDA, torch: the pod log shows it)."""
+    import torch
+
+    from fairat.engine.device import resolve_device
+    from fairat.engine.distributed import init_distributed
+    from fairat.engine.threads import fit_torch_threads
+    from fairat.provenance import accelerator_facts
+
     device = resolve_device(name)
     ctx = init_distributed(device.type)
     fit_torch_threads()  # threads for the CPUs this rank may use (affinity, cgroup quota, ranks)
@@ -36,6 +45,8 @@ def run_params(params: Params, device: torch.device) -> dict[str, Any]:
     """What a training run logs as its MLflow params: the params tree, plus, on a GPU, the
     ``accelerator`` it ran on (:func:`fairat.provenance.accelerator_facts`: GPU, driver, CUDA,
     torch), so the registered model's run says which node's GPU produced it."""
+    from fairat.provenance import accelerator_facts
+
     tree = to_dict(params)
     facts = accelerator_facts(device)
     return {**tree, "accelerator": facts} if facts else tree

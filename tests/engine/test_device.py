@@ -95,11 +95,12 @@ def test_accelerator_facts_are_empty_on_cpu_and_stay_out_of_the_cpu_run_params()
 
 def test_on_a_gpu_the_run_params_carry_the_accelerator(monkeypatch):
     """What the training run logs on a GPU: the params tree plus the accelerator facts."""
+    from fairat import provenance
     from fairat.config import Params, to_dict
     from fairat.steps import shared
 
     facts = {"gpu": "NVIDIA H100", "nvidia_driver": "580.65.06", "cuda": "13.0",
              "torch": torch.__version__}
-    monkeypatch.setattr(shared, "accelerator_facts", lambda device: facts)
+    monkeypatch.setattr(provenance, "accelerator_facts", lambda device: facts)
     logged = shared.run_params(Params(), torch.device("cuda", 0))
     assert logged == {**to_dict(Params()), "accelerator": facts}
