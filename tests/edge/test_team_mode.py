@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tiny import PASSABLE_GATE, REPO, TINY_RUN, cli_flags
 
 
 def _s3_keys(server, prefix: str = "mlflow/") -> list[str]:
@@ -87,9 +87,9 @@ def test_pipeline_end_to_end_in_team_mode(mlflow_server, tmp_path):
            if not k.startswith("AWS_") and k not in {"MLFLOW_S3_ENDPOINT_URL",
                                                       "FAIRAT_S3_ENDPOINT_URL"}}
     env["MLFLOW_TRACKING_URI"] = mlflow_server.url  # the only thing a team member's shell needs
-    tiny = ["-S", "train.epochs=1", "-S", "train.max_batches=2", "-S", "train.progress=false",
-            "-S", "evaluate.autoattack=none", "-S", "evaluate.cw=false",
-            "-S", f"track.model_name={name}", "-S", f"track.experiment={name}"]
+    # the shared tiny run (tests/tiny.py): what is tested here is where things are stored
+    tiny = cli_flags(TINY_RUN) + ["-S", f"track.model_name={name}",
+                                  "-S", f"track.experiment={name}"]
     _fairat(tmp_path, env, "prepare", *tiny)
     _fairat(tmp_path, env, "train", *tiny)
     _fairat(tmp_path, env, "evaluate", *tiny)
@@ -97,10 +97,7 @@ def test_pipeline_end_to_end_in_team_mode(mlflow_server, tmp_path):
     client = MlflowClient(tracking_uri=mlflow_server.url)
     records = {}
     for threshold in ("1.0", "0.0"):  # a worst class at 100% robust accuracy: blocks; 0: passes
-        gate = [*tiny, "-S", f"gate.min_worst_class={threshold}", "-S", "gate.attack=clean",
-                "-S", "gate.min_average=0.01", "-S", "gate.min_clean_class=0",
-                "-S", "gate.protocol.min_pgd_steps=1", "-S", "gate.protocol.min_cw_steps=null",
-                "-S", "gate.protocol.autoattack=none", "-S", "gate.protocol.min_examples_per_class=1"]
+        gate = [*tiny, *cli_flags(PASSABLE_GATE), "-S", f"gate.min_worst_class={threshold}"]
         _fairat(tmp_path, env, "gate", *gate)
         _fairat(tmp_path, env, "register", *gate)
         decision = json.loads((tmp_path / "metrics" / "gate.json").read_text())
