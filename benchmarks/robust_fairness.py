@@ -437,6 +437,10 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("aggregate", help="table over the cells present")
     a.add_argument("--results", type=Path, default=Path("results/cpu"))
     a.add_argument("--split", choices=("test", "val"), default="test")
+    a.add_argument("--baseline", default="pgd_at",
+                   help="the method (tag) every other is paired with, e.g. random_copies for "
+                        "\"aimed copies or just more copies\"; other than pgd_at, the summary "
+                        "goes to summary-vs-<baseline>.json")
     a.add_argument("--figures", type=Path, default=None,
                    help="folder for the per-class and hard-example charts (e.g. docs/figures)")
     args = parser.parse_args(argv)
@@ -451,9 +455,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(record["wall_seconds"]), flush=True)
         return 0
     summary = aggregate(args.results, args.split)
-    summary["paired"] = paired_differences(args.results, split=args.split)
+    summary["paired"] = paired_differences(args.results, baseline=args.baseline,
+                                           split=args.split)
     folder = args.results if args.split == "test" else args.results / "val"
-    write_json_atomic(folder / "summary.json", summary)
+    name = "summary.json" if args.baseline == "pgd_at" else f"summary-vs-{args.baseline}.json"
+    write_json_atomic(folder / name, summary)
     print(markdown_table(summary, ("clean", "pgd", "cw", "autoattack")))
     if summary["paired"]["methods"]:
         print(paired_table(summary["paired"], summary))

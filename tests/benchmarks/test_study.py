@@ -136,6 +136,25 @@ def test_paired_differences_pair_by_seed_and_skip_unpaired_seeds(tmp_path):
     assert study.per_class_table(summary).splitlines()[0] == "| method | 0 | 1 |"
 
 
+def test_aggregate_pairs_with_another_baseline_into_its_own_summary(tmp_path, capsys):
+    """`aggregate --baseline random_copies`: "aimed copies or just more copies" is one paired
+    table; the pgd_at summary is left as it was, and neither summary is read back as a cell."""
+    for seed, (b, c, f) in enumerate([(0.5, 0.55, 0.6), (0.4, 0.5, 0.45), (0.6, 0.6, 0.7)]):
+        _fake_cell(tmp_path, "pgd_at", seed, b, 0.8, 10.0)
+        _fake_cell(tmp_path, "random_copies", seed, c, 0.8, 10.0)
+        _fake_cell(tmp_path, "fairat", seed, f, 0.8, 10.0)
+    assert study.main(["aggregate", "--results", str(tmp_path)]) == 0
+    assert study.main(["aggregate", "--results", str(tmp_path), "--baseline",
+                       "random_copies"]) == 0
+    versus = json.loads((tmp_path / "summary-vs-random_copies.json").read_text())["paired"]
+    assert versus["baseline"] == "random_copies" and set(versus["methods"]) == {"pgd_at", "fairat"}
+    assert versus["methods"]["fairat"]["worst"]["mean"] == pytest.approx((0.05 - 0.05 + 0.1) / 3)
+    default = json.loads((tmp_path / "summary.json").read_text())["paired"]
+    assert default["baseline"] == "pgd_at"
+    assert "worst class vs random_copies" in capsys.readouterr().out
+    assert set(study.aggregate(tmp_path)["methods"]) == {"pgd_at", "random_copies", "fairat"}
+
+
 def _val_cell(folder: Path, method: str, variant: str, seed: int, worst: float,
               average: float) -> None:
     tag = f"{method}{'-' + variant if variant else ''}-seed{seed}"
