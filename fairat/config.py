@@ -248,6 +248,9 @@ class TrackConfig:
     register: bool | None = None  # None: register, except inside `dvc exp run`; True/False: always/never
     owner: str = ""  # who answers for the model (model card)
     license: str = ""  # licence the model is released under (model card)
+    # a committed multi-seed study summary (benchmarks/robust_fairness.py aggregate): the card
+    # quotes its paired interval when one of its methods trained exactly this setting
+    study: str = ""
 
     def __post_init__(self) -> None:
         for key in ("experiment", "model_name"):

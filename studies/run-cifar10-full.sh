@@ -50,9 +50,9 @@ if [[ $PHASE == val ]]; then
   SPLIT=val
   cell pgd_at 0 ""
   cell fairat 0 global train.fairat.per_class=false train.fairat.class_power=0
-  cell fairat 0 pc-pow2 train.fairat.class_power=2
-  cell fairat 0 pc-pow4 train.fairat.class_power=4
-  cell fairat 0 pc-pow4-r0.4 train.fairat.class_power=4 train.fairat.hard_ratio=0.4
+  cell fairat 0 pc-pow2 train.fairat.per_class=true train.fairat.class_power=2
+  cell fairat 0 pc-pow4 train.fairat.per_class=true train.fairat.class_power=4
+  cell fairat 0 pc-pow4-r0.4 train.fairat.per_class=true train.fairat.class_power=4 train.fairat.hard_ratio=0.4
   case $PEER in
     wat)
       cell wat 0 "" ; cell wat 0 pgd train.wat.base=pgd_at

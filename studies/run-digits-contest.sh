@@ -32,11 +32,11 @@ for seed in $SEEDS; do
   cell pgd_at "$seed" ""
   cell trades "$seed" ""
   # FairAT: the paper's global top-k, then per-class quotas at three hardness powers (the
-  # per-class quota is this project's extension; params.yaml's default is pc-pow4)
+  # per-class quota is this project's extension; validation chose global, params.yaml's default)
   cell fairat "$seed" global "${GLOBAL[@]}"
-  cell fairat "$seed" pc-pow0 train.fairat.class_power=0
-  cell fairat "$seed" pc-pow2 train.fairat.class_power=2
-  cell fairat "$seed" pc-pow4 train.fairat.class_power=4
+  cell fairat "$seed" pc-pow0 train.fairat.per_class=true train.fairat.class_power=0
+  cell fairat "$seed" pc-pow2 train.fairat.per_class=true train.fairat.class_power=2
+  cell fairat "$seed" pc-pow4 train.fairat.per_class=true train.fairat.class_power=4
   # WAT: the authors' TRADES base at eta 0.1, then the PGD-AT base (FairAT's) at three rates
   cell wat "$seed" "" 
   cell wat "$seed" pgd train.wat.base=pgd_at

@@ -15,6 +15,7 @@ from typing import Any
 
 from fairat.engine.methods import registry
 from fairat.evidence.report import present_attacks
+from fairat.evidence.study import difference_noise
 
 CARD_SECTIONS = ("Model details", "Intended use", "Out-of-scope use", "Training data",
                  "Evaluation data", "Metrics", "Fairness gate", "Comparison with a baseline",
@@ -90,16 +91,62 @@ def _beside_lines(c: dict[str, Any], method: str) -> list[str]:
                else f" No time ratio: {_cell(c['cost_note'])}." if c.get("cost_note") else "")]
 
 
+def _class_count(report: dict[str, Any] | None, attack: str, name: Any) -> int:
+    totals = (((report or {}).get("attacks") or {}).get(attack) or {}).get("counts", {}).get("total")
+    return int((totals or {}).get(str(name), 0))
+
+
+def _noise_lines(c: dict[str, Any], report: dict[str, Any] | None,
+                 study: dict[str, Any] | None) -> list[str]:
+    """One run's worst-class lift beside its noise, and beside the study of this setting.
+
+    Why: a lift of a few points from one seed on ~36 images per class is usually noise; an
+    approver needs that said next to the number, with the interval many seeds gave."""
+    if not c.get("comparable"):
+        return []
+    se = difference_noise(c["worst"], c["baseline_worst"],
+                          _class_count(report, c["attack"], c["worst_class"]),
+                          _class_count(report, c["attack"], c["baseline_worst_class"]))
+    lift = 100 * c["worst_lift"]
+    out = [""]
+    if math.isfinite(se) and se > 0:
+        within = abs(lift) < 200 * se
+        out.append(f"Is the worst-class difference more than noise? Image sampling alone moves a "
+                   f"difference of two worst classes by a standard error of about {100 * se:.1f} "
+                   f"points here (seed-to-seed spread adds to it), so {lift:+.1f} points is "
+                   + ("within one run's noise (under two standard errors): one run cannot show "
+                      "a lift or a loss." if within else
+                      "more than two standard errors: larger than image sampling alone explains, "
+                      "though still one seed."))
+    if study and study.get("found"):
+        w, a = study["worst"], study["average"]
+        simul = study.get("worst_simultaneous")
+        out.append(f"The study of exactly this setting (`{_cell(study['study'])}`, method "
+                   f"`{_cell(study['tag'])}`, {study['n']} seeds, each paired with a "
+                   f"`{_cell(study['baseline'])}` model on the same seed, {study['attack']}): worst "
+                   f"class {100 * w['mean']:+.1f} points, 95% interval [{100 * w['low']:+.1f}, "
+                   f"{100 * w['high']:+.1f}]"
+                   + (f" ([{100 * simul['low']:+.1f}, {100 * simul['high']:+.1f}] corrected for "
+                      "the methods compared)" if simul else "")
+                   + f"; average {100 * a['mean']:+.1f} [{100 * a['low']:+.1f}, "
+                   f"{100 * a['high']:+.1f}]. That interval, not this one run, is the evidence "
+                   "for the method.")
+    elif study:
+        out.append(f"No multi-seed study to quote: {_cell(study.get('note', ''))}.")
+    return out
+
+
 def render_card(params: dict[str, Any], report: dict[str, Any] | None, decision: dict[str, Any],
                 manifest: dict[str, Any], train_summary: dict[str, Any] | None = None,
                 baseline: dict[str, Any] | None = None,
                 registration: dict[str, Any] | None = None,
                 n_parameters: int | None = None, now: datetime | None = None,
-                comparison: dict[str, Any] | None = None) -> str:
+                comparison: dict[str, Any] | None = None,
+                study: dict[str, Any] | None = None) -> str:
     """The Markdown card. ``comparison``: :func:`fairat.evidence.comparison.compare` against the
     baseline trained beside this model (preferred); else ``baseline``: {"label", "worst",
     "worst_class", "average", "method"} of another version, or None; ``registration``: the
-    version."""
+    version; ``study``: :func:`fairat.evidence.study.study_reference` for this setting."""
     train, model, track, gate = params["train"], params["model"], params["track"], params["gate"]
     when = (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
     name = track["model_name"]
@@ -196,7 +243,8 @@ def render_card(params: dict[str, Any], report: dict[str, Any] | None, decision:
     lines += ["## Comparison with a baseline", ""]
     measured = decision.get("measured") or {}
     if comparison is not None:
-        lines += _beside_lines(comparison, train["method"])
+        lines += _beside_lines(comparison, train["method"]) + _noise_lines(comparison, report,
+                                                                            study)
     elif baseline and measured:
         dw = measured["worst"] - baseline["worst"]
         da = measured["average"] - baseline["average"]

@@ -20,6 +20,7 @@ from fairat.evidence.gate import (EVIDENCE_FILES, TAG, decision_attestation_prob
                                   recheck_decision, sidecar_path)
 from fairat.evidence.comparison import comparison_tags
 from fairat.evidence.model_card import render_card, summary_text, verdict_line
+from fairat.evidence.study import study_reference
 from fairat.io import write_json_atomic, write_text_atomic
 from fairat.steps.compare import comparison_from_evidence
 from fairat.steps.shared import run_id_of
@@ -102,9 +103,12 @@ def register_step(params: Params, model_path: str | Path, report_path: str | Pat
         model, _ = load_model(model_path, torch.device("cpu"))
         model.eval()
         n_parameters = sum(p.numel() for p in model.parameters())
-    card_args = dict(params=to_dict(params), report=report, decision=decision, manifest=manifest,
+    plain = to_dict(params)
+    card_args = dict(params=plain, report=report, decision=decision, manifest=manifest,
                      train_summary=_read_json(train_metrics_path), n_parameters=n_parameters,
-                     comparison=comparison)
+                     comparison=comparison,
+                     study=study_reference(params.track.study, plain,
+                                           str(manifest.get("source", ""))))
     card_path = Path(card_path) if card_path else Path(out_path).with_name("model_card.md")
     record: dict[str, Any] = {"registered": False, "reason": why, "passed": passed,
                               "card": str(card_path)}

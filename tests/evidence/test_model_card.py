@@ -93,8 +93,11 @@ def test_the_cards_method_line_is_the_registrys_description():
         line = f"- Training method: `{name}`: {spec.describe(params['train'])}."
         assert line in card, name
     # the default (FairAT) says which selection ran and whose it is
-    assert "class_power" not in method_line(to_dict(Params().train))  # in words, not key names
-    assert "power 4" in method_line(to_dict(Params().train))
+    ours = to_dict(with_overrides(Params(), {"train.fairat.per_class": True,
+                                             "train.fairat.class_power": 4}).train)
+    assert "class_power" not in method_line(ours)  # in words, not key names
+    assert "power 4" in method_line(ours)
+    assert "the paper's global selection" in method_line(to_dict(Params().train))
     assert method_line({"method": "madry"}) == "not a method this fairat knows"
     old = to_dict(Params().train)
     old["fairat"] = {"warmup_epochs": 5}  # params of another fairat version
