@@ -267,9 +267,9 @@ def paired_differences(results: Path, baseline: str = "pgd_at", attack: str = "a
                                                     if cost else {"n": 0, "median": None})}
     comparisons = len(out["methods"])
     out["simultaneous_over"] = comparisons
-    for entry in out["methods"].values():
+    for entry in out["methods"].values():  # the per-seed values stay: the lift figure's dots
         for stat in ("worst", "average"):
-            entry[f"{stat}_simultaneous"] = simultaneous_ci95(entry.pop(f"{stat}_values"),
+            entry[f"{stat}_simultaneous"] = simultaneous_ci95(entry[f"{stat}_values"],
                                                               comparisons)
     return out
 
@@ -386,6 +386,48 @@ def plot_per_class(summary: dict[str, Any], attack: str, png: Path) -> None:
     plt.close(fig)
 
 
+def plot_lifts(paired: dict[str, Any], summary: dict[str, Any], png: Path) -> None:
+    """The study at a glance: per method, the paired worst-class and average lift over the
+    baseline (points), one dot per seed, the mean with its 95% interval (thick) and the interval
+    corrected for the methods compared (thin). A dot is one seed's pair of models, so the reader
+    sees the spread the interval summarises, and zero is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fairat.io import atomic_path
+
+    methods = [m for m in ordered_methods(summary) if m in paired["methods"]]
+    if not methods:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(methods) + 1.6), sharey=True)
+    for ax, stat, title in zip(axes, ("worst", "average"), ("weakest class", "class average")):
+        for row, method in enumerate(methods):
+            entry = paired["methods"][method]
+            values = [100 * v for v in entry.get(f"{stat}_values", [])]
+            jitter = [row + 0.18 * ((k % 5) - 2) / 2 for k in range(len(values))]
+            ax.scatter(values, jitter, s=12, color="0.55", zorder=2)
+            m, simul = entry[stat], entry.get(f"{stat}_simultaneous") or {}
+            if simul.get("low") is not None:
+                ax.hlines(row, 100 * simul["low"], 100 * simul["high"], color="tab:blue", lw=1)
+            if m.get("low") is not None:
+                ax.hlines(row, 100 * m["low"], 100 * m["high"], color="tab:blue", lw=4)
+            ax.plot(100 * m["mean"], row, "o", color="black", zorder=3)
+        ax.axvline(0, color="tab:red", lw=1)
+        ax.set_xlabel(f"{title}: points over {paired['baseline']} ({paired['attack']})")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(methods)),
+                       [f"{m} ({len(paired['methods'][m]['seeds'])} seeds)" for m in methods])
+    axes[0].invert_yaxis()
+    fig.suptitle(f"Paired lift over {paired['baseline']} ({summary['split']} split): dots = seeds, "
+                 "thick = 95% interval, thin = corrected for the methods compared", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
 def plot_hard_examples(results: Path, png: Path, variant: str = "") -> None:
     """FairAT's hard examples per class over the epochs (first seed present of that variant)."""
     import matplotlib
@@ -399,7 +441,10 @@ def plot_hard_examples(results: Path, png: Path, variant: str = "") -> None:
     if not cells:
         return
     cell = json.loads(cells[0].read_text())
-    history = cell["train"]["history"]
+    history = (cell.get("train") or {}).get("history") or []
+    if not history or "hard_per_class" not in history[0]:
+        print(f"no hard-example history in {cells[0].name}: no chart", file=sys.stderr)
+        return
     classes = list(history[0]["hard_per_class"])
     fig, ax = plt.subplots(figsize=(8, 4))
     for c in classes:
@@ -442,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
                         "\"aimed copies or just more copies\"; other than pgd_at, the summary "
                         "goes to summary-vs-<baseline>.json")
     a.add_argument("--figures", type=Path, default=None,
-                   help="folder for the per-class and hard-example charts (e.g. docs/figures)")
+                   help="folder for the lift, per-class and hard-example charts (e.g. "
+                        "docs/figures)")
     args = parser.parse_args(argv)
     if args.command in ("cell", "reevaluate"):
         params = load_params_files(args.params, args.overrides)
@@ -471,6 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.figures:
         for attack in ("autoattack", "pgd"):
             plot_per_class(summary, attack, args.figures / f"per_class_{attack}_{args.split}.png")
+        plot_lifts(summary["paired"], summary,
+                   args.figures / f"lifts_vs_{args.baseline}_{args.split}.png")
         for key in summary["methods"]:
             if key.startswith("fairat"):
                 plot_hard_examples(folder, args.figures / f"{key}_hard_examples.png",

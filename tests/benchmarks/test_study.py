@@ -153,6 +153,12 @@ def test_aggregate_pairs_with_another_baseline_into_its_own_summary(tmp_path, ca
     assert default["baseline"] == "pgd_at"
     assert "worst class vs random_copies" in capsys.readouterr().out
     assert set(study.aggregate(tmp_path)["methods"]) == {"pgd_at", "random_copies", "fairat"}
+    # the figure's dots are the per-seed pairs, kept in the summary
+    assert default["methods"]["fairat"]["worst_values"] == pytest.approx([0.1, 0.05, 0.1])
+    figures = tmp_path / "figures"
+    assert study.main(["aggregate", "--results", str(tmp_path), "--figures", str(figures)]) == 0
+    png = (figures / "lifts_vs_pgd_at_test.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
 
 
 def _val_cell(folder: Path, method: str, variant: str, seed: int, worst: float,
