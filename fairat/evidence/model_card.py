@@ -118,6 +118,8 @@ def _noise_lines(c: dict[str, Any], report: dict[str, Any] | None,
                       "a lift or a loss." if within else
                       "more than two standard errors: larger than image sampling alone explains, "
                       "though still one seed."))
+    if study:
+        out.append("")
     if study and study.get("found"):
         w, a = study["worst"], study["average"]
         simul = study.get("worst_simultaneous")
