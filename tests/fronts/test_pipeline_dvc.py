@@ -29,6 +29,7 @@ from fairat.fronts.dvc_deps import STAGES
 
 REPO = Path(__file__).resolve().parents[2]
 COPY = ["fairat", "pipelines", "components", "params.yaml", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore",
+        "results/digits-contest",  # the study the card quotes (params track.study), a register dep
         "models/.gitignore"]
 TINY = {
     "data": {"val_per_class": 5},
