@@ -45,3 +45,6 @@ cell fgsm-w32-e16 train.epochs=16
 cell fgsm-eps4-w32-e10 train.epochs=10 train.attack.eps=0.01568627450980392 \
   train.attack.step_size=0.0196078431372549 evaluate.eps=0.01568627450980392 \
   evaluate.pgd_step_size=0.00392156862745098
+cell fgsm-eps4-preact16-e10 model.name=preact_resnet18 model.width=16 train.epochs=10 \
+  train.attack.eps=0.01568627450980392 train.attack.step_size=0.0196078431372549 \
+  evaluate.eps=0.01568627450980392 evaluate.pgd_step_size=0.00392156862745098
