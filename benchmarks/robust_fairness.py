@@ -356,14 +356,23 @@ def markdown_table(summary: dict[str, Any], attacks: tuple[str, ...]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def _save_png(fig: Any, png: Path) -> None:
+    """Write a chart atomically (a reader never sees half a PNG) and free the figure."""
+    import matplotlib.pyplot as plt
+
+    from fairat.io import atomic_path
+
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
 def plot_per_class(summary: dict[str, Any], attack: str, png: Path) -> None:
     """Grouped bars: per-class robust accuracy (mean over seeds) of every method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from fairat.io import atomic_path
 
     methods = [m for m in ordered_methods(summary) if attack in summary["methods"][m]]
     if not methods:
@@ -381,9 +390,7 @@ def plot_per_class(summary: dict[str, Any], attack: str, png: Path) -> None:
     ax.set_title(f"Per-class {attack} accuracy, mean over seeds ({summary['split']} split)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    _save_png(fig, png)
 
 
 def plot_lifts(paired: dict[str, Any], summary: dict[str, Any], png: Path) -> None:
@@ -395,8 +402,6 @@ def plot_lifts(paired: dict[str, Any], summary: dict[str, Any], png: Path) -> No
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from fairat.io import atomic_path
 
     methods = [m for m in ordered_methods(summary) if m in paired["methods"]]
     if not methods:
@@ -423,9 +428,7 @@ def plot_lifts(paired: dict[str, Any], summary: dict[str, Any], png: Path) -> No
     fig.suptitle(f"Paired lift over {paired['baseline']} ({summary['split']} split): dots = seeds, "
                  "thick = 95% interval, thin = corrected for the methods compared", fontsize=9)
     fig.tight_layout()
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    _save_png(fig, png)
 
 
 def plot_hard_examples(results: Path, png: Path, variant: str = "") -> None:
@@ -434,8 +437,6 @@ def plot_hard_examples(results: Path, png: Path, variant: str = "") -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from fairat.io import atomic_path
 
     cells = sorted(results.glob(f"fairat-{variant + '-' if variant else ''}seed*.json"))
     if not cells:
@@ -454,9 +455,7 @@ def plot_hard_examples(results: Path, png: Path, variant: str = "") -> None:
     ax.set_title(f"FairAT hard examples per class ({cell['tag']})")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    _save_png(fig, png)
 
 
 def main(argv: list[str] | None = None) -> int:
