@@ -30,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from robust_fairness import mean_ci95  # noqa: E402
 
-from fairat.io import write_json_atomic  # noqa: E402
+from fairat.io import write_json_atomic, write_text_atomic  # noqa: E402
 
 
 def _cells(folder: Path) -> dict[str, dict[str, dict[int, dict[str, Any]]]]:
@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.out is None:
             parser.error("--from-record needs --out")
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(yaml.safe_dump(record_params(args.from_record), sort_keys=False))
+        # atomic: runners side by side rewrite the same budget while a cell may be reading it
+        write_text_atomic(args.out, yaml.safe_dump(record_params(args.from_record), sort_keys=False))
         return 0
     if args.export:
         import yaml
@@ -153,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.out is None or args.results is None:
             parser.error("--export needs --results and --out")
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(yaml.safe_dump(chosen_params(args.results, args.export),
-                                           sort_keys=False))
+        write_text_atomic(args.out, yaml.safe_dump(chosen_params(args.results, args.export),
+                                                   sort_keys=False))
         return 0
     if args.results is None:
         parser.error("--results is needed to choose")
