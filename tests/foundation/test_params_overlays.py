@@ -19,6 +19,7 @@ CHAINS = {
     "params/cifar10-cpu.yaml": ["params.yaml"],
     "params/cifar10-paper.yaml": ["params.yaml"],
     "params/cifar10-smoke.yaml": ["params.yaml"],
+    "params/cifar10-eps4.yaml": ["params.yaml"],
     "studies/digits.yaml": ["params.yaml"],
     "studies/cifar10-cpu.yaml": ["params.yaml"],
     "studies/cifar10-cpu-knobs.yaml": ["params.yaml", "studies/cifar10-cpu.yaml"],
@@ -69,6 +70,24 @@ def test_overlays_hold_only_what_differs():
         own = _flat(yaml.safe_load((ROOT / variant).read_text()))
         repeated = {k: v for k, v in own.items() if below.get(k) == v}
         assert not repeated, (variant, repeated)
+
+
+def test_the_cifar10_budget_overlay_trains_what_the_pilot_chose():
+    """params/cifar10-eps4.yaml is the one-command form of the CIFAR-10 study's budget: every
+    data, model and training knob, and the evaluation radius, equal the pilot cell it names
+    (the study itself exports the budget from that record)."""
+    record = json.loads((ROOT / "results/cifar10-pilot/val/"
+                         "pgd_at-fgsm-eps4-preact16-e10-seed0.json").read_text())["params"]
+    merged = _flat(to_dict(load_params_files([ROOT / "params.yaml",
+                                              ROOT / "params/cifar10-eps4.yaml"])))
+    ran = _flat(record)
+    per_cell = {"data.seed", "train.seed", "train.method", "train.progress"}
+    knobs = [k for k in ran if k.split(".")[0] in ("data", "model", "train") and k not in per_cell]
+    assert len(knobs) > 50
+    assert {k: merged[k] for k in knobs} == {k: ran[k] for k in knobs}
+    for key in ("evaluate.eps", "evaluate.pgd_step_size"):
+        assert merged[key] == ran[key] == merged["train.attack.eps"] / (
+            1 if key == "evaluate.eps" else 4)
 
 
 def test_merge_is_by_key_in_sections_and_later_files_win(tmp_path):
