@@ -4,7 +4,8 @@
 # weakest class learned, <= 45 minutes on 2 quiet cores). Two phases:
 #   PHASE=val  FairAT's knobs and the peer's at this budget, on validation (the test split is
 #              never read), four variants each, seed 0; then benchmarks/choose_variant.py
-#              --results results/cifar10-full chooses them.
+#              --results results/cifar10-full chooses them. PGD-AT's validation cell is the
+#              pilot cell (results/cifar10-pilot/val/), so it is not trained again.
 #   PHASE=test pgd_at and FairAT (its chosen variant) on seeds 0-4, paired; TRADES, the peer (its
 #              chosen variant) and the random-copies control on seeds 0-2; standard AutoAttack on
 #              500 test images of each seed-0 model ("aa:<tag>").
@@ -48,7 +49,7 @@ PYEOF
 }
 if [[ $PHASE == val ]]; then
   SPLIT=val
-  cell pgd_at 0 ""
+  # PGD-AT's validation cell is the pilot cell itself (same setting and seed): not trained again
   cell fairat 0 global train.fairat.per_class=false train.fairat.class_power=0
   cell fairat 0 pc-pow2 train.fairat.per_class=true train.fairat.class_power=2
   cell fairat 0 pc-pow4 train.fairat.per_class=true train.fairat.class_power=4
