@@ -85,9 +85,9 @@ def test_the_cifar10_budget_overlay_trains_what_the_pilot_chose():
     knobs = [k for k in ran if k.split(".")[0] in ("data", "model", "train") and k not in per_cell]
     assert len(knobs) > 50
     assert {k: merged[k] for k in knobs} == {k: ran[k] for k in knobs}
-    for key in ("evaluate.eps", "evaluate.pgd_step_size"):
-        assert merged[key] == ran[key] == merged["train.attack.eps"] / (
-            1 if key == "evaluate.eps" else 4)
+    assert merged["evaluate.eps"] == ran["evaluate.eps"] == merged["train.attack.eps"]
+    assert merged["evaluate.pgd_step_size"] == ran["evaluate.pgd_step_size"] == \
+        merged["train.attack.eps"] / 4
 
 
 def test_merge_is_by_key_in_sections_and_later_files_win(tmp_path):
