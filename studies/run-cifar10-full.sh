@@ -8,7 +8,8 @@
 #              pilot cell (results/cifar10-pilot/val/), so it is not trained again.
 #   PHASE=test pgd_at and FairAT (its chosen variant) on seeds 0-4, paired; TRADES, the peer (its
 #              chosen variant) and the random-copies control on seeds 0-2; standard AutoAttack on
-#              500 test images of each seed-0 model ("aa:<tag>").
+#              500 test images of each seed-0 model ("aa:<tag>"). pgd_at and trades need no
+#              validation choice: before chosen-on-val.json exists only they run.
 # Cells are resumable and each is committed on its own (results/cifar10-full/[val/]<tag>.json).
 #   PILOT=fgsm-preact16-e10 PHASE=val studies/run-cifar10-full.sh
 #   PILOT=fgsm-preact16-e10 PHASE=test studies/run-cifar10-full.sh [tags...]
@@ -63,15 +64,23 @@ if [[ $PHASE == val ]]; then
   esac
   exit 0
 fi
-[[ -f $R/chosen-on-val.json ]] || { echo "no $R/chosen-on-val.json: run PHASE=val and benchmarks/choose_variant.py --results $R" >&2; exit 2; }
-FAIRAT_V=$(chosen fairat) PEER_V=$(chosen "$PEER")
-for m in fairat "$PEER"; do
-  "$PY" benchmarks/choose_variant.py --results "$R" --export "$m" --out "$W/chosen-$m.yaml"
-done
-# the control draws as many copies as the chosen FairAT, after the same warm-up
-CONTROL=($("$PY" -c "import yaml; f = yaml.safe_load(open('$W/chosen-fairat.yaml'))['train']['fairat']; print(f'train.random_copies.hard_ratio={f[\"hard_ratio\"]} train.random_copies.warmup={f[\"warmup\"]}')"))
+# pgd_at and trades need no validation choice, so they may run while the validation phase does;
+# FairAT, the peer and the control (it copies FairAT's ratio and warm-up) wait for the choice
+CHOSEN=0 FAIRAT_V="" PEER_V="" CONTROL=()
+if [[ -f $R/chosen-on-val.json ]]; then
+  CHOSEN=1 FAIRAT_V=$(chosen fairat) PEER_V=$(chosen "$PEER")
+  for m in fairat "$PEER"; do
+    "$PY" benchmarks/choose_variant.py --results "$R" --export "$m" --out "$W/chosen-$m.yaml"
+  done
+  # the control draws as many copies as the chosen FairAT, after the same warm-up
+  CONTROL=($("$PY" -c "import yaml; f = yaml.safe_load(open('$W/chosen-fairat.yaml'))['train']['fairat']; print(f'train.random_copies.hard_ratio={f[\"hard_ratio\"]} train.random_copies.warmup={f[\"warmup\"]}')"))
+else
+  echo "no $R/chosen-on-val.json yet (PHASE=val, then benchmarks/choose_variant.py --results $R):" \
+    "running only the cells that need no validation choice (pgd_at, trades)" >&2
+fi
 chosen_cell() {  # method seed variant: the chosen setting's knobs, exported from its record
   local method=$1 seed=$2 variant=$3
+  [[ $CHOSEN == 1 ]] || return 0
   local tag="${method}${variant:+-$variant}-seed$seed"
   [[ "$ONLY" == "  " || "$ONLY" == *" $tag "* ]] || return 0
   [[ -f $R/$tag.json ]] && { echo "skip $tag"; return; }
@@ -84,6 +93,7 @@ chosen_cell() {  # method seed variant: the chosen setting's knobs, exported fro
 standard_aa() {  # method seed variant [params file]: standard AutoAttack on 500 test images
   local method=$1 seed=$2 variant=$3 chosen=${4:-$W/budget.yaml}
   local tag="${method}${variant:+-$variant}-seed$seed" out=$R/autoattack-standard
+  [[ $CHOSEN == 1 || $method == pgd_at || $method == trades ]] || return 0
   [[ "$ONLY" == "  " || "$ONLY" == *" aa:$tag "* ]] || return 0
   [[ -f $R/$tag.json && ! -f $out/$tag.json ]] || return 0
   echo "== standard AutoAttack $tag $(date -u +%FT%TZ)"
@@ -100,7 +110,7 @@ done
 for seed in 0 1 2; do
   cell trades "$seed" ""
   chosen_cell "$PEER" "$seed" "$PEER_V"
-  cell random_copies "$seed" "" "${CONTROL[@]}"
+  if [[ $CHOSEN == 1 ]]; then cell random_copies "$seed" "" "${CONTROL[@]}"; fi
 done
 standard_aa pgd_at 0 ""
 standard_aa fairat 0 "$FAIRAT_V" "$W/chosen-fairat.yaml"
