@@ -425,7 +425,10 @@ def write_package(pipeline: Any, out_path: str | Path) -> Path:
                    if not line.startswith("#"))
     lines = text.splitlines(keepends=True)
     header, body = "".join(lines[:body_at]), "".join(lines[body_at:])
-    documents = list(yaml.safe_load_all(body))
+    # libyaml's loader where PyYAML has it: the same documents, ~8x faster than the Python one
+    # (about 0.5 s of every compile and submit); the dump stays PyYAML's Python emitter, whose
+    # layout is kfp's (libyaml's wraps long strings differently)
+    documents = list(yaml.load_all(body, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
     _integer_defaults(documents[0])
     out_path.write_text(_INT_COMMENT.sub(r"\1]", header)
                         + yaml.dump_all(documents, sort_keys=True))
