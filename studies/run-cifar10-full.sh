@@ -11,6 +11,9 @@
 #              500 test images of each seed-0 model ("aa:<tag>"). pgd_at and trades need no
 #              validation choice: before chosen-on-val.json exists only they run.
 # Cells are resumable and each is committed on its own (results/cifar10-full/[val/]<tag>.json).
+# Run two runners side by side with FAIRAT_THREADS=1, nothing else on the 2 cores: a pair's
+# train-time ratio (the cost in docs/results.md) compares cells run that way, and a cell run
+# beside more work takes longer for reasons that are not its method's.
 #   PILOT=fgsm-preact16-e10 PHASE=val studies/run-cifar10-full.sh
 #   PILOT=fgsm-preact16-e10 PHASE=test studies/run-cifar10-full.sh [tags...]
 set -euo pipefail
