@@ -75,6 +75,7 @@ def run_cell(params: Params, method: str, seed: int, work: Path, results: Path,
                   "examples_per_second": summary.examples_per_second,
                   # every session's time and where it ran: what the paired cost ratio uses
                   "seconds_all_sessions": summary.training.get("seconds"),
+                  "cpu_seconds_all_sessions": summary.training.get("cpu_seconds"),
                   "sessions": summary.training.get("sessions"),
                   "machine": summary.training.get("machine"),
                   "history": summary.history},

@@ -55,7 +55,9 @@ def epoch_plan(n_train: int, hard: torch.Tensor, copies: int, batch_size: int, w
 
 def training_record(sessions: list[dict[str, Any]]) -> dict[str, Any]:
     """The cost of a run over all its sessions: total seconds and examples (None when a session's
-    are unknown), how many sessions, and the machine they ran on (None when they differ or one is
+    are unknown), total CPU seconds of the training process (``process_time``: with one thread
+    per process it barely moves when other work shares the cores, unlike wall seconds; None for
+    sessions recorded before it was), how many sessions, and the machine they ran on (None when they differ or one is
     unknown, since a sum of times from two machines is no one machine's cost)."""
     def total(key: str) -> float | None:
         values = [s[key] for s in sessions]
@@ -63,9 +65,11 @@ def training_record(sessions: list[dict[str, Any]]) -> dict[str, Any]:
 
     machines = list(dict.fromkeys(s["machine"] for s in sessions))
     seconds = total("seconds")
+    cpu = [s.get("cpu_seconds") for s in sessions]
     loads = [s.get("max_load") for s in sessions]  # None: a session that did not record it
     cores = [s.get("cores") for s in sessions]
     return {"seconds": None if seconds is None else round(seconds, 3),
+            "cpu_seconds": None if not cpu or None in cpu else round(sum(cpu), 3),
             "examples_trained": total("examples_trained"), "sessions": len(sessions),
             "machine": machines[0] if len(machines) == 1 else None,
             "machines": machines,

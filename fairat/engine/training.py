@@ -189,7 +189,7 @@ class Trainer:
 
     # --- the loop ---------------------------------------------------------------------------
     def run(self) -> TrainSummary:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         trained = 0
         where, first = machine(self.device, self.ctx.world_size), self.epoch + 1
         while self.epoch < self.cfg.epochs:
@@ -213,6 +213,7 @@ class Trainer:
                 self.sessions.append(self.session)
             load = (load_average() or [None])[0]  # other work sharing the cores makes no cost
             self.session.update(seconds=round(time.perf_counter() - start, 3),
+                                cpu_seconds=round(time.process_time() - cpu_start, 3),
                                 examples_trained=trained, epochs=[first, self.epoch],
                                 max_load=None if load is None or self.session["max_load"] is None
                                 else max(self.session["max_load"], load))
@@ -222,7 +223,7 @@ class Trainer:
                 if self.on_epoch is not None:
                     self.on_epoch(record)
             barrier(self.ctx)
-        return self.finish(time.perf_counter() - start, trained)
+        return self.finish(time.perf_counter() - start, trained, time.process_time() - cpu_start)
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         cfg, ctx = self.cfg, self.ctx
@@ -392,7 +393,7 @@ class Trainer:
         return model_file_payload(weights, self.model_cfg, self.spec,
                                   self.data.train.class_names, self.epoch, self.config_dict())
 
-    def finish(self, seconds: float, trained: int) -> TrainSummary:
+    def finish(self, seconds: float, trained: int, cpu_seconds: float) -> TrainSummary:
         """The run's summary and, on rank 0, the payload of model.pt (best or last epoch, as
         configured); the train step writes them."""
         use_best = self.cfg.checkpoint == "best" and self.best["epoch"] > 0
@@ -400,7 +401,7 @@ class Trainer:
         by = f"best {self.cfg.select_metric} on the validation split" if use_best else "last epoch"
         record = next((r for r in self.history if r["epoch"] == chosen), {})
         if self.session is not None:  # to the end, not the last checkpoint
-            self.session["seconds"] = round(seconds, 3)
+            self.session.update(seconds=round(seconds, 3), cpu_seconds=round(cpu_seconds, 3))
         summary = TrainSummary(
             epochs=self.epoch, chosen_epoch=chosen, chosen_by=by,
             chosen_metrics={k: v for k, v in record.items() if k.startswith("val_")},

@@ -31,6 +31,7 @@ def test_cells_write_results_that_aggregate_over_seeds(tmp_path):
     # where the time was measured, so a cost ratio never compares two machines
     assert record["train"]["machine"].startswith("cpu: ") and record["train"]["sessions"] == 1
     assert 0 < record["train"]["seconds_all_sessions"] <= record["wall_seconds"]["train"]
+    assert record["train"]["cpu_seconds_all_sessions"] > 0
     assert record["provenance"]["train_machine"] == record["train"]["machine"]
     assert set(record["load_average"]) == {"start", "end"}
     summary = study.aggregate(tmp_path / "results")

@@ -148,13 +148,16 @@ def test_the_model_file_records_the_cost_of_every_session_and_where_it_ran(digit
     first = load_checkpoint(killed / "checkpoints" / "last.pt", torch.device("cpu"))["sessions"]
     assert first == [{"machine": here, "seconds": first[0]["seconds"], "cores": usable_cores(),
                       "max_load": first[0]["max_load"],  # this machine's load: only its type
+                      "cpu_seconds": first[0]["cpu_seconds"],
                       "examples_trained": per_epoch, "epochs": [1, 1]}]
+    assert first[0]["cpu_seconds"] > 0
     assert first[0]["max_load"] is None or first[0]["max_load"] >= 0.0
     summary = train(MODEL, cfg, digits, _paths(killed), resume=True)
     both = load_model(killed / "model.pt", torch.device("cpu"))[1]["training"]
     assert both == summary.training and both["sessions"] == 2 and both["machine"] == here
     assert both["cores"] == usable_cores()  # the load is kept, the highest of both sessions
     assert both["seconds"] == pytest.approx(first[0]["seconds"] + summary.seconds, abs=0.01)
+    assert both["cpu_seconds"] > first[0]["cpu_seconds"]  # both sessions' CPU time, summed
     assert both["examples_trained"] == 2 * per_epoch and summary.examples_trained == per_epoch
     assert json.loads((killed / "train.json").read_text())["all_sessions"] == both
     # a first session on another machine: the time is still summed, the machine line not kept
@@ -168,6 +171,7 @@ def test_the_model_file_records_the_cost_of_every_session_and_where_it_ran(digit
     _train_epochs(cfg, digits, tmp_path / "old", stop_after=1)
     old = train(MODEL, cfg, digits, _paths(tmp_path / "old"), resume=True).training
     assert old["seconds"] is None and old["machine"] is None and old["sessions"] == 2
+    assert old["cpu_seconds"] is None
 
 
 def test_resume_refuses_a_different_config(digits, tmp_path):
