@@ -103,6 +103,22 @@ def train_cost(cell: dict[str, Any]) -> tuple[float | None, str | None]:
     return cell["wall_seconds"]["train"], None
 
 
+def pair_cost(mine: dict[str, Any], theirs: dict[str, Any]) -> tuple[float | None, str]:
+    """(train-time ratio of two cells, what was timed). CPU seconds of the training process when
+    both cells recorded them: with one thread a cell's CPU time barely moves when other work
+    shares the cores, while its wall time grows with the load (a cell beside the test suite is
+    not a costlier method). Otherwise wall seconds. None when the machines differ or a time is
+    missing: two CPUs' speeds are no method's cost."""
+    (wall_m, where_m), (wall_t, where_t) = train_cost(mine), train_cost(theirs)
+    if where_m != where_t:
+        return None, "other machines"
+    cpu_m = mine.get("train", {}).get("cpu_seconds_all_sessions")
+    cpu_t = theirs.get("train", {}).get("cpu_seconds_all_sessions")
+    if cpu_m and cpu_t:
+        return cpu_m / cpu_t, "cpu"
+    return (wall_m / wall_t if wall_m is not None and wall_t else None), "wall"
+
+
 def _check_prepared(params: Params, data_dir: Path) -> None:
     from fairat.engine.data import MANIFEST_NAME
 
@@ -257,14 +273,15 @@ def paired_differences(results: Path, baseline: str = "pgd_at", attack: str = "a
         def diff(stat: str) -> list[float]:
             return [by_seed[s]["eval"][attack]["summary"][stat]
                     - base[s]["eval"][attack]["summary"][stat] for s in seeds]
-        costs = [(train_cost(by_seed[s]), train_cost(base[s])) for s in seeds]
-        cost = [mine / theirs for (mine, m), (theirs, b) in costs
-                if m == b and mine is not None and theirs]
+        costs = [pair_cost(by_seed[s], base[s]) for s in seeds]
+        cost = [ratio for ratio, _ in costs if ratio is not None]
+        timed = sorted({what for ratio, what in costs if ratio is not None})
         out["methods"][key] = {"seeds": seeds, "worst": mean_ci95(diff("worst")),
                                "average": mean_ci95(diff("average")),
                                "worst_values": diff("worst"), "average_values": diff("average"),
                                "train_time_ratio": ({**mean_ci95(cost),
-                                                     "median": statistics.median(cost)}
+                                                     "median": statistics.median(cost),
+                                                     "timed": "+".join(timed)}
                                                     if cost else {"n": 0, "median": None})}
     comparisons = len(out["methods"])
     out["simultaneous_over"] = comparisons
@@ -299,7 +316,9 @@ def paired_table(paired: dict[str, Any], summary: dict[str, Any]) -> str:
         ratio, n = entry["train_time_ratio"], len(entry["seeds"])
         if ratio["median"] is None:
             return "n/a (other machines)"
-        return f"{ratio['median']:.2f}" + ("" if ratio["n"] == n else f" ({ratio['n']} of {n})")
+        timed = {"cpu": " (CPU s)", "cpu+wall": " (CPU s, some wall s)"}.get(ratio.get("timed"), "")
+        return (f"{ratio['median']:.2f}{timed}"
+                + ("" if ratio["n"] == n else f" ({ratio['n']} of {n})"))
 
     def together(m: dict[str, float | None]) -> str:
         return "" if m["low"] is None else f"[{100 * m['low']:+.1f}, {100 * m['high']:+.1f}]"

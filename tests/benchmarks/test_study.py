@@ -120,6 +120,31 @@ def test_the_cost_ratio_pairs_only_cells_trained_on_the_same_machine(tmp_path):
                                                        study.aggregate(tmp_path))
 
 
+def test_the_cost_ratio_uses_cpu_seconds_where_both_cells_recorded_them(tmp_path):
+    """A cell timed beside other work has long wall seconds and the same CPU seconds: where both
+    cells of a pair recorded their training process's CPU time, the ratio is of CPU time."""
+    xeon = "cpu: Intel Xeon; 2 cores"
+    for seed in (0, 1):
+        _fake_cell(tmp_path, "pgd_at", seed, 0.5, 0.8, 100.0, xeon)
+        _fake_cell(tmp_path, "fairat", seed, 0.6, 0.8, 300.0, xeon)  # wall: ran under load
+    for method, cpu in (("pgd_at", 90.0), ("fairat", 99.0)):
+        for seed in (0, 1):
+            path = tmp_path / f"{method}-seed{seed}.json"
+            cell = json.loads(path.read_text())
+            cell["train"]["cpu_seconds_all_sessions"] = cpu
+            path.write_text(json.dumps(cell))
+    entry = study.paired_differences(tmp_path)["methods"]["fairat"]
+    assert entry["train_time_ratio"]["median"] == pytest.approx(1.1)
+    assert entry["train_time_ratio"]["timed"] == "cpu"
+    assert "| 1.10 (CPU s) |" in study.paired_table(study.paired_differences(tmp_path),
+                                                     study.aggregate(tmp_path))
+    cell = json.loads((tmp_path / "pgd_at-seed1.json").read_text())
+    del cell["train"]["cpu_seconds_all_sessions"]  # one pair timed by the wall clock only
+    (tmp_path / "pgd_at-seed1.json").write_text(json.dumps(cell))
+    entry = study.paired_differences(tmp_path)["methods"]["fairat"]
+    assert entry["train_time_ratio"]["timed"] == "cpu+wall" and entry["train_time_ratio"]["n"] == 2
+
+
 def test_paired_differences_pair_by_seed_and_skip_unpaired_seeds(tmp_path):
     for seed, (b, f) in enumerate([(0.5, 0.6), (0.4, 0.45), (0.6, 0.7)]):
         _fake_cell(tmp_path, "pgd_at", seed, b, 0.8, 10.0)
