@@ -424,9 +424,12 @@ def test_register_refuses_a_store_that_is_not_a_server(monkeypatch):
 
 # ----------------------------------------------------------------------------- real server
 
-@pytest.fixture
-def webhook_mlflow(tmp_path, mlflow_sqlite):
-    """`mlflow server` (SQLite, one worker) configured to deliver webhooks to loopback."""
+@pytest.fixture(scope="module")
+def webhook_mlflow(tmp_path_factory, mlflow_sqlite):
+    """`mlflow server` (SQLite, one worker) configured to deliver webhooks to loopback.
+
+    One server for the module (its start is about 15 s of the suite): each test registers its
+    own model, and a test that needs a server without webhooks deletes them first."""
     from cryptography.fernet import Fernet
     from servers import BIN, free_port, start_server
 
@@ -438,6 +441,7 @@ def webhook_mlflow(tmp_path, mlflow_sqlite):
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_WEBHOOK_CACHE_TTL", APPROVAL_KEY_ENV,
                 "FAIRAT_GUARD_SECRET"):
         env.pop(var, None)
+    tmp_path = tmp_path_factory.mktemp("webhook-mlflow")
     log = tmp_path / "mlflow-server.log"
     cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", mlflow_sqlite(tmp_path / "mlflow.db"),
            "--artifacts-destination", str(tmp_path / "artifacts"),
@@ -623,30 +627,33 @@ def test_the_guard_reconciles_a_real_server_after_downtime(webhook_mlflow, monke
     monkeypatch.setenv("MLFLOW_TRACKING_URI", webhook_mlflow.url)
     monkeypatch.setenv(APPROVAL_KEY_ENV, KEY)
     client = MlflowClient(webhook_mlflow.url)
-    client.create_registered_model(MODEL)
+    for hook in client.list_webhooks():  # the guard was down: no webhook delivers anything
+        client.delete_webhook(hook.webhook_id)
+    model = f"{MODEL}-after-downtime"  # the server is the module's: a model of its own
+    client.create_registered_model(model)
     for passed, sha in ((False, "sha-1"), (True, "sha-2"), (True, "sha-3")):
-        client.create_model_version(MODEL, source="s3://fairat-test/model",
+        client.create_model_version(model, source="s3://fairat-test/model",
                                     tags=evidence(passed, sha))
     aliases = lambda: {k: str(v) for k, v in  # noqa: E731
-                       client.get_registered_model(MODEL).aliases.items()}
-    approve(MODEL, 2, by="alice")
-    client.set_registered_model_alias(MODEL, "candidate", "3")  # where register put it
-    guard = Guard(client=MlflowClient(webhook_mlflow.url), approval_key=KEY, models=[MODEL],
+                       client.get_registered_model(model).aliases.items()}
+    approve(model, 2, by="alice")
+    client.set_registered_model_alias(model, "candidate", "3")  # where register put it
+    guard = Guard(client=MlflowClient(webhook_mlflow.url), approval_key=KEY, models=[model],
                   log=lambda line: print(line, file=sys.stderr, flush=True))
     assert guard.reconcile() == [] and aliases() == {"champion": "2", "candidate": "3"}
     # while the guard was down: champion and candidate set by hand on the failed version
-    client.set_registered_model_alias(MODEL, "champion", "1")
-    client.set_registered_model_alias(MODEL, "candidate", "1")
+    client.set_registered_model_alias(model, "champion", "1")
+    client.set_registered_model_alias(model, "candidate", "1")
     guard.reconcile()
     assert aliases() == {"champion": "2", "candidate": "3"}  # the legitimate candidate is kept
-    assert json.loads(client.get_model_version(MODEL, "1").tags[REVERTED_TAG])["alias"] in (
+    assert json.loads(client.get_model_version(model, "1").tags[REVERTED_TAG])["alias"] in (
         "champion", "candidate")
     # champion deleted (no webhook exists for deletions): restored
-    client.delete_registered_model_alias(MODEL, "champion")
+    client.delete_registered_model_alias(model, "champion")
     (decision,) = guard.reconcile()
     assert decision["outcome"] == "restored" and aliases()["champion"] == "2"
     # the champion's approval tags removed: it loses the alias, nothing else qualifies
-    client.delete_model_version_tag(MODEL, "2", "fairat.approval_signature")
+    client.delete_model_version_tag(model, "2", "fairat.approval_signature")
     (decision,) = guard.reconcile()
     assert decision["outcome"] == "reverted" and decision["restored_to"] is None
     assert aliases() == {"candidate": "3"}

@@ -2,7 +2,7 @@
 
 What a team runs in production, on loopback: PostgreSQL (Debian's package, started by
 tests/servers.py in a throw-away cluster), moto's S3 server, and `mlflow server` serving artifacts
-from ``s3://<bucket>/mlflow``. The pipeline's processes get only ``MLFLOW_TRACKING_URI``: no S3
+from ``s3://<bucket>/mlflow``. The pipeline's commands see only ``MLFLOW_TRACKING_URI``: no S3
 endpoint or credentials, since the server proxies artifacts (credentials stay on the server).
 """
 
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -66,40 +64,44 @@ def test_team_server_keeps_registry_in_postgres_and_artifacts_in_s3(mlflow_serve
                for k in _s3_keys(mlflow_server))
 
 
-def _fairat(cwd: Path, env: dict[str, str], *args: str) -> str:
+def _fairat(*args: str) -> None:
+    """One command, in this process: what is tested here is where things are stored (a stage in
+    its own process is what tests/fronts/test_pipeline_dvc.py runs), and each process start
+    costs about 10 s of imports that the suite's time cannot afford."""
+    from fairat.fronts.cli import main
+
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "fairat", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"fairat {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    assert main(list(args)) == 0, f"fairat {' '.join(args)} failed"
     print(f"fairat {args[0]}: {time.monotonic() - start:.1f} s")
-    return proc.stdout + proc.stderr
 
 
 @pytest.mark.slow
-def test_pipeline_end_to_end_in_team_mode(mlflow_server, tmp_path):
+def test_pipeline_end_to_end_in_team_mode(mlflow_server, tmp_path, monkeypatch):
     """prepare -> train -> evaluate -> gate -> register against the team server, twice: a gate that
     blocks (no alias) and one that passes (alias `candidate`); models land in the S3 bucket."""
     from mlflow import MlflowClient
 
     name = f"fairat-team-{uuid.uuid4().hex[:6]}"
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("AWS_") and k not in {"MLFLOW_S3_ENDPOINT_URL",
-                                                      "FAIRAT_S3_ENDPOINT_URL"}}
-    env["MLFLOW_TRACKING_URI"] = mlflow_server.url  # the only thing a team member's shell needs
+    for key in [k for k in os.environ if k.startswith("AWS_")] + ["MLFLOW_S3_ENDPOINT_URL",
+                                                                 "FAIRAT_S3_ENDPOINT_URL"]:
+        monkeypatch.delenv(key, raising=False)
+    # the only thing a team member's shell needs
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    monkeypatch.chdir(tmp_path)
     # the shared tiny run (tests/tiny.py): what is tested here is where things are stored
     tiny = cli_flags(TINY_RUN) + ["-S", f"track.model_name={name}",
                                   "-S", f"track.experiment={name}"]
-    _fairat(tmp_path, env, "prepare", *tiny)
-    _fairat(tmp_path, env, "train", *tiny)
-    _fairat(tmp_path, env, "evaluate", *tiny)
+    _fairat("prepare", *tiny)
+    _fairat("train", *tiny)
+    _fairat("evaluate", *tiny)
 
     client = MlflowClient(tracking_uri=mlflow_server.url)
     records = {}
     for threshold in ("1.0", "0.0"):  # a worst class at 100% robust accuracy: blocks; 0: passes
         gate = [*tiny, *cli_flags(PASSABLE_GATE), "-S", f"gate.min_worst_class={threshold}"]
-        _fairat(tmp_path, env, "gate", *gate)
-        _fairat(tmp_path, env, "register", *gate)
+        _fairat("gate", *gate)
+        _fairat("register", *gate)
         decision = json.loads((tmp_path / "metrics" / "gate.json").read_text())
         record = json.loads((tmp_path / "metrics" / "registered.json").read_text())
         records[threshold] = record
