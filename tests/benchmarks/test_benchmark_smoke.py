@@ -147,3 +147,32 @@ def test_gpu_check_falls_back_to_random_pixels_and_knows_datasheet_peaks(tmp_pat
     _, info = gpu_check._throughput_data(args)
     assert info["source"] == "random" and "not found" in info["note"]
     assert gpu_check.peak_flops("NVIDIA H200") == 989e12 and gpu_check.peak_flops("Tesla T4") is None
+
+
+def test_autoattack_floor_records_every_model_call_the_suite_makes():
+    """benchmarks/autoattack_floor.py: the calls it replays are the attacks' own. At a radius
+    where nothing breaks every attack runs to its end: Square's 5,000 queries are forward-only
+    calls, APGD's and FAB's steps gradient calls, and their replay costs model time."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_floor", SCRIPT.parent / "autoattack_floor.py")
+    floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor)
+    from fairat.engine.models import SmallCNN
+
+    torch.manual_seed(0)
+    model = SmallCNN(1, 10, 8, width=4).eval()
+    x = torch.rand(6, 1, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every example classified "correctly": all are attacked
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the benchmark runs by default: tiny calls, no thread spin
+    try:
+        result = floor.measure(model, x, y, eps=1e-6, batch_size=64, repeats=1,
+                               with_reference=False)
+    finally:
+        torch.set_num_threads(threads)
+    calls = result["model_calls"]
+    assert result["robust_after_autoattack"] == 6
+    assert calls["forward_only"]["calls"] >= 5000 and calls["gradient"]["calls"] >= 100
+    assert set(result["fast_seconds_per_attack"]) == {"apgd-ce", "apgd-t", "fab-t", "square"}
+    assert result["model_seconds"]["cpu"] > 0 and result["reference_seconds"] is None
