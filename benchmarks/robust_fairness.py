@@ -107,14 +107,15 @@ def pair_cost(mine: dict[str, Any], theirs: dict[str, Any]) -> tuple[float | Non
     """(train-time ratio of two cells, what was timed). CPU seconds of the training process when
     both cells recorded them: with one thread a cell's CPU time barely moves when other work
     shares the cores, while its wall time grows with the load (a cell beside the test suite is
-    not a costlier method). Otherwise wall seconds. None when the machines differ or a time is
-    missing: two CPUs' speeds are no method's cost."""
+    not a costlier method). Otherwise (a GPU's cells, whose host CPU time is not their cost, or
+    records from before CPU time was kept) wall seconds. None when the machines differ or a time
+    is missing: two CPUs' speeds are no method's cost."""
     (wall_m, where_m), (wall_t, where_t) = train_cost(mine), train_cost(theirs)
     if where_m != where_t:
         return None, "other machines"
     cpu_m = mine.get("train", {}).get("cpu_seconds_all_sessions")
     cpu_t = theirs.get("train", {}).get("cpu_seconds_all_sessions")
-    if cpu_m and cpu_t:
+    if cpu_m and cpu_t and str(where_m).startswith("cpu"):
         return cpu_m / cpu_t, "cpu"
     return (wall_m / wall_t if wall_m is not None and wall_t else None), "wall"
 

@@ -57,8 +57,9 @@ def training_record(sessions: list[dict[str, Any]]) -> dict[str, Any]:
     """The cost of a run over all its sessions: total seconds and examples (None when a session's
     are unknown), total CPU seconds of the training process (``process_time``: with one thread
     per process it barely moves when other work shares the cores, unlike wall seconds; None for
-    sessions recorded before it was), how many sessions, and the machine they ran on (None when they differ or one is
-    unknown, since a sum of times from two machines is no one machine's cost)."""
+    sessions recorded before it was), how many sessions, and the machine they ran on (None when
+    they differ or one is unknown, since a sum of times from two machines is no one machine's
+    cost)."""
     def total(key: str) -> float | None:
         values = [s[key] for s in sessions]
         return None if not values or None in values else sum(values)
