@@ -61,14 +61,15 @@ def version_tags(decision: dict[str, Any], report: dict[str, Any] | None,
 
 
 def model_requirements() -> list[str]:
-    """The pip requirements logged with a model: what unpickling and running it imports.
+    """The pip requirements logged with a model: what loading and running it imports.
 
     Why explicit: left alone, MLflow infers them by importing the model again in a subprocess
     (about 15 s of a registration on 2 cores, every `dvc repro`) and lists whatever that import
     happened to pull in (colorama, pydot, tqdm) beside what the model needs. The versions are the
-    installed ones, without a local build label (``+cpu``) that PyPI would not resolve. The model's
-    classes come from this package (``fairat``), which is installed from its repository, not
-    PyPI, so loading the logged model needs ``pip install`` of this project too.
+    installed ones, without a local build label (``+cpu``) that PyPI would not resolve. The model
+    is logged as an exported program (:func:`register_model`), so loading it unpickles nothing
+    (tests/edge/test_registry.py loads it with MLflow's pickle deserialization disallowed);
+    cloudpickle stays listed for MLflow's pytorch flavor.
     """
     from importlib.metadata import version
 
@@ -111,7 +112,10 @@ def register_model(model: Any, example: Any, model_name: str, run_id: str | None
 
             with torch.no_grad():
                 output = model(torch.as_tensor(example)).numpy()
-            info = mlflow.pytorch.log_model(model, name="model",
+            # "pt2" (torch.export) by name, not MLflow's default, which is pickle on some
+            # servers (Databricks): a pickled model runs code when loaded; an exported program
+            # is a graph of torch ops and its weights
+            info = mlflow.pytorch.log_model(model, name="model", serialization_format="pt2",
                                             signature=infer_signature(example, output),
                                             input_example=example,
                                             pip_requirements=model_requirements())

@@ -55,6 +55,28 @@ def test_the_logged_model_lists_the_packages_it_needs(inside):
 
 
 @pytest.mark.slow
+def test_the_registered_model_loads_from_the_registry_and_predicts_like_model_pt(inside,
+                                                                                monkeypatch):
+    """What a downstream user does with a version: load it by alias and predict a batch. MLflow
+    saves it as an exported program (torch.export, "pt2"): it loads with pickle deserialization
+    disallowed (MLflow then refuses any archive holding a pickle payload) and needs no fairat
+    class; its batch size is free (register's example has two rows, so the batch dimension is
+    not fixed at export) and its outputs are model.pt's."""
+    import mlflow
+    import torch
+
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    from fairat.engine.checkpoint import load_model
+    from fairat.engine.data import load_prepared
+
+    loaded = mlflow.pytorch.load_model("models:/unit@candidate")
+    model, _ = load_model(inside / "models" / "model.pt", torch.device("cpu"))
+    x = load_prepared(inside / "data" / "prepared").test.images[:5].float().div(255)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
 def test_a_report_swapped_while_registering_registers_nothing(inside, monkeypatch, capsys):
     """Register reads the report once; when the file on disk is not the bytes it read (a swap
     between reading and acting), registration stops before anything reaches the registry."""
