@@ -24,7 +24,7 @@ from tiny import TINY_RUN, train_paths
 
 pytest_plugins = ["servers"]  # loopback S3, PostgreSQL and mlflow servers: tests/servers.py
 
-# Two cores: two threads for one pytest process; one each when pytest-xdist runs two workers.
+# Two cores: two threads for one pytest process; one each for pytest-xdist's workers.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
@@ -106,17 +106,19 @@ def mlflow_sqlite(_mlflow_schema) -> Callable[[Path], str]:
 
 
 def pytest_xdist_auto_num_workers(config):
-    """``-n auto``: one worker more than the CPUs this process may use (affinity and cgroup quota).
+    """``-n auto``: two workers more than the CPUs this process may use (affinity and cgroup
+    quota).
 
     Why more workers than cores: an end-to-end test's worker mostly waits, on stage
     subprocesses, servers starting and DVC, so with one worker per core the cores sat idle for
-    part of the run. Measured from a clean checkout on a quiet 2-core machine: 5 min 20 s with 2
-    workers, 4 min 41 s with 3 (1.7 of 2 cores busy on average)."""
+    part of the run. Measured from a clean checkout on a quiet 2-core Xeon: 5 min 20 s with 2
+    workers, 4 min 41 s with 3. On a 2-core AMD EPYC beside two niced study processes
+    (2026-12-07, back to back): 5 min 14 s with 3 workers, 4 min 53 s with 4."""
     from fairat.engine.threads import affinity_cpus, cgroup_cpu_limit
 
     quota = cgroup_cpu_limit()
     usable = affinity_cpus() if quota is None else max(1, min(affinity_cpus(), int(quota)))
-    return usable + 1
+    return usable + 2
 
 
 # the files that took longest on a 2-core machine (pytest --durations), longest first
