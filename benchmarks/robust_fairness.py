@@ -44,7 +44,6 @@ def cell_params(params: Params, method: str, seed: int, variant: str) -> tuple[P
 def run_cell(params: Params, method: str, seed: int, work: Path, results: Path,
              variant: str = "") -> dict[str, Any]:
     """Train and evaluate one cell; returns (and writes atomically) its result record."""
-    from fairat.engine.data import MANIFEST_NAME
     from fairat.fronts.cli import run_stages
 
     params, tag = cell_params(params, method, seed, variant)
@@ -58,9 +57,7 @@ def run_cell(params: Params, method: str, seed: int, work: Path, results: Path,
 
     load_start = _one_minute_load()
     t0 = time.perf_counter()
-    if not (data_dir / MANIFEST_NAME).exists():  # prepared once, shared by the seed's cells
-        run_stages(params, ["prepare"], file)
-    _check_prepared(params, data_dir)
+    _ensure_prepared(params, data_dir)
     t1 = time.perf_counter()
     # the pipeline's stages (fairat/stages.py) up to the evaluation; the JSON is the record
     summary, = run_stages(params, ["train"], file, resume=True, track=False)
@@ -120,6 +117,18 @@ def pair_cost(mine: dict[str, Any], theirs: dict[str, Any]) -> tuple[float | Non
     return (wall_m / wall_t if wall_m is not None and wall_t else None), "wall"
 
 
+def _ensure_prepared(params: Params, data_dir: Path) -> None:
+    """Prepare the study's data into ``data_dir`` once (every cell of the study shares it), and
+    refuse a folder prepared with other data params."""
+    from fairat.engine.data import MANIFEST_NAME
+    from fairat.fronts.cli import run_stages
+
+    if not (data_dir / MANIFEST_NAME).exists():
+        run_stages(params, ["prepare"],
+                   lambda stage, key: data_dir if key == "data" else None)
+    _check_prepared(params, data_dir)
+
+
 def _check_prepared(params: Params, data_dir: Path) -> None:
     from fairat.engine.data import MANIFEST_NAME
 
@@ -165,7 +174,8 @@ def reevaluate_cell(params: Params, method: str, seed: int, work: Path, results:
                          f"(sha256 {recorded}); re-run the cell instead")
     if old["params"]["evaluate"] == to_dict(params.evaluate):
         raise ValueError(f"{result_file} was already evaluated with these evaluate params")
-    _check_prepared(params, work / "data")
+    # a later session's work folder starts empty (the study runner copies a kept model in)
+    _ensure_prepared(params, work / "data")
     t0 = time.perf_counter()
     extra = "" if into is None else f"-{into.name}"
     report = evaluate.evaluate_step(params, work / "data", model, cell / f"eval{extra}.json",

@@ -11,6 +11,9 @@
 #              500 test images of each seed-0 model ("aa:<tag>"). pgd_at and trades need no
 #              validation choice: before chosen-on-val.json exists only they run.
 # Cells are resumable and each is committed on its own (results/cifar10-full/[val/]<tag>.json).
+# A seed-0 test cell's model is committed too (results/cifar10-full/models/<tag>.pt, about 3 MB):
+# runs/ does not outlive a session, and standard AutoAttack on it (about an hour of one core) may
+# run in a later one; reevaluate refuses a model whose sha256 is not the one its record names.
 # Run two runners side by side with FAIRAT_THREADS=1, nothing else on the 2 cores: a pair's
 # train-time ratio (the cost in docs/results.md) compares cells run that way, and a cell run
 # beside more work takes longer for reasons that are not its method's.
@@ -42,6 +45,13 @@ cell() {  # method seed variant [knobs...]
     --params studies/cifar10-full.yaml --method "$method" --seed "$seed" \
     ${variant:+--variant "$variant"} --work "$W" --results "$R" "${knobs[@]}"
   commit_result "$file" "CIFAR-10 study at the pilot budget ($split split): $tag"
+  [[ $split == test && $seed == 0 ]] && keep_model "$tag"
+  return 0
+}
+keep_model() {  # tag: commit the seed-0 model that standard AutoAttack will attack
+  mkdir -p "$R/models"
+  cp "$W/$1/model.pt" "$R/models/$1.pt"
+  commit_result "$R/models/$1.pt" "CIFAR-10 study: the model of $1 (for standard AutoAttack)"
 }
 chosen() {  # method -> "variant knob knob ..." of its validation choice, from its record
   "$PY" - "$1" <<'PYEOF'
@@ -92,6 +102,8 @@ chosen_cell() {  # method seed variant: the chosen setting's knobs, exported fro
     --params studies/cifar10-full.yaml --method "$method" --seed "$seed" \
     ${variant:+--variant "$variant"} --work "$W" --results "$R"
   commit_result "$R/$tag.json" "CIFAR-10 study at the pilot budget (test split): $tag"
+  [[ $seed == 0 ]] && keep_model "$tag"
+  return 0
 }
 standard_aa() {  # method seed variant [params file]: standard AutoAttack on 500 test images
   local method=$1 seed=$2 variant=$3 chosen=${4:-$W/budget.yaml}
@@ -99,6 +111,9 @@ standard_aa() {  # method seed variant [params file]: standard AutoAttack on 500
   [[ $CHOSEN == 1 || $method == pgd_at || $method == trades ]] || return 0
   [[ "$ONLY" == "  " || "$ONLY" == *" aa:$tag "* ]] || return 0
   [[ -f $R/$tag.json && ! -f $out/$tag.json ]] || return 0
+  if [[ ! -f $W/$tag/model.pt && -f $R/models/$tag.pt ]]; then  # trained in an earlier session
+    mkdir -p "$W/$tag" && cp "$R/models/$tag.pt" "$W/$tag/model.pt"
+  fi
   echo "== standard AutoAttack $tag $(date -u +%FT%TZ)"
   "$PY" benchmarks/robust_fairness.py reevaluate --params params.yaml --params "$chosen" \
     --params studies/cifar10-full.yaml --method "$method" --seed "$seed" \

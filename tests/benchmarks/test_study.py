@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,13 @@ def test_reevaluate_changes_only_the_evaluation_and_keeps_the_old_one_visible(tm
     summary = study.aggregate(results)
     assert summary["cells"] == ["pgd_at-seed0"]  # the side record stays out of the table
     assert summary["autoattack_standard"]["pgd_at-seed0"]["pgd"]["n"] == 20
+    # a later session: a fresh work folder holding only the kept model (the runner copies it in)
+    later = tmp_path / "later" / "pgd_at-seed0"
+    later.mkdir(parents=True)
+    shutil.copy(work / "pgd_at-seed0/model.pt", later / "model.pt")
+    kept = study.reevaluate_cell(with_overrides(params, {"evaluate.examples_per_class": 1}),
+                                 "pgd_at", 0, later.parent, results, into=results / "later")
+    assert kept["eval"]["pgd"]["n"] == 10 and (later.parent / "data/manifest.json").exists()
     with open(work / "pgd_at-seed0/model.pt", "ab") as f:
         f.write(b"tampered")
     with pytest.raises(ValueError, match="not the model"):
