@@ -106,19 +106,19 @@ def mlflow_sqlite(_mlflow_schema) -> Callable[[Path], str]:
 
 
 def pytest_xdist_auto_num_workers(config):
-    """``-n auto``: two workers more than the CPUs this process may use (affinity and cgroup
-    quota).
+    """``-n auto``: one worker more than the CPUs this process may use (affinity and cgroup quota).
 
     Why more workers than cores: an end-to-end test's worker mostly waits, on stage
     subprocesses, servers starting and DVC, so with one worker per core the cores sat idle for
     part of the run. Measured from a clean checkout on a quiet 2-core Xeon: 5 min 20 s with 2
-    workers, 4 min 41 s with 3. On a 2-core AMD EPYC beside two niced study processes
-    (2026-12-07, back to back): 5 min 14 s with 3 workers, 4 min 53 s with 4."""
+    workers, 4 min 41 s with 3. On a quiet 2-core AMD EPYC from a fresh clone (2026-12-07):
+    5 min 12 s with 3, 5 min 19 s and 5 min 37 s with 4 (beside two niced study processes 4
+    had looked faster, 4 min 53 s against 5 min 14 s: it is not, on a quiet machine)."""
     from fairat.engine.threads import affinity_cpus, cgroup_cpu_limit
 
     quota = cgroup_cpu_limit()
     usable = affinity_cpus() if quota is None else max(1, min(affinity_cpus(), int(quota)))
-    return usable + 2
+    return usable + 1
 
 
 # the files that took longest on a 2-core machine (pytest --durations), longest first
