@@ -40,9 +40,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from autoattack_agreement import reference_run, train_model  # noqa: E402
+from autoattack_agreement import fast_run, reference_run, train_model  # noqa: E402
 from fairat.config import DataConfig, EvalConfig, load_params  # noqa: E402
-from fairat.engine.autoattack_fast import run_fast_autoattack  # noqa: E402
 from fairat.engine.data import prepare  # noqa: E402
 from fairat.engine.evaluation import autoattack_settings, first_per_class  # noqa: E402
 from fairat.io import write_json_atomic  # noqa: E402
@@ -127,21 +126,8 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, batc
         ref_adv, ref_per_attack = reference_run(model, x, y, cfg, plan, torch.device("cpu"))
         reference = {"wall": round(time.perf_counter() - t0, 3),
                      "cpu": round(time.process_time() - c0, 3), "per_attack": ref_per_attack}
-    seconds: dict[str, dict[str, float]] = {}
-    marks: dict[str, tuple[float, float]] = {}
-
-    def report(attack: str, text: str, robust: int, n: int) -> None:
-        now = (time.perf_counter(), time.process_time())
-        if text.startswith("started"):
-            marks[attack] = now
-        elif text == "done":
-            seconds[attack] = {"wall": round(now[0] - marks[attack][0], 3),
-                               "cpu": round(now[1] - marks[attack][1], 3)}
-
     t0, c0 = time.perf_counter(), time.process_time()
-    with torch.random.fork_rng():
-        adv, _ = run_fast_autoattack(recorded, x, y, plan, batch_size, torch.device("cpu"),
-                                     report)
+    adv, seconds = fast_run(recorded, x, y, cfg, plan, torch.device("cpu"))  # per-attack times
     fast = {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}
     with torch.no_grad():
         robust = int((model(adv).argmax(1) == y).sum())

@@ -61,16 +61,15 @@ def training_record(sessions: list[dict[str, Any]]) -> dict[str, Any]:
     they differ or one is unknown, since a sum of times from two machines is no one machine's
     cost)."""
     def total(key: str) -> float | None:
-        values = [s[key] for s in sessions]
+        values = [s.get(key) for s in sessions]
         return None if not values or None in values else sum(values)
 
     machines = list(dict.fromkeys(s["machine"] for s in sessions))
-    seconds = total("seconds")
-    cpu = [s.get("cpu_seconds") for s in sessions]
+    seconds, cpu = total("seconds"), total("cpu_seconds")
     loads = [s.get("max_load") for s in sessions]  # None: a session that did not record it
     cores = [s.get("cores") for s in sessions]
     return {"seconds": None if seconds is None else round(seconds, 3),
-            "cpu_seconds": None if not cpu or None in cpu else round(sum(cpu), 3),
+            "cpu_seconds": None if cpu is None else round(cpu, 3),
             "examples_trained": total("examples_trained"), "sessions": len(sessions),
             "machine": machines[0] if len(machines) == 1 else None,
             "machines": machines,
