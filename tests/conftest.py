@@ -121,9 +121,13 @@ def pytest_xdist_auto_num_workers(config):
     return usable + 1
 
 
-# the files that took longest on a 2-core machine (pytest --durations), longest first
-LONGEST_FIRST = ("test_pipeline_dvc.py", "test_kfp_local_run.py", "test_team_mode.py",
-                 "test_cli_end_to_end.py", "test_registry.py", "test_attestation.py")
+# the files that cost most CPU on a 2-core machine, most first (per-test CPU seconds, the test's
+# process and its children, 2026-12-08 on the AMD EPYC: 100, 71, 69, 37, 29, 22, 20, 19, 18, 14;
+# team mode waits on its servers for most of its 48 s)
+LONGEST_FIRST = ("test_pipeline_dvc.py", "test_distributed.py", "test_kfp_local_run.py",
+                 "test_kfp_submit.py", "test_team_mode.py", "test_storage.py", "test_layout.py",
+                 "test_benchmark_smoke.py", "test_kfp_compile.py", "test_guard.py",
+                 "test_cli_end_to_end.py", "test_autoattack_fast.py", "test_registry.py")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -131,8 +135,10 @@ def pytest_collection_modifyitems(config, items):
 
     Why the order: the suite runs one file per pytest-xdist worker at a time (``--dist
     loadfile``), in collection order; a minute-long end-to-end file collected last keeps one
-    worker busy after the other has finished, so the long files start first and the short ones
-    fill the gaps (a stable sort: the order inside a file is kept). On a machine without CUDA the
+    worker busy after the others have finished, so the long files start first and the short ones
+    fill the gaps (a stable sort: the order inside a file is kept). pytest-xdist would otherwise
+    reorder the files by how many tests each holds, most first, which put the two longest files
+    (one and five tests) last: ``--no-loadscope-reorder`` in pyproject.toml keeps this order. On a machine without CUDA the
     ``gpu`` tests are reported as skipped (never passed); `benchmarks/gpu_check.sh` runs them
     where a GPU is lent."""
     slow_files = {item.path for item in items if "slow" in item.keywords}
