@@ -105,8 +105,10 @@ chosen_cell() {  # method seed variant: the chosen setting's knobs, exported fro
   [[ $seed == 0 ]] && keep_model "$tag"
   return 0
 }
-standard_aa() {  # method seed variant [params file]: standard AutoAttack on 500 test images
-  local method=$1 seed=$2 variant=$3 chosen=${4:-$W/budget.yaml}
+standard_aa() {  # method seed variant [params file [knobs...]]: standard AutoAttack on 500 test images
+  local method=$1 seed=$2 variant=$3 chosen=${4:-$W/budget.yaml}; shift $(( $# < 4 ? $# : 4 ))
+  local knobs=()  # the cell's own knobs, so the params chain is the one that trained it
+  for o in "$@"; do knobs+=(-S "$o"); done
   local tag="${method}${variant:+-$variant}-seed$seed" out=$R/autoattack-standard
   [[ $CHOSEN == 1 || $method == pgd_at || $method == trades ]] || return 0
   [[ "$ONLY" == "  " || "$ONLY" == *" aa:$tag "* ]] || return 0
@@ -117,7 +119,7 @@ standard_aa() {  # method seed variant [params file]: standard AutoAttack on 500
   echo "== standard AutoAttack $tag $(date -u +%FT%TZ)"
   "$PY" benchmarks/robust_fairness.py reevaluate --params params.yaml --params "$chosen" \
     --params studies/cifar10-full.yaml --method "$method" --seed "$seed" \
-    ${variant:+--variant "$variant"} --work "$W" --results "$R" --into "$out" \
+    ${variant:+--variant "$variant"} --work "$W" --results "$R" --into "$out" "${knobs[@]}" \
     -S evaluate.autoattack=standard -S evaluate.examples_per_class=50 -S evaluate.autoattack_per_class=50
   commit_result "$out/$tag.json" "CIFAR-10 study: standard AutoAttack on $tag"
 }
@@ -134,4 +136,4 @@ standard_aa pgd_at 0 ""
 standard_aa fairat 0 "$FAIRAT_V" "$W/chosen-fairat.yaml"
 standard_aa trades 0 ""
 standard_aa "$PEER" 0 "$PEER_V" "$W/chosen-$PEER.yaml"
-standard_aa random_copies 0 ""
+standard_aa random_copies 0 "" "$W/budget.yaml" "${CONTROL[@]}"
