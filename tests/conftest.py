@@ -138,9 +138,9 @@ def pytest_collection_modifyitems(config, items):
     worker busy after the others have finished, so the long files start first and the short ones
     fill the gaps (a stable sort: the order inside a file is kept). pytest-xdist would otherwise
     reorder the files by how many tests each holds, most first, which put the two longest files
-    (one and five tests) last: ``--no-loadscope-reorder`` in pyproject.toml keeps this order. On a machine without CUDA the
-    ``gpu`` tests are reported as skipped (never passed); `benchmarks/gpu_check.sh` runs them
-    where a GPU is lent."""
+    (one and five tests) last: ``--no-loadscope-reorder`` in pyproject.toml keeps this order.
+    On a machine without CUDA the ``gpu`` tests are reported as skipped (never passed);
+    `benchmarks/gpu_check.sh` runs them where a GPU is lent."""
     slow_files = {item.path for item in items if "slow" in item.keywords}
     items.sort(key=lambda item: (LONGEST_FIRST.index(item.path.name)
                                  if item.path.name in LONGEST_FIRST else len(LONGEST_FIRST),
