@@ -113,7 +113,8 @@ def pytest_xdist_auto_num_workers(config):
     part of the run. Measured from a clean checkout on a quiet 2-core Xeon: 5 min 20 s with 2
     workers, 4 min 41 s with 3. On a quiet 2-core AMD EPYC from a fresh clone (2026-12-07):
     5 min 12 s with 3, 5 min 19 s and 5 min 37 s with 4 (beside two niced study processes 4
-    had looked faster, 4 min 53 s against 5 min 14 s: it is not, on a quiet machine)."""
+    had looked faster, 4 min 53 s against 5 min 14 s: it is not, on a quiet machine). With the
+    longest files first (below), 3 workers took 4 min 27 s and 4 min 12 s (2026-12-08)."""
     from fairat.engine.threads import affinity_cpus, cgroup_cpu_limit
 
     quota = cgroup_cpu_limit()
